@@ -1,0 +1,108 @@
+//! The hash-while-streaming verifier both sides use: bytes are hashed as they pass, and
+//! only a stream whose size and BLAKE3 hash match the expected digest is accepted.
+
+use crate::digest::Digest;
+
+/// Why streamed bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("received more than the expected {expected} bytes")]
+    TooLong { expected: u64 },
+    #[error("size mismatch: expected {expected} bytes, received {actual}")]
+    Size { expected: u64, actual: u64 },
+    #[error("hash mismatch: expected {expected}, content hashes to {actual}")]
+    Hash { expected: String, actual: String },
+}
+
+/// Hashes bytes as they pass and checks them against an expected digest.
+pub struct Verifier {
+    expected: Digest,
+    hasher: blake3::Hasher,
+    seen: u64,
+}
+
+impl Verifier {
+    pub fn new(expected: Digest) -> Self {
+        Verifier {
+            expected,
+            hasher: blake3::Hasher::new(),
+            seen: 0,
+        }
+    }
+
+    /// Feeds the next bytes. Refuses as soon as more bytes arrive than the digest's size.
+    pub fn update(&mut self, data: &[u8]) -> Result<(), Mismatch> {
+        let seen = self.seen + data.len() as u64;
+        if seen > self.expected.size() {
+            return Err(Mismatch::TooLong {
+                expected: self.expected.size(),
+            });
+        }
+        self.seen = seen;
+        // Large chunks hash on several threads; small ones are not worth the hand-off.
+        if data.len() >= 128 * 1024 {
+            self.hasher.update_rayon(data);
+        } else {
+            self.hasher.update(data);
+        }
+        Ok(())
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Finishes: the bytes seen must be exactly the expected digest.
+    pub fn finish(self) -> Result<Digest, Mismatch> {
+        if self.seen != self.expected.size() {
+            return Err(Mismatch::Size {
+                expected: self.expected.size(),
+                actual: self.seen,
+            });
+        }
+        let actual = *self.hasher.finalize().as_bytes();
+        if &actual != self.expected.hash() {
+            return Err(Mismatch::Hash {
+                expected: self.expected.hash_hex(),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok(self.expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_matching_bytes_in_chunks() {
+        let data = vec![7u8; 300_000];
+        let d = Digest::of_bytes(&data);
+        let mut v = Verifier::new(d);
+        for c in data.chunks(65_536) {
+            v.update(c).unwrap();
+        }
+        assert_eq!(v.finish().unwrap(), d);
+    }
+
+    #[test]
+    fn refuses_short_long_and_wrong() {
+        let d = Digest::of_bytes(b"abc");
+        let mut v = Verifier::new(d);
+        v.update(b"ab").unwrap();
+        assert_eq!(
+            v.finish().unwrap_err(),
+            Mismatch::Size {
+                expected: 3,
+                actual: 2
+            }
+        );
+        let mut v = Verifier::new(d);
+        assert!(matches!(v.update(b"abcd"), Err(Mismatch::TooLong { .. })));
+        let mut v = Verifier::new(d);
+        v.update(b"abd").unwrap();
+        assert!(matches!(v.finish(), Err(Mismatch::Hash { .. })));
+    }
+}
