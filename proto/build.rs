@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Blob data as `Bytes`: chunks pass through without copies.
+        .bytes(".stagecache.v1")
         .compile_fds(fds)?;
     Ok(())
 }

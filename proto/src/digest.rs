@@ -174,6 +174,8 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("has 3 characters"), "{e}");
         assert!("nope".parse::<Digest>().is_err());
-        assert!(format!("{}/x", Digest::EMPTY_HASH_HEX).parse::<Digest>().is_err());
+        assert!(format!("{}/x", Digest::EMPTY_HASH_HEX)
+            .parse::<Digest>()
+            .is_err());
     }
 }

@@ -251,13 +251,20 @@ mod tests {
     #[test]
     fn refuses_unsorted_duplicates_and_nesting() {
         let e = Manifest::from_sorted(vec![entry("b", b""), entry("a", b"")]).unwrap_err();
-        assert!(e.to_string().contains("entries[1].path: path \"a\" sorts before"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("entries[1].path: path \"a\" sorts before"),
+            "{e}"
+        );
         let e = Manifest::from_sorted(vec![entry("a", b""), entry("a", b"x")]).unwrap_err();
         assert!(e.to_string().contains("duplicate of entries[0]"), "{e}");
         let e = Manifest::from_entries(vec![entry("a", b""), entry("a/b", b"")]).unwrap_err();
         assert!(e.to_string().contains("is itself a file entry"), "{e}");
         let e = Manifest::from_sorted(vec![entry("ok", b""), entry("../x", b"")]).unwrap_err();
-        assert!(e.to_string().starts_with("entries[1].path: path \"../x\""), "{e}");
+        assert!(
+            e.to_string().starts_with("entries[1].path: path \"../x\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ pub struct Namespace(String);
 impl Namespace {
     pub fn parse(field: &str, value: &str) -> Result<Self, RuleError> {
         if value.is_empty() {
-            return Err(name_error(field, value, "is empty; a namespace is required"));
+            return Err(name_error(
+                field,
+                value,
+                "is empty; a namespace is required",
+            ));
         }
         if value.len() > MAX_NAMESPACE_BYTES {
             return Err(name_error(
@@ -95,7 +99,9 @@ impl RefName {
             return Err(name_error(
                 field,
                 value,
-                format!("contains {c:?}; allowed are A-Z, a-z, 0-9, '/', '.', '_', '-', '+', '@', '='"),
+                format!(
+                    "contains {c:?}; allowed are A-Z, a-z, 0-9, '/', '.', '_', '-', '+', '@', '='"
+                ),
             ));
         }
         for segment in value.split('/') {

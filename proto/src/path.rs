@@ -48,7 +48,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths() {
-        for p in ["a", "a/b.nupkg", "dir with space/x.zip", "ünïcode/ok", "a..b/.hidden"] {
+        for p in [
+            "a",
+            "a/b.nupkg",
+            "dir with space/x.zip",
+            "ünïcode/ok",
+            "a..b/.hidden",
+        ] {
             validate_path("p", p).unwrap();
         }
     }

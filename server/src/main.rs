@@ -1,1 +1,79 @@
-fn main() {}
+//! `stagecache-server`: runs the service on its embedded defaults (RocksDB and a local
+//! blob store under `./stagecache-data`, listening on 127.0.0.1:50051).
+
+use clap::Parser;
+use stagecache_server::{serve, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Content-addressed artifact cache and stage ledger for split release pipelines.
+#[derive(Parser, Debug)]
+#[command(name = "stagecache-server", version)]
+struct Args {
+    /// Directory for the index (RocksDB) and, by default, the blobs.
+    #[arg(long, env = "STAGECACHE_DATA_DIR", default_value = "./stagecache-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "STAGECACHE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Blob backend: file:///abs/dir (default: <data-dir>/blobs), az://container/prefix,
+    /// s3://bucket/prefix, gs://bucket/prefix. Cloud credentials come from the usual
+    /// AZURE_*, AWS_* and GOOGLE_* environment variables.
+    #[arg(long, env = "STAGECACHE_BLOB_STORE")]
+    blob_store: Option<String>,
+    /// Log filter, e.g. `info` or `stagecache_server=debug`.
+    #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
+    log: String,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received: finishing in-flight calls");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stagecache-server: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = ServerConfig::new(args.data_dir);
+    config.blob_store = args.blob_store;
+    match serve(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stagecache-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

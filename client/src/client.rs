@@ -1,0 +1,537 @@
+//! Connection to a server and the calls of each service, with retries and timeouts.
+
+use crate::error::{ClientError, Result};
+use crate::retry::RetryPolicy;
+use futures::StreamExt;
+use stagecache_proto::v1::cas_client::CasClient;
+use stagecache_proto::v1::manifests_client::ManifestsClient;
+use stagecache_proto::v1::refs_client::RefsClient;
+use stagecache_proto::v1::{
+    self, BatchDownloadRequest, BatchUploadItem, BatchUploadRequest, DownloadRequest,
+    FindMissingRequest, GetManifestRequest, GetRefRequest, ListRefsRequest, PutManifestRequest,
+    RefHistoryRequest, SetRefRequest, UploadRequest,
+};
+use stagecache_proto::{
+    Digest, Manifest, Namespace, RefName, CHUNK_BYTES, MAX_FIND_MISSING, MAX_MESSAGE_BYTES,
+};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+    pub namespace: Namespace,
+    /// Who is acting, recorded in ref history (e.g. a CI build's identity).
+    pub actor: String,
+    pub connect_timeout: Duration,
+    /// Deadline of each unary call. Streams are bounded by `stream_idle_timeout` instead.
+    pub request_timeout: Duration,
+    /// Longest pause between two messages of a stream before it is abandoned.
+    pub stream_idle_timeout: Duration,
+    /// Transfers in flight at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    /// Defaults for `server` and `namespace`; validates the namespace.
+    pub fn new(server: impl Into<String>, namespace: &str) -> Result<Self> {
+        Ok(ClientConfig {
+            server: server.into(),
+            namespace: Namespace::parse("namespace", namespace)?,
+            actor: default_actor(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(120),
+            concurrency: 8,
+            retry: RetryPolicy::default(),
+        })
+    }
+}
+
+/// The acting identity: `STAGECACHE_ACTOR`, else the CI's requester, else the user.
+pub fn default_actor() -> String {
+    for var in [
+        "STAGECACHE_ACTOR",
+        "BUILD_REQUESTEDFOREMAIL",
+        "BUILD_REQUESTEDFOR",
+        "GITHUB_ACTOR",
+        "USER",
+        "USERNAME",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.trim().is_empty() {
+                return v.trim().to_string();
+            }
+        }
+    }
+    "unknown".into()
+}
+
+/// A connected client. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    config: ClientConfig,
+    cas: CasClient<Channel>,
+    manifests: ManifestsClient<Channel>,
+    refs: RefsClient<Channel>,
+}
+
+fn status(call: &'static str) -> impl Fn(tonic::Status) -> ClientError {
+    move |status| ClientError::Status { call, status }
+}
+
+impl Client {
+    /// Connects (retrying while the server is unavailable, per the retry policy).
+    pub async fn connect(config: ClientConfig) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(config.server.clone())
+            .map_err(|e| {
+                ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
+            })?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_adaptive_window(false)
+            .initial_stream_window_size(Some(8 * 1024 * 1024))
+            .initial_connection_window_size(Some(32 * 1024 * 1024))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let mut last = String::new();
+        let mut channel = None;
+        for retry in 0..config.retry.attempts {
+            match endpoint.connect().await {
+                Ok(c) => {
+                    channel = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    last = format!("{e}");
+                    if let Some(src) = std::error::Error::source(&e) {
+                        last = format!("{e}: {src}");
+                    }
+                    if retry + 1 < config.retry.attempts {
+                        tokio::time::sleep(config.retry.backoff(retry)).await;
+                    }
+                }
+            }
+        }
+        let channel = channel.ok_or_else(|| ClientError::Connect {
+            server: config.server.clone(),
+            reason: last,
+        })?;
+        Ok(Self::with_channel(config, channel))
+    }
+
+    /// Uses an existing channel.
+    pub fn with_channel(config: ClientConfig, channel: Channel) -> Self {
+        Client {
+            cas: CasClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            manifests: ManifestsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            refs: RefsClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    fn ns(&self) -> String {
+        self.config.namespace.as_str().to_string()
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(self.config.request_timeout);
+        r
+    }
+
+    /// The digests the server does not hold, asked in batches of 100,000.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(MAX_FIND_MISSING) {
+            let req = FindMissingRequest {
+                namespace: self.ns(),
+                digests: chunk.iter().map(Digest::to_proto).collect(),
+            };
+            let resp = self
+                .config
+                .retry
+                .run(|| {
+                    let mut c = self.cas.clone();
+                    let r = self.request(req.clone());
+                    async move { c.find_missing(r).await }
+                })
+                .await
+                .map_err(status("FindMissing"))?;
+            for (i, d) in resp.into_inner().missing.iter().enumerate() {
+                missing.push(Digest::from_proto(&format!("missing[{i}]"), d)?);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Streams a file to the server as blob `digest`, in 1 MiB chunks; memory stays flat
+    /// whatever the size. Returns whether the server already had it.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        digest: Digest,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<bool> {
+        let read_error = std::sync::Arc::new(std::sync::Mutex::new(None::<std::io::Error>));
+        let result = self
+            .config
+            .retry
+            .run(|| self.upload_file_once(path, digest, progress, read_error.clone()))
+            .await;
+        if let Some(e) = read_error.lock().ok().and_then(|mut g| g.take()) {
+            return Err(ClientError::io(path, e));
+        }
+        result.map_err(status("Upload"))
+    }
+
+    async fn upload_file_once(
+        &self,
+        path: &Path,
+        digest: Digest,
+        progress: &indicatif::ProgressBar,
+        read_error: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>,
+    ) -> Result<bool, tonic::Status> {
+        let file = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = e.to_string();
+                if let Ok(mut g) = read_error.lock() {
+                    *g = Some(e);
+                }
+                return Err(tonic::Status::cancelled(msg));
+            }
+        };
+        let first = UploadRequest {
+            namespace: self.ns(),
+            digest: Some(digest.to_proto()),
+            data: Default::default(),
+        };
+        let progress = progress.clone();
+        // Reads stay one chunk ahead of the network. A read error ends the stream short
+        // (the server then refuses the upload) and is reported as the file's error.
+        let chunks = futures::stream::unfold(Some(file), move |file| {
+            let progress = progress.clone();
+            let read_error = read_error.clone();
+            async move {
+                let mut file = file?;
+                let mut buf = vec![0u8; CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match file.read(&mut buf[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            if let Ok(mut g) = read_error.lock() {
+                                *g = Some(e);
+                            }
+                            return None;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return None;
+                }
+                buf.truncate(filled);
+                progress.inc(filled as u64);
+                Some((
+                    UploadRequest {
+                        namespace: String::new(),
+                        digest: None,
+                        data: buf.into(),
+                    },
+                    Some(file),
+                ))
+            }
+        });
+        let stream = futures::stream::iter([first]).chain(chunks);
+        let mut c = self.cas.clone();
+        let resp = c.upload(Request::new(stream)).await?;
+        Ok(resp.into_inner().already_present)
+    }
+
+    /// Uploads small blobs in one call; fails on the first item the server refused.
+    pub async fn batch_upload(&self, items: Vec<(Digest, bytes::Bytes)>) -> Result<()> {
+        let req = BatchUploadRequest {
+            namespace: self.ns(),
+            items: items
+                .into_iter()
+                .map(|(d, data)| BatchUploadItem {
+                    digest: Some(d.to_proto()),
+                    data,
+                })
+                .collect(),
+        };
+        let resp = self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.cas.clone();
+                let r = self.request(req.clone());
+                async move { c.batch_upload(r).await }
+            })
+            .await
+            .map_err(status("BatchUpload"))?;
+        for r in resp.into_inner().results {
+            if let Some(s) = r.status.filter(|s| s.code != 0) {
+                let d = r
+                    .digest
+                    .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+                    .unwrap_or_default();
+                return Err(ClientError::Status {
+                    call: "BatchUpload",
+                    status: tonic::Status::new(
+                        tonic::Code::from(s.code),
+                        format!("{d}: {}", s.message),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads small blobs in one call; each one is verified against its digest.
+    pub async fn batch_download(&self, digests: &[Digest]) -> Result<Vec<bytes::Bytes>> {
+        let req = BatchDownloadRequest {
+            namespace: self.ns(),
+            digests: digests.iter().map(Digest::to_proto).collect(),
+        };
+        let resp = self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.cas.clone();
+                let r = self.request(req.clone());
+                async move { c.batch_download(r).await }
+            })
+            .await
+            .map_err(status("BatchDownload"))?
+            .into_inner();
+        if resp.results.len() != digests.len() {
+            return Err(ClientError::Verify(format!(
+                "BatchDownload answered {} results for {} digests",
+                resp.results.len(),
+                digests.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(digests.len());
+        for (d, r) in digests.iter().zip(resp.results) {
+            if let Some(s) = r.status.filter(|s| s.code != 0) {
+                return Err(ClientError::Status {
+                    call: "BatchDownload",
+                    status: tonic::Status::new(tonic::Code::from(s.code), s.message),
+                });
+            }
+            let actual = Digest::of_bytes(&r.data);
+            if actual != *d {
+                return Err(ClientError::Verify(format!(
+                    "blob {d}: received bytes hash to {actual}"
+                )));
+            }
+            out.push(r.data);
+        }
+        Ok(out)
+    }
+
+    /// Opens a download stream of `[offset, offset + limit)` (limit 0: to the end).
+    pub async fn download_stream(
+        &self,
+        digest: Digest,
+        offset: u64,
+        limit: u64,
+    ) -> Result<tonic::Streaming<v1::DownloadResponse>, tonic::Status> {
+        let mut c = self.cas.clone();
+        let resp = c
+            .download(Request::new(DownloadRequest {
+                namespace: self.ns(),
+                digest: Some(digest.to_proto()),
+                offset,
+                limit,
+            }))
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Stores a manifest; the server's digest must equal the one computed here.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<Digest> {
+        let req = PutManifestRequest {
+            namespace: self.ns(),
+            manifest: Some(manifest.to_proto()),
+        };
+        let resp = self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.manifests.clone();
+                let r = self.request(req.clone());
+                async move { c.put(r).await }
+            })
+            .await
+            .map_err(status("Manifests.Put"))?
+            .into_inner();
+        let server = Digest::from_required("digest", resp.digest.as_ref())?;
+        let local = manifest.digest();
+        if server != local {
+            return Err(ClientError::Verify(format!(
+                "server computed manifest digest {server}, this client computed {local}"
+            )));
+        }
+        Ok(server)
+    }
+
+    /// Fetches a manifest and checks that it hashes to `digest`.
+    pub async fn get_manifest(&self, digest: Digest) -> Result<Manifest> {
+        let req = GetManifestRequest {
+            namespace: self.ns(),
+            digest: Some(digest.to_proto()),
+        };
+        let resp = self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.manifests.clone();
+                let r = self.request(req.clone());
+                async move { c.get(r).await }
+            })
+            .await
+            .map_err(status("Manifests.Get"))?
+            .into_inner();
+        let wire = resp
+            .manifest
+            .ok_or_else(|| ClientError::Verify("Manifests.Get answered no manifest".into()))?;
+        let m = Manifest::from_proto(&wire)?;
+        if m.digest() != digest {
+            return Err(ClientError::Verify(format!(
+                "manifest {digest}: received entries hash to {}",
+                m.digest()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Points ref `name` at a manifest. `expected`: `Some(None)` requires the ref to be
+    /// absent, `Some(Some(d))` requires it to point at `d`; a mismatch is ABORTED.
+    pub async fn set_ref(
+        &self,
+        name: &str,
+        target: Digest,
+        expected: Option<Option<Digest>>,
+        reason: &str,
+    ) -> Result<v1::SetRefResponse> {
+        let name = RefName::parse("ref", name)?;
+        let req = SetRefRequest {
+            namespace: self.ns(),
+            name: name.to_string(),
+            target: Some(target.to_proto()),
+            expected: expected.flatten().map(|d| d.to_proto()),
+            expect_absent: matches!(expected, Some(None)),
+            actor: self.config.actor.clone(),
+            reason: reason.to_string(),
+        };
+        Ok(self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.refs.clone();
+                let r = self.request(req.clone());
+                async move { c.set(r).await }
+            })
+            .await
+            .map_err(status("Refs.Set"))?
+            .into_inner())
+    }
+
+    pub async fn get_ref(&self, name: &str) -> Result<v1::Ref> {
+        let name = RefName::parse("ref", name)?;
+        let req = GetRefRequest {
+            namespace: self.ns(),
+            name: name.to_string(),
+        };
+        self.config
+            .retry
+            .run(|| {
+                let mut c = self.refs.clone();
+                let r = self.request(req.clone());
+                async move { c.get(r).await }
+            })
+            .await
+            .map_err(status("Refs.Get"))?
+            .into_inner()
+            .r#ref
+            .ok_or_else(|| ClientError::Verify("Refs.Get answered no ref".into()))
+    }
+
+    /// The manifest digest a ref points at.
+    pub async fn resolve_ref(&self, name: &str) -> Result<Digest> {
+        let r = self.get_ref(name).await?;
+        Ok(Digest::from_required("ref.target", r.target.as_ref())?)
+    }
+
+    /// Every ref whose name starts with `prefix`, following pages.
+    pub async fn list_refs(&self, prefix: &str, limit: usize) -> Result<Vec<v1::Ref>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = ListRefsRequest {
+                namespace: self.ns(),
+                prefix: prefix.to_string(),
+                limit: (limit - out.len()).min(10_000) as u32,
+                page_token: token.clone(),
+            };
+            let resp = self
+                .config
+                .retry
+                .run(|| {
+                    let mut c = self.refs.clone();
+                    let r = self.request(req.clone());
+                    async move { c.list(r).await }
+                })
+                .await
+                .map_err(status("Refs.List"))?
+                .into_inner();
+            out.extend(resp.refs);
+            if resp.next_page_token.is_empty() || out.len() >= limit {
+                return Ok(out);
+            }
+            token = resp.next_page_token;
+        }
+    }
+
+    /// Changes of a ref, newest first.
+    pub async fn ref_history(&self, name: &str, limit: u32) -> Result<Vec<v1::RefChange>> {
+        let name = RefName::parse("ref", name)?;
+        let req = RefHistoryRequest {
+            namespace: self.ns(),
+            name: name.to_string(),
+            limit,
+        };
+        Ok(self
+            .config
+            .retry
+            .run(|| {
+                let mut c = self.refs.clone();
+                let r = self.request(req.clone());
+                async move { c.history(r).await }
+            })
+            .await
+            .map_err(status("Refs.History"))?
+            .into_inner()
+            .changes)
+    }
+}

@@ -1,0 +1,358 @@
+//! `fetch`: materialise a manifest into a directory. Every file is verified before it is
+//! renamed into place; files already present with the right digest are kept; an
+//! interrupted download resumes from the bytes already on disk.
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::progress::bytes_bar;
+use crate::tree::hash_file;
+use futures::future::FutureExt;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use indicatif::ProgressBar;
+use stagecache_proto::{
+    Digest, Manifest, ManifestEntry, Verifier, BATCH_BLOB_MAX_BYTES, BATCH_TOTAL_MAX_BYTES,
+};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// How to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Show a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FetchReport {
+    #[serde(serialize_with = "crate::register::digest_str")]
+    pub manifest: Digest,
+    pub files: u64,
+    pub bytes: u64,
+    pub downloaded_files: u64,
+    pub downloaded_bytes: u64,
+    /// Files already present with the right digest.
+    pub skipped_files: u64,
+    /// Bytes not downloaded again because a partial download was resumed.
+    pub resumed_bytes: u64,
+}
+
+/// Where an entry goes, and where it is staged until verified.
+struct Target<'a> {
+    entry: &'a ManifestEntry,
+    dest: PathBuf,
+    partial: PathBuf,
+}
+
+fn partial_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.stagecache-partial"))
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, executable: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ClientError::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _executable: bool) -> Result<()> {
+    Ok(())
+}
+
+/// Whether `dest` already holds exactly this entry's bytes (its mode is fixed if not).
+fn already_present(t: &Target) -> Result<bool> {
+    let Ok(meta) = std::fs::symlink_metadata(&t.dest) else {
+        return Ok(false);
+    };
+    if !meta.is_file() || meta.len() != t.entry.digest.size() {
+        return Ok(false);
+    }
+    if hash_file(&t.dest, meta.len())? != t.entry.digest {
+        return Ok(false);
+    }
+    set_mode(&t.dest, t.entry.executable)?;
+    Ok(true)
+}
+
+/// Moves a verified staging file into place with the right mode.
+fn publish(t: &Target) -> Result<()> {
+    set_mode(&t.partial, t.entry.executable)?;
+    if let Ok(meta) = std::fs::symlink_metadata(&t.dest) {
+        if meta.is_dir() {
+            return Err(ClientError::Invalid(format!(
+                "{} is a directory; the manifest has a file there",
+                t.dest.display()
+            )));
+        }
+    }
+    std::fs::rename(&t.partial, &t.dest).map_err(|e| ClientError::io(&t.dest, e))
+}
+
+impl Client {
+    /// Downloads the manifest `digest` into `out`.
+    pub async fn fetch(
+        &self,
+        digest: Digest,
+        out: &Path,
+        opts: &FetchOptions,
+    ) -> Result<FetchReport> {
+        let manifest = self.get_manifest(digest).await?;
+        self.fetch_manifest(&manifest, out, opts).await
+    }
+
+    /// Materialises an already retrieved manifest into `out`.
+    pub async fn fetch_manifest(
+        &self,
+        manifest: &Manifest,
+        out: &Path,
+        opts: &FetchOptions,
+    ) -> Result<FetchReport> {
+        std::fs::create_dir_all(out).map_err(|e| ClientError::io(out, e))?;
+        let targets: Vec<Target> = manifest
+            .entries()
+            .iter()
+            .map(|entry| {
+                // Entry paths passed the path rules: relative, no "..", so they stay in `out`.
+                let dest = out.join(&entry.path);
+                let partial = partial_path(&dest);
+                Target {
+                    entry,
+                    dest,
+                    partial,
+                }
+            })
+            .collect();
+        for t in &targets {
+            if let Some(parent) = t.dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| ClientError::io(parent, e))?;
+            }
+        }
+
+        // Check what is already there, on all cores.
+        let present: Vec<bool> = {
+            let checks: Vec<(PathBuf, PathBuf, ManifestEntry)> = targets
+                .iter()
+                .map(|t| (t.dest.clone(), t.partial.clone(), t.entry.clone()))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                checks
+                    .par_iter()
+                    .map(|(dest, partial, entry)| {
+                        already_present(&Target {
+                            entry,
+                            dest: dest.clone(),
+                            partial: partial.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<bool>>>()
+            })
+            .await
+            .map_err(|e| ClientError::Invalid(format!("checking task failed: {e}")))??
+        };
+        let needed: Vec<&Target> = targets
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(t, _)| t)
+            .collect();
+        let downloaded_bytes: u64 = needed.iter().map(|t| t.entry.digest.size()).sum();
+        let bar = bytes_bar(opts.progress, downloaded_bytes, "download");
+
+        let (small, large): (Vec<&Target>, Vec<&Target>) = needed
+            .iter()
+            .partition(|t| t.entry.digest.size() <= BATCH_BLOB_MAX_BYTES);
+        let mut batches: Vec<Vec<&Target>> = Vec::new();
+        let mut current: Vec<&Target> = Vec::new();
+        let mut current_bytes = 0;
+        for t in small {
+            if !current.is_empty()
+                && (current_bytes + t.entry.digest.size() > BATCH_TOTAL_MAX_BYTES / 2
+                    || current.len() >= 1000)
+            {
+                batches.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+            current_bytes += t.entry.digest.size();
+            current.push(t);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+
+        let batch_jobs = stream::iter(batches).map(|batch| {
+            let bar = bar.clone();
+            async move {
+                self.fetch_batch(&batch).await?;
+                bar.inc(batch.iter().map(|t| t.entry.digest.size()).sum());
+                Ok::<u64, ClientError>(0)
+            }
+            .boxed()
+        });
+        let stream_jobs = stream::iter(large).map(|t| {
+            let bar = bar.clone();
+            async move { self.fetch_large(t, &bar).await }.boxed()
+        });
+        let resumed: Vec<u64> = batch_jobs
+            .chain(stream_jobs)
+            .buffer_unordered(self.config().concurrency.max(1))
+            .try_collect()
+            .await?;
+        bar.finish_and_clear();
+
+        Ok(FetchReport {
+            manifest: manifest.digest(),
+            files: targets.len() as u64,
+            bytes: manifest.total_bytes(),
+            downloaded_files: needed.len() as u64,
+            downloaded_bytes,
+            skipped_files: (targets.len() - needed.len()) as u64,
+            resumed_bytes: resumed.iter().sum(),
+        })
+    }
+
+    async fn fetch_batch(&self, batch: &[&Target<'_>]) -> Result<()> {
+        let digests: Vec<Digest> = batch.iter().map(|t| t.entry.digest).collect();
+        // Empty blobs need no round trip.
+        let datas = if digests.iter().all(|d| d.size() == 0) {
+            vec![bytes::Bytes::new(); digests.len()]
+        } else {
+            self.batch_download(&digests).await?
+        };
+        for (t, data) in batch.iter().zip(datas) {
+            let mut f =
+                std::fs::File::create(&t.partial).map_err(|e| ClientError::io(&t.partial, e))?;
+            f.write_all(&data)
+                .map_err(|e| ClientError::io(&t.partial, e))?;
+            drop(f);
+            publish(t)?;
+        }
+        Ok(())
+    }
+
+    /// Streams one large blob into its staging file, resuming from what is there, and
+    /// publishes it once verified. Returns the bytes resumed rather than downloaded.
+    async fn fetch_large(&self, t: &Target<'_>, bar: &ProgressBar) -> Result<u64> {
+        let digest = t.entry.digest;
+        let partial = t.partial.clone();
+        // Hash what an earlier, interrupted fetch left, so the verifier covers every byte.
+        let (mut verifier, mut file, resumed) = tokio::task::spawn_blocking(move || {
+            let mut verifier = Verifier::new(digest);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&partial)
+                .map_err(|e| ClientError::io(&partial, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| ClientError::io(&partial, e))?
+                .len();
+            if len > digest.size() {
+                file.set_len(0).map_err(|e| ClientError::io(&partial, e))?;
+                return Ok::<_, ClientError>((verifier, file, 0));
+            }
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut kept = 0u64;
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| ClientError::io(&partial, e))?;
+                if n == 0 {
+                    break;
+                }
+                if verifier.update(&buf[..n]).is_err() {
+                    break;
+                }
+                kept += n as u64;
+            }
+            file.set_len(kept)
+                .map_err(|e| ClientError::io(&partial, e))?;
+            Ok((verifier, file, kept))
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(format!("resume task failed: {e}")))??;
+        bar.inc(resumed);
+        if resumed > 0 {
+            tracing::info!(path = %t.dest.display(), resumed, "resuming download");
+        }
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(resumed))
+            .map_err(|e| ClientError::io(&t.partial, e))?;
+        let mut file = tokio::fs::File::from_std(file);
+
+        let policy = self.config().retry;
+        let mut retry = 0;
+        while verifier.seen() < digest.size() {
+            let offset = verifier.seen();
+            let outcome: Result<(), tonic::Status> = async {
+                let mut s = self.download_stream(digest, offset, 0).await?;
+                loop {
+                    let msg = tokio::time::timeout(self.config().stream_idle_timeout, s.message())
+                        .await
+                        .map_err(|_| tonic::Status::unavailable("download stalled"))??;
+                    let Some(msg) = msg else { return Ok(()) };
+                    if msg.offset != verifier.seen() {
+                        return Err(tonic::Status::data_loss(format!(
+                            "chunk at offset {} where {} was expected",
+                            msg.offset,
+                            verifier.seen()
+                        )));
+                    }
+                    verifier
+                        .update(&msg.data)
+                        .map_err(|m| tonic::Status::data_loss(m.to_string()))?;
+                    tokio::io::AsyncWriteExt::write_all(&mut file, &msg.data)
+                        .await
+                        .map_err(|e| {
+                            tonic::Status::internal(format!("{}: {e}", t.partial.display()))
+                        })?;
+                    bar.inc(msg.data.len() as u64);
+                }
+            }
+            .await;
+            match outcome {
+                Ok(()) if verifier.seen() < digest.size() => {
+                    return Err(ClientError::Verify(format!(
+                        "blob {digest}: stream ended after {} bytes",
+                        verifier.seen()
+                    )))
+                }
+                Ok(()) => {}
+                Err(s) if crate::retry::retryable(&s) && retry + 1 < policy.attempts => {
+                    tracing::warn!(path = %t.dest.display(), at = verifier.seen(), "download interrupted; resuming");
+                    tokio::time::sleep(policy.backoff(retry)).await;
+                    retry += 1;
+                }
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    return Err(ClientError::Verify(format!(
+                        "blob {digest}: {}",
+                        status.message()
+                    )))
+                }
+                Err(status) => {
+                    return Err(ClientError::Status {
+                        call: "Download",
+                        status,
+                    })
+                }
+            }
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| ClientError::io(&t.partial, e))?;
+        drop(file);
+        verifier
+            .finish()
+            .map_err(|m| ClientError::Verify(format!("{}: {m}", t.dest.display())))?;
+        publish(t)?;
+        Ok(resumed)
+    }
+}

@@ -1,0 +1,149 @@
+//! `register`: hash a tree, upload only what the server lacks, store the manifest and
+//! point a ref at it.
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::progress::bytes_bar;
+use crate::tree::{manifest_of, HashedFile};
+use futures::future::FutureExt;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use stagecache_proto::{Digest, BATCH_BLOB_MAX_BYTES, BATCH_TOTAL_MAX_BYTES};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// How to register.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    /// Show a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+    /// `Some(None)`: the ref must not exist yet; `Some(Some(d))`: it must point at `d`.
+    pub expect: Option<Option<Digest>>,
+    /// Why the ref changes, kept in its history.
+    pub reason: String,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegisterReport {
+    #[serde(serialize_with = "crate::register::digest_str")]
+    pub manifest: Digest,
+    pub files: u64,
+    pub bytes: u64,
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    pub ref_name: Option<String>,
+    pub ref_version: Option<u64>,
+    pub ref_changed: bool,
+}
+
+pub(crate) fn digest_str<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+impl Client {
+    /// Registers the tree under `root`: returns the manifest digest. With `ref_name`
+    /// empty, only the manifest is stored.
+    pub async fn register(
+        &self,
+        root: &Path,
+        ref_name: &str,
+        opts: &RegisterOptions,
+    ) -> Result<RegisterReport> {
+        let root_buf = root.to_path_buf();
+        let (manifest, hashed) = tokio::task::spawn_blocking(move || manifest_of(&root_buf))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("hashing task failed: {e}")))??;
+
+        // Unique blobs only: identical files upload once.
+        let mut seen = HashSet::new();
+        let unique: Vec<&HashedFile> = hashed.iter().filter(|h| seen.insert(h.digest)).collect();
+        let digests: Vec<Digest> = unique.iter().map(|h| h.digest).collect();
+        let missing: HashSet<Digest> = self.find_missing(&digests).await?.into_iter().collect();
+        let to_upload: Vec<&HashedFile> = unique
+            .into_iter()
+            .filter(|h| missing.contains(&h.digest))
+            .collect();
+        let uploaded_bytes: u64 = to_upload.iter().map(|h| h.digest.size()).sum();
+        let bar = bytes_bar(opts.progress, uploaded_bytes, "upload");
+
+        let (small, large): (Vec<&HashedFile>, Vec<&HashedFile>) = to_upload
+            .iter()
+            .partition(|h| h.digest.size() <= BATCH_BLOB_MAX_BYTES);
+        let mut batches: Vec<Vec<&HashedFile>> = Vec::new();
+        let mut current = Vec::new();
+        let mut current_bytes = 0;
+        for h in small {
+            if !current.is_empty()
+                && (current_bytes + h.digest.size() > BATCH_TOTAL_MAX_BYTES / 2
+                    || current.len() >= 1000)
+            {
+                batches.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+            current_bytes += h.digest.size();
+            current.push(h);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+
+        let batch_jobs = stream::iter(batches).map(|batch| {
+            let bar = bar.clone();
+            async move {
+                let mut items = Vec::with_capacity(batch.len());
+                for h in &batch {
+                    let data = tokio::fs::read(&h.file.abs)
+                        .await
+                        .map_err(|e| ClientError::io(&h.file.abs, e))?;
+                    if Digest::of_bytes(&data) != h.digest {
+                        return Err(ClientError::Invalid(format!(
+                            "{} changed after it was hashed",
+                            h.file.abs.display()
+                        )));
+                    }
+                    items.push((h.digest, bytes::Bytes::from(data)));
+                }
+                let n: u64 = items.iter().map(|(d, _)| d.size()).sum();
+                self.batch_upload(items).await?;
+                bar.inc(n);
+                Ok::<(), ClientError>(())
+            }
+            .boxed()
+        });
+        let stream_jobs = stream::iter(large).map(|h| {
+            let bar = bar.clone();
+            async move {
+                self.upload_file(&h.file.abs, h.digest, &bar).await?;
+                Ok(())
+            }
+            .boxed()
+        });
+        batch_jobs
+            .chain(stream_jobs)
+            .buffer_unordered(self.config().concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        bar.finish_and_clear();
+
+        let digest = self.put_manifest(&manifest).await?;
+        let mut report = RegisterReport {
+            manifest: digest,
+            files: manifest.entries().len() as u64,
+            bytes: manifest.total_bytes(),
+            uploaded_files: to_upload.len() as u64,
+            uploaded_bytes,
+            ref_name: None,
+            ref_version: None,
+            ref_changed: false,
+        };
+        if !ref_name.is_empty() {
+            let set = self
+                .set_ref(ref_name, digest, opts.expect, &opts.reason)
+                .await?;
+            report.ref_name = Some(ref_name.to_string());
+            report.ref_version = set.r#ref.map(|r| r.version);
+            report.ref_changed = set.changed;
+        }
+        Ok(report)
+    }
+}

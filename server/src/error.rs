@@ -1,0 +1,61 @@
+//! The server's one error type and its single mapping to gRPC statuses.
+
+use stagecache_proto::RuleError;
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The request broke a protocol rule (bad digest, path, name...).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A compare-and-swap expectation did not hold.
+    #[error("{0}")]
+    Aborted(String),
+    /// Stored data disagrees with itself (e.g. a blob indexed but absent from the store).
+    #[error("{0}")]
+    DataLoss(String),
+    #[error("index (RocksDB): {0}")]
+    Index(#[from] rocksdb::Error),
+    #[error("blob store: {0}")]
+    Blobs(#[from] object_store::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ServerError::Rule(_) | ServerError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ServerError::NotFound(_) => Status::not_found(msg),
+            ServerError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ServerError::Aborted(_) => Status::aborted(msg),
+            ServerError::DataLoss(_) => Status::data_loss(msg),
+            ServerError::Index(_) | ServerError::Internal(_) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+            ServerError::Blobs(ref inner) => {
+                tracing::error!(error = %msg, "blob store error");
+                match inner {
+                    object_store::Error::NotFound { .. } => Status::not_found(msg),
+                    _ => Status::unavailable(msg),
+                }
+            }
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ServerError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ServerError::Internal(format!("background task failed: {e}"))
+    }
+}

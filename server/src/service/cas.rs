@@ -1,0 +1,277 @@
+//! `stagecache.v1.Cas`: blob upload, download, existence.
+
+use super::{namespace, AppState};
+use crate::error::ServerError;
+use futures::stream::{BoxStream, StreamExt};
+use stagecache_proto::v1::cas_server::Cas;
+use stagecache_proto::v1::{
+    BatchDownloadRequest, BatchDownloadResponse, BatchDownloadResult, BatchUploadRequest,
+    BatchUploadResponse, BatchUploadResult, DownloadRequest, DownloadResponse, FindMissingRequest,
+    FindMissingResponse, ItemStatus, UploadRequest, UploadResponse,
+};
+use stagecache_proto::{Digest, BATCH_TOTAL_MAX_BYTES, CHUNK_BYTES, MAX_FIND_MISSING};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+pub struct CasService {
+    state: AppState,
+}
+
+impl CasService {
+    pub fn new(state: AppState) -> Self {
+        CasService { state }
+    }
+}
+
+fn ok_status() -> Option<ItemStatus> {
+    Some(ItemStatus {
+        code: Code::Ok as i32,
+        message: String::new(),
+    })
+}
+
+fn item_status(s: Status) -> Option<ItemStatus> {
+    Some(ItemStatus {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    })
+}
+
+#[tonic::async_trait]
+impl Cas for CasService {
+    async fn find_missing(
+        &self,
+        request: Request<FindMissingRequest>,
+    ) -> Result<Response<FindMissingResponse>, Status> {
+        let req = request.into_inner();
+        namespace(&req.namespace)?;
+        if req.digests.len() > MAX_FIND_MISSING {
+            return Err(Status::invalid_argument(format!(
+                "digests: {} given, at most {MAX_FIND_MISSING} per call",
+                req.digests.len()
+            )));
+        }
+        let digests = req
+            .digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Digest::from_proto(&format!("digests[{i}]"), d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServerError::from)?;
+        let missing = self.state.store.missing_blobs(digests).await?;
+        Ok(Response::new(FindMissingResponse {
+            missing: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "upload stream is empty; the first message must carry namespace and digest",
+            )
+        })?;
+        namespace(&first.namespace)?;
+        let expected =
+            Digest::from_required("digest", first.digest.as_ref()).map_err(ServerError::from)?;
+        let store = &self.state.store;
+        if store.has_blob(expected).await? {
+            // Answer at once; the client stops sending.
+            return Ok(Response::new(UploadResponse {
+                digest: Some(expected.to_proto()),
+                already_present: true,
+            }));
+        }
+        let mut writer = store.begin_blob(expected).await?;
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        writer.abort().await;
+                        return Err(e);
+                    }
+                },
+            };
+            if msg
+                .digest
+                .as_ref()
+                .is_some_and(|d| d.hash != expected.hash_hex() || d.size_bytes != expected.size())
+            {
+                writer.abort().await;
+                return Err(Status::invalid_argument(format!(
+                    "digest: changed in the middle of the upload of {expected}"
+                )));
+            }
+            if let Err(e) = writer.write(msg.data).await {
+                writer.abort().await;
+                return Err(e.into());
+            }
+        }
+        tracing::debug!(digest = %expected, bytes = writer.received(), "upload complete");
+        writer.commit().await?;
+        Ok(Response::new(UploadResponse {
+            digest: Some(expected.to_proto()),
+            already_present: false,
+        }))
+    }
+
+    type DownloadStream = BoxStream<'static, Result<DownloadResponse, Status>>;
+
+    async fn download(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let req = request.into_inner();
+        namespace(&req.namespace)?;
+        let d = Digest::from_required("digest", req.digest.as_ref()).map_err(ServerError::from)?;
+        if !self.state.store.has_blob(d).await? {
+            return Err(Status::not_found(format!("blob {d} is not stored")));
+        }
+        if req.offset > d.size() {
+            return Err(Status::out_of_range(format!(
+                "offset: {} is beyond the end of blob {d} ({} bytes)",
+                req.offset,
+                d.size()
+            )));
+        }
+        let available = d.size() - req.offset;
+        let len = if req.limit == 0 {
+            available
+        } else {
+            req.limit.min(available)
+        };
+        let bytes = match self
+            .state
+            .store
+            .blobs()
+            .read(&d, req.offset, len, CHUNK_BYTES)
+            .await
+        {
+            Ok(s) => s,
+            Err(ServerError::Blobs(object_store::Error::NotFound { .. })) => {
+                return Err(Status::data_loss(format!(
+                    "blob {d} is indexed but missing from the blob store"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let start = req.offset;
+        let out = bytes
+            .scan(start, |offset, chunk| {
+                let item = chunk.map(|data| {
+                    let at = *offset;
+                    *offset += data.len() as u64;
+                    DownloadResponse { offset: at, data }
+                });
+                futures::future::ready(Some(item.map_err(Status::from)))
+            })
+            .boxed();
+        Ok(Response::new(out))
+    }
+
+    async fn batch_upload(
+        &self,
+        request: Request<BatchUploadRequest>,
+    ) -> Result<Response<BatchUploadResponse>, Status> {
+        let req = request.into_inner();
+        namespace(&req.namespace)?;
+        let total: u64 = req.items.iter().map(|i| i.data.len() as u64).sum();
+        if total > BATCH_TOTAL_MAX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "items: {total} bytes of data in one batch, at most {BATCH_TOTAL_MAX_BYTES}"
+            )));
+        }
+        let mut results = Vec::with_capacity(req.items.len());
+        let mut valid = Vec::with_capacity(req.items.len());
+        for (i, item) in req.items.into_iter().enumerate() {
+            match Digest::from_required(&format!("items[{i}].digest"), item.digest.as_ref()) {
+                Ok(d) => valid.push((i, d, item.data)),
+                Err(e) => results.push((i, item.digest, item_status(Status::from(e)))),
+            }
+        }
+        let stored = self
+            .state
+            .store
+            .put_blobs(valid.iter().map(|(_, d, b)| (*d, b.clone())).collect())
+            .await?;
+        for ((i, d, _), outcome) in valid.into_iter().zip(stored) {
+            let status = match outcome {
+                Ok(()) => ok_status(),
+                Err(e) => item_status(e.into()),
+            };
+            results.push((i, Some(d.to_proto()), status));
+        }
+        results.sort_by_key(|r| r.0);
+        let results = results
+            .into_iter()
+            .map(|(_, digest, status)| BatchUploadResult { digest, status })
+            .collect();
+        Ok(Response::new(BatchUploadResponse { results }))
+    }
+
+    async fn batch_download(
+        &self,
+        request: Request<BatchDownloadRequest>,
+    ) -> Result<Response<BatchDownloadResponse>, Status> {
+        let req = request.into_inner();
+        namespace(&req.namespace)?;
+        let digests = req
+            .digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Digest::from_proto(&format!("digests[{i}]"), d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServerError::from)?;
+        let total: u64 = digests.iter().map(|d| d.size()).sum();
+        if total > BATCH_TOTAL_MAX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "digests: {total} bytes requested in one batch, at most {BATCH_TOTAL_MAX_BYTES}; download large blobs with Download"
+            )));
+        }
+        let store = &self.state.store;
+        let missing = store.missing_blobs(digests.clone()).await?;
+        let mut results = Vec::with_capacity(digests.len());
+        for d in digests {
+            let result = if missing.contains(&d) {
+                BatchDownloadResult {
+                    digest: Some(d.to_proto()),
+                    status: item_status(Status::not_found(format!("blob {d} is not stored"))),
+                    data: Default::default(),
+                }
+            } else {
+                match read_whole(store, d).await {
+                    Ok(data) => BatchDownloadResult {
+                        digest: Some(d.to_proto()),
+                        status: ok_status(),
+                        data,
+                    },
+                    Err(e) => BatchDownloadResult {
+                        digest: Some(d.to_proto()),
+                        status: item_status(e.into()),
+                        data: Default::default(),
+                    },
+                }
+            };
+            results.push(result);
+        }
+        Ok(Response::new(BatchDownloadResponse { results }))
+    }
+}
+
+async fn read_whole(store: &crate::store::Store, d: Digest) -> Result<bytes::Bytes, ServerError> {
+    let mut s = store
+        .blobs()
+        .read(&d, 0, d.size(), d.size().max(1) as usize)
+        .await?;
+    let mut buf = bytes::BytesMut::with_capacity(d.size() as usize);
+    while let Some(chunk) = s.next().await {
+        buf.extend_from_slice(&chunk?);
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,25 @@
+//! gRPC services: each decodes and validates a request, calls the store and maps errors
+//! to statuses (in `error.rs`). The rules themselves live in `stagecache-proto` and in the
+//! store.
+
+pub mod cas;
+pub mod manifests;
+pub mod refs;
+
+use crate::clock::Clock;
+use crate::error::ServerError;
+use crate::store::Store;
+use stagecache_proto::Namespace;
+use std::sync::Arc;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Validates the `namespace` field every request carries.
+pub(crate) fn namespace(value: &str) -> Result<Namespace, ServerError> {
+    Ok(Namespace::parse("namespace", value)?)
+}

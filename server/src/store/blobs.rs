@@ -1,0 +1,235 @@
+//! Blob bytes in an `object_store` backend, laid out as `cas/<2 hex>/<64 hex>`.
+//!
+//! A blob is written so that it becomes visible only when complete: small blobs are
+//! verified in memory and then put atomically; large ones stream into a multipart upload
+//! whose completion (the atomic publish) happens only after the hash checked out, and
+//! which is aborted otherwise. The local filesystem backend fsyncs what it publishes.
+
+use crate::error::{Result, ServerError};
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, WriteMultipart,
+};
+use stagecache_proto::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Blobs up to this size are buffered, verified and put in one request.
+pub const SINGLE_PUT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Part size of multipart uploads of larger blobs.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload; bounds the memory of one upload to about 3 parts.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Where blob bytes live.
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// Root directory when the backend is the local filesystem.
+    local_root: Option<PathBuf>,
+    description: String,
+}
+
+impl BlobStore {
+    /// Opens the backend named by `url`: `file:///abs/dir` (or no URL: `<data_dir>/blobs`),
+    /// `memory://` (tests), or any URL `object_store` understands (`az://`, `s3://`,
+    /// `gs://`, `https://<account>.blob.core.windows.net/<container>`), configured from
+    /// the usual `AZURE_*`, `AWS_*` and `GOOGLE_*` environment variables.
+    pub fn open(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        let local = |root: PathBuf| -> Result<Self> {
+            std::fs::create_dir_all(&root).map_err(|e| {
+                ServerError::Internal(format!(
+                    "cannot create blob directory {}: {e}",
+                    root.display()
+                ))
+            })?;
+            let fs = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
+            Ok(BlobStore {
+                store: Arc::new(fs),
+                description: format!("file://{}", root.display()),
+                local_root: Some(root),
+            })
+        };
+        let Some(url) = url else {
+            return local(data_dir.join("blobs"));
+        };
+        let parsed = url::Url::parse(url).map_err(|e| {
+            ServerError::InvalidArgument(format!("--blob-store {url:?} is not a URL: {e}"))
+        })?;
+        match parsed.scheme() {
+            "file" => {
+                let path = parsed.to_file_path().map_err(|_| {
+                    ServerError::InvalidArgument(format!(
+                        "--blob-store {url:?}: a file:// URL needs an absolute path"
+                    ))
+                })?;
+                local(path)
+            }
+            "memory" => Ok(BlobStore {
+                store: Arc::new(object_store::memory::InMemory::new()),
+                local_root: None,
+                description: "memory://".into(),
+            }),
+            _ => {
+                let options = std::env::vars().filter_map(|(k, v)| {
+                    let k = k.to_ascii_lowercase();
+                    (k.starts_with("azure_") || k.starts_with("aws_") || k.starts_with("google_"))
+                        .then_some((k, v))
+                });
+                let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
+                let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+                    Arc::from(store)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                };
+                Ok(BlobStore {
+                    store,
+                    local_root: None,
+                    description: url.to_string(),
+                })
+            }
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn location(d: &Digest) -> ObjectPath {
+        let hex = d.hash_hex();
+        ObjectPath::from(format!("cas/{}/{}", &hex[..2], hex))
+    }
+
+    /// Publishes bytes already verified to hash to `d`. Present already is success.
+    pub async fn put_verified(&self, d: &Digest, data: Bytes) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let location = Self::location(d);
+        match self
+            .store
+            .put_opts(&location, PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // Some backends cannot do conditional puts; content addressing makes an
+            // overwrite with the same verified bytes harmless.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.put(&location, PutPayload::from(data)).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts a multipart upload that publishes the blob only on [`WriteMultipart::finish`].
+    pub async fn start_multipart(&self, d: &Digest) -> Result<WriteMultipart> {
+        let upload = self.store.put_multipart(&Self::location(d)).await?;
+        Ok(WriteMultipart::new_with_chunk_size(upload, PART_BYTES))
+    }
+
+    /// Waits until the multipart upload has room for another part.
+    pub async fn wait_for_capacity(w: &mut WriteMultipart) -> Result<()> {
+        Ok(w.wait_for_capacity(PARTS_IN_FLIGHT).await?)
+    }
+
+    /// Streams bytes `[offset, offset + len)` of a blob in chunks of about `chunk` bytes.
+    pub async fn read(
+        &self,
+        d: &Digest,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        if len == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(offset..offset + len)),
+            ..Default::default()
+        };
+        let result = self.store.get_opts(&Self::location(d), opts).await?;
+        let range = result.range.clone();
+        match result.payload {
+            // Local files: read large chunks directly rather than object_store's 8 KiB ones.
+            GetResultPayload::File(mut file, _) => {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(range.start))
+                    .map_err(|e| ServerError::Internal(format!("seek in blob {d}: {e}")))?;
+                let file = tokio::fs::File::from_std(file);
+                let reader = tokio::io::AsyncReadExt::take(file, range.end - range.start);
+                let stream = tokio_util::io::ReaderStream::with_capacity(reader, chunk);
+                let d = *d;
+                Ok(stream
+                    .map(move |r| {
+                        r.map_err(|e| ServerError::Internal(format!("read blob {d}: {e}")))
+                    })
+                    .boxed())
+            }
+            GetResultPayload::Stream(s) => Ok(rechunk(s, chunk)),
+        }
+    }
+
+    /// Removes staging files that a crash left behind in the local backend.
+    pub fn sweep_local_staging(&self) -> usize {
+        let Some(root) = &self.local_root else {
+            return 0;
+        };
+        let mut removed = 0;
+        let Ok(prefixes) = std::fs::read_dir(root.join("cas")) else {
+            return 0;
+        };
+        for dir in prefixes.flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                // object_store stages uploads as `<name>#<n>` beside the target.
+                if f.file_name().to_string_lossy().contains('#')
+                    && std::fs::remove_file(f.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Regroups a byte stream into chunks of about `chunk` bytes.
+fn rechunk(
+    s: BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: usize,
+) -> BoxStream<'static, Result<Bytes>> {
+    futures::stream::unfold(
+        (s, BytesMut::new(), false),
+        move |(mut s, mut buf, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if buf.len() >= chunk {
+                    let out = buf.split_to(chunk).freeze();
+                    return Some((Ok(out), (s, buf, false)));
+                }
+                match s.next().await {
+                    Some(Ok(b)) if buf.is_empty() && b.len() >= chunk => {
+                        return Some((Ok(b), (s, buf, false)))
+                    }
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
+                    Some(Err(e)) => return Some((Err(e.into()), (s, buf, true))),
+                    None if buf.is_empty() => return None,
+                    None => {
+                        let out = buf.split().freeze();
+                        return Some((Ok(out), (s, buf, true)));
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}

@@ -1,0 +1,427 @@
+//! The index in RocksDB: which blobs are present and their sizes, manifests (canonical
+//! bytes), refs and every change of every ref. One column family per record kind and a
+//! schema version key. Writes that acknowledge something to a client sync the WAL.
+
+use crate::error::{Result, ServerError};
+use prost::Message;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use stagecache_proto::records::{RefChangeRecord, RefRecord};
+use stagecache_proto::{Digest, Namespace, RefName};
+use std::path::Path;
+use std::sync::Mutex;
+
+const CF_BLOBS: &str = "blobs";
+const CF_MANIFESTS: &str = "manifests";
+const CF_REFS: &str = "refs";
+const CF_REF_HISTORY: &str = "ref_history";
+const CF_META: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const SCHEMA_VERSION: u32 = 1;
+
+/// What a ref must point at before a [`Index::set_ref`] may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefExpectation {
+    /// No condition.
+    Any,
+    /// The ref must not exist.
+    Absent,
+    /// The ref must point at this manifest.
+    Target(Digest),
+}
+
+/// Outcome of a ref change.
+#[derive(Debug, Clone)]
+pub struct RefUpdate {
+    pub record: RefRecord,
+    pub changed: bool,
+}
+
+pub struct Index {
+    db: DB,
+    /// Serialises ref read-modify-write so compare-and-swap is exact.
+    ref_writes: Mutex<()>,
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+fn ref_key(ns: &Namespace, name: &RefName) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.as_str().len() + 1 + name.as_str().len());
+    k.extend_from_slice(ns.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_str().as_bytes());
+    k
+}
+
+fn history_key(ns: &Namespace, name: &RefName, version: u64) -> Vec<u8> {
+    let mut k = ref_key(ns, name);
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+impl Index {
+    /// Opens (or creates) the index under `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(5);
+
+        // Point lookups dominate (FindMissing, manifest checks): bloom filters and a
+        // bounded shared block cache keep them off the disk and memory flat.
+        let cache = Cache::new_lru_cache(64 * 1024 * 1024);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut point = Options::default();
+        point.set_block_based_table_factory(&table);
+        point.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
+        let cfs = [CF_BLOBS, CF_MANIFESTS, CF_REFS, CF_REF_HISTORY, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, point.clone()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let index = Index {
+            db,
+            ref_writes: Mutex::new(()),
+        };
+        index.check_schema()?;
+        Ok(index)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(meta, SCHEMA_KEY)? {
+            None => {
+                self.db
+                    .put_cf_opt(meta, SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes(), &synced())?;
+                Ok(())
+            }
+            Some(v) if v.as_slice() == SCHEMA_VERSION.to_le_bytes() => Ok(()),
+            Some(v) => Err(ServerError::Internal(format!(
+                "index schema version {:?} is not the supported version {SCHEMA_VERSION}",
+                v
+            ))),
+        }
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| ServerError::Internal(format!("column family {name} is missing")))
+    }
+
+    /// Indexed size of each digest's blob, or `None` where it is absent.
+    pub fn blob_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
+        let cf = self.cf(CF_BLOBS)?;
+        let keys = digests.iter().map(|d| (cf, d.hash().as_slice()));
+        let mut out = Vec::with_capacity(digests.len());
+        for r in self.db.multi_get_cf(keys) {
+            out.push(r?.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)));
+        }
+        Ok(out)
+    }
+
+    /// The digests whose blobs are absent (or indexed with another size).
+    pub fn missing_blobs(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let sizes = self.blob_sizes(digests)?;
+        Ok(digests
+            .iter()
+            .zip(sizes)
+            .filter(|(d, s)| *s != Some(d.size()))
+            .map(|(d, _)| *d)
+            .collect())
+    }
+
+    /// Marks blobs present, durably. Call only after their bytes are stored and verified.
+    pub fn add_blobs(&self, digests: &[Digest]) -> Result<()> {
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        for d in digests {
+            batch.put_cf(cf, d.hash(), d.size().to_le_bytes());
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    pub fn blob_count(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(CF_BLOBS)?, "rocksdb.estimate-num-keys")?
+            .unwrap_or(0))
+    }
+
+    /// Stores a manifest's canonical bytes under its digest.
+    pub fn put_manifest(&self, digest: &Digest, canonical: &[u8]) -> Result<()> {
+        self.db
+            .put_cf_opt(self.cf(CF_MANIFESTS)?, digest.hash(), canonical, &synced())?;
+        Ok(())
+    }
+
+    pub fn get_manifest(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_MANIFESTS)?, digest.hash())?)
+    }
+
+    pub fn has_manifest(&self, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .get_manifest(digest)?
+            .is_some_and(|b| b.len() as u64 == digest.size()))
+    }
+
+    pub fn get_ref(&self, ns: &Namespace, name: &RefName) -> Result<Option<RefRecord>> {
+        match self.db.get_cf(self.cf(CF_REFS)?, ref_key(ns, name))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(RefRecord::decode(v.as_slice()).map_err(|e| {
+                ServerError::DataLoss(format!("ref {name} in {ns}: stored record is corrupt: {e}"))
+            })?)),
+        }
+    }
+
+    /// Points a ref at `target` if `expect` holds, recording the change in its history.
+    /// Setting a ref to the target it already has records nothing.
+    pub fn set_ref(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        target: &Digest,
+        expect: RefExpectation,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<RefUpdate> {
+        let _guard = self
+            .ref_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("ref write lock poisoned".into()))?;
+        let current = self.get_ref(ns, name)?;
+        let current_target = current
+            .as_ref()
+            .map(|r| record_digest(&r.target_hash, r.target_size))
+            .transpose()?;
+        match (expect, current_target) {
+            (RefExpectation::Any, _) => {}
+            (RefExpectation::Absent, None) => {}
+            (RefExpectation::Absent, Some(cur)) => {
+                return Err(ServerError::Aborted(format!(
+                    "ref {name} in namespace {ns} already exists (points at {cur}); expected it to be absent"
+                )))
+            }
+            (RefExpectation::Target(want), None) => {
+                return Err(ServerError::Aborted(format!(
+                    "ref {name} in namespace {ns} does not exist; expected it to point at {want}"
+                )))
+            }
+            (RefExpectation::Target(want), Some(cur)) if want != cur => {
+                return Err(ServerError::Aborted(format!(
+                    "ref {name} in namespace {ns} points at {cur}; expected {want}"
+                )))
+            }
+            (RefExpectation::Target(_), Some(_)) => {}
+        }
+        if let (Some(rec), Some(cur)) = (&current, current_target) {
+            if cur == *target {
+                return Ok(RefUpdate {
+                    record: rec.clone(),
+                    changed: false,
+                });
+            }
+        }
+        let version = current.as_ref().map_or(0, |r| r.version) + 1;
+        let record = RefRecord {
+            target_hash: target.hash().to_vec(),
+            target_size: target.size(),
+            version,
+            updated_at_ms: now_ms,
+            actor: actor.to_string(),
+        };
+        let change = RefChangeRecord {
+            version,
+            old_hash: current_target
+                .map(|d| d.hash().to_vec())
+                .unwrap_or_default(),
+            old_size: current_target.map_or(0, |d| d.size()),
+            had_old: current_target.is_some(),
+            new_hash: target.hash().to_vec(),
+            new_size: target.size(),
+            changed_at_ms: now_ms,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
+        batch.put_cf(
+            self.cf(CF_REF_HISTORY)?,
+            history_key(ns, name, version),
+            change.encode_to_vec(),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(RefUpdate {
+            record,
+            changed: true,
+        })
+    }
+
+    /// Refs of a namespace whose names start with `prefix`, in name order, after `after`.
+    pub fn list_refs(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, RefRecord)>> {
+        let mut start = Vec::from(ns.as_str().as_bytes());
+        start.push(0);
+        let base_len = start.len();
+        start.extend_from_slice(prefix.as_bytes());
+        let scope = start.clone();
+        if let Some(after) = after.filter(|a| a.as_bytes() >= prefix.as_bytes()) {
+            start.truncate(base_len);
+            start.extend_from_slice(after.as_bytes());
+            // The smallest key strictly after `after`.
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_REFS)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&scope) || out.len() >= limit {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[base_len..]).into_owned();
+            let rec = RefRecord::decode(&*v).map_err(|e| {
+                ServerError::DataLoss(format!("ref {name} in {ns}: stored record is corrupt: {e}"))
+            })?;
+            out.push((name, rec));
+        }
+        Ok(out)
+    }
+
+    /// Changes of one ref, newest first.
+    pub fn ref_history(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        limit: usize,
+    ) -> Result<Vec<RefChangeRecord>> {
+        let mut scope = ref_key(ns, name);
+        scope.push(0);
+        let end = history_key(ns, name, u64::MAX);
+        let iter = self.db.iterator_cf(
+            self.cf(CF_REF_HISTORY)?,
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&scope) || out.len() >= limit {
+                break;
+            }
+            out.push(RefChangeRecord::decode(&*v).map_err(|e| {
+                ServerError::DataLoss(format!("history of ref {name} in {ns} is corrupt: {e}"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables so a restart replays nothing; called on graceful shutdown.
+    pub fn flush(&self) -> Result<()> {
+        for cf in [CF_BLOBS, CF_MANIFESTS, CF_REFS, CF_REF_HISTORY, CF_META] {
+            self.db.flush_cf(self.cf(cf)?)?;
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+/// Rebuilds a digest from a stored record's hash bytes and size.
+pub fn record_digest(hash: &[u8], size: u64) -> Result<Digest> {
+    let hash: [u8; 32] = hash.try_into().map_err(|_| {
+        ServerError::DataLoss(format!(
+            "stored digest has {} hash bytes, not 32",
+            hash.len()
+        ))
+    })?;
+    Ok(Digest::new(hash, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(s: &str) -> Namespace {
+        Namespace::parse("namespace", s).unwrap()
+    }
+    fn name(s: &str) -> RefName {
+        RefName::parse("name", s).unwrap()
+    }
+
+    #[test]
+    fn refs_cas_history_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"b"));
+        let prod = ns("prod");
+        let n = name("bar/1");
+        let u = index
+            .set_ref(&prod, &n, &a, RefExpectation::Absent, "alice", "first", 10)
+            .unwrap();
+        assert!(u.changed);
+        assert_eq!(u.record.version, 1);
+        let e = index
+            .set_ref(&prod, &n, &b, RefExpectation::Target(b), "bob", "", 11)
+            .unwrap_err();
+        assert!(matches!(e, ServerError::Aborted(_)), "{e}");
+        index
+            .set_ref(&prod, &n, &b, RefExpectation::Target(a), "bob", "swap", 12)
+            .unwrap();
+        // Same target again: no new history entry.
+        assert!(
+            !index
+                .set_ref(&prod, &n, &b, RefExpectation::Any, "c", "", 13)
+                .unwrap()
+                .changed
+        );
+        let h = index.ref_history(&prod, &n, 10).unwrap();
+        assert_eq!(h.iter().map(|c| c.version).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(h[0].actor, "bob");
+        assert!(h[0].had_old && !h[1].had_old);
+        // Another namespace does not see it; a ref whose name extends this one is separate.
+        assert!(index.get_ref(&ns("test"), &n).unwrap().is_none());
+        index
+            .set_ref(&prod, &name("bar/10"), &a, RefExpectation::Any, "x", "", 14)
+            .unwrap();
+        assert_eq!(index.ref_history(&prod, &n, 10).unwrap().len(), 2);
+        let all = index.list_refs(&prod, "bar/", None, 10).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["bar/1", "bar/10"]
+        );
+        let page = index.list_refs(&prod, "bar/", Some("bar/1"), 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0, "bar/10");
+    }
+
+    #[test]
+    fn blob_presence_by_multi_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"bb"));
+        index.add_blobs(&[a]).unwrap();
+        assert_eq!(index.missing_blobs(&[a, b]).unwrap(), vec![b]);
+        // A digest with the right hash but a wrong size counts as missing.
+        let wrong = Digest::new(*a.hash(), 99);
+        assert_eq!(index.missing_blobs(&[wrong]).unwrap(), vec![wrong]);
+    }
+}

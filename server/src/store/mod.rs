@@ -1,0 +1,255 @@
+//! The store: blob bytes (object_store) plus the index (RocksDB). It keeps the storage
+//! invariants — a blob is visible only after its bytes hashed to its digest, a manifest
+//! only while every blob it names is present — and knows nothing of pipelines.
+
+pub mod blobs;
+pub mod index;
+
+use crate::error::{Result, ServerError};
+use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};
+use bytes::{Bytes, BytesMut};
+use index::Index;
+use object_store::WriteMultipart;
+use stagecache_proto::{Digest, Manifest, Verifier};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Index and blob bytes together; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    index: Arc<Index>,
+    blobs: Arc<BlobStore>,
+}
+
+impl Store {
+    /// Opens the index under `<data_dir>/index` and the blob backend named by `blob_url`.
+    pub fn open(data_dir: &Path, blob_url: Option<&str>) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            ServerError::Internal(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let index = Index::open(&data_dir.join("index"))?;
+        let blobs = BlobStore::open(blob_url, data_dir)?;
+        let swept = blobs.sweep_local_staging();
+        if swept > 0 {
+            tracing::info!(swept, "removed staging files of interrupted uploads");
+        }
+        Ok(Store {
+            index: Arc::new(index),
+            blobs: Arc::new(blobs),
+        })
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Runs a blocking index operation off the async workers (RocksDB reads and synced
+    /// writes block).
+    pub async fn with_index<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Index) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&index)).await?
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub async fn missing_blobs(&self, digests: Vec<Digest>) -> Result<Vec<Digest>> {
+        self.with_index(move |i| i.missing_blobs(&digests)).await
+    }
+
+    pub async fn has_blob(&self, d: Digest) -> Result<bool> {
+        Ok(self.missing_blobs(vec![d]).await?.is_empty())
+    }
+
+    /// Starts writing a blob that must hash to `expected`.
+    pub async fn begin_blob(&self, expected: Digest) -> Result<BlobWriter> {
+        let sink = if expected.size() <= SINGLE_PUT_MAX_BYTES {
+            Sink::Buffer(BytesMut::with_capacity(expected.size() as usize))
+        } else {
+            Sink::Multipart(Box::new(self.blobs.start_multipart(&expected).await?))
+        };
+        Ok(BlobWriter {
+            store: self.clone(),
+            expected,
+            verifier: Verifier::new(expected),
+            sink,
+        })
+    }
+
+    /// Stores a small blob given whole; verifies it first.
+    pub async fn put_blob(&self, expected: Digest, data: Bytes) -> Result<()> {
+        let mut w = self.begin_blob(expected).await?;
+        w.write(data).await?;
+        w.commit().await
+    }
+
+    /// Stores many small blobs given whole: each is verified, the new ones are published
+    /// concurrently, and all are indexed with one synced write. One outcome per blob.
+    pub async fn put_blobs(&self, blobs: Vec<(Digest, Bytes)>) -> Result<Vec<Result<()>>> {
+        use futures::stream::{self, StreamExt};
+        let missing = self
+            .missing_blobs(blobs.iter().map(|(d, _)| *d).collect())
+            .await?;
+        let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
+        let outcomes: Vec<Result<()>> = stream::iter(blobs.iter().cloned())
+            .map(|(d, data)| {
+                let store = self.clone();
+                let needed = missing.contains(&d);
+                async move {
+                    let actual = Digest::of_bytes(&data);
+                    if actual != d {
+                        return Err(ServerError::InvalidArgument(format!(
+                            "upload of {d}: content is {actual}; nothing was stored"
+                        )));
+                    }
+                    if needed {
+                        store.blobs.put_verified(&d, data).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let published: Vec<Digest> = blobs
+            .iter()
+            .zip(&outcomes)
+            .filter(|((d, _), o)| o.is_ok() && missing.contains(d))
+            .map(|((d, _), _)| *d)
+            .collect();
+        if !published.is_empty() {
+            self.with_index(move |i| i.add_blobs(&published)).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Validated manifest in; stored only if every blob is present. Returns its digest.
+    pub async fn put_manifest(&self, manifest: Manifest) -> Result<Digest> {
+        let canonical = manifest.canonical_bytes();
+        let digest = Digest::of_bytes(&canonical);
+        let bytes = Bytes::from(canonical);
+        // The canonical bytes are a blob too, so a replacement server can rebuild the
+        // manifest index from the object store.
+        let store = self.clone();
+        let (missing, known) = self
+            .with_index(move |i| {
+                let digests: Vec<Digest> = manifest.entries().iter().map(|e| e.digest).collect();
+                let missing = i.missing_blobs(&digests)?;
+                Ok((missing, i.has_manifest(&digest)?))
+            })
+            .await?;
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(20).map(|d| d.to_string()).collect();
+            return Err(ServerError::FailedPrecondition(format!(
+                "manifest names {} blob(s) that are not stored; upload them first: {}{}",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )));
+        }
+        if !known {
+            store.put_blob(digest, bytes.clone()).await?;
+            self.with_index(move |i| i.put_manifest(&digest, &bytes))
+                .await?;
+        }
+        Ok(digest)
+    }
+
+    pub async fn get_manifest(&self, digest: Digest) -> Result<Option<Manifest>> {
+        let bytes = self.with_index(move |i| i.get_manifest(&digest)).await?;
+        match bytes {
+            None => Ok(None),
+            Some(b) if b.len() as u64 != digest.size() => Ok(None),
+            Some(b) => Manifest::from_canonical_bytes(&b).map(Some).map_err(|e| {
+                ServerError::DataLoss(format!("stored manifest {digest} is corrupt: {e}"))
+            }),
+        }
+    }
+}
+
+enum Sink {
+    Buffer(BytesMut),
+    Multipart(Box<WriteMultipart>),
+}
+
+/// A blob being written: bytes are hashed as they pass and the blob is published only
+/// by [`BlobWriter::commit`], after size and hash matched. Dropping it without commit
+/// publishes nothing.
+pub struct BlobWriter {
+    store: Store,
+    expected: Digest,
+    verifier: Verifier,
+    sink: Sink,
+}
+
+impl BlobWriter {
+    pub fn received(&self) -> u64 {
+        self.verifier.seen()
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        if let Err(m) = self.verifier.update(&data) {
+            return Err(ServerError::InvalidArgument(format!(
+                "upload of {}: {m}",
+                self.expected
+            )));
+        }
+        match &mut self.sink {
+            Sink::Buffer(buf) => buf.extend_from_slice(&data),
+            Sink::Multipart(w) => {
+                BlobStore::wait_for_capacity(w).await?;
+                w.put(data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the digest and publishes the blob, or discards everything written.
+    pub async fn commit(self) -> Result<()> {
+        let expected = self.expected;
+        match self.verifier.finish() {
+            Err(m) => {
+                if let Sink::Multipart(w) = self.sink {
+                    let _ = w.abort().await;
+                }
+                Err(ServerError::InvalidArgument(format!(
+                    "upload of {expected}: {m}; nothing was stored"
+                )))
+            }
+            Ok(_) => {
+                match self.sink {
+                    Sink::Buffer(buf) => {
+                        self.store
+                            .blobs
+                            .put_verified(&expected, buf.freeze())
+                            .await?
+                    }
+                    Sink::Multipart(w) => {
+                        w.finish().await?;
+                    }
+                }
+                self.store
+                    .with_index(move |i| i.add_blobs(&[expected]))
+                    .await
+            }
+        }
+    }
+
+    /// Discards what was written.
+    pub async fn abort(self) {
+        if let Sink::Multipart(w) = self.sink {
+            let _ = w.abort().await;
+        }
+    }
+}
