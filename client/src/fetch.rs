@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::progress::bytes_bar;
 use crate::tree::hash_file;
-use futures::future::FutureExt;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use stagecache_proto::{
@@ -38,8 +38,9 @@ pub struct FetchReport {
 }
 
 /// Where an entry goes, and where it is staged until verified.
-struct Target<'a> {
-    entry: &'a ManifestEntry,
+#[derive(Clone)]
+struct Target {
+    entry: ManifestEntry,
     dest: PathBuf,
     partial: PathBuf,
 }
@@ -117,6 +118,7 @@ impl Client {
         let targets: Vec<Target> = manifest
             .entries()
             .iter()
+            .cloned()
             .map(|entry| {
                 // Entry paths passed the path rules: relative, no "..", so they stay in `out`.
                 let dest = out.join(&entry.path);
@@ -136,40 +138,33 @@ impl Client {
 
         // Check what is already there, on all cores.
         let present: Vec<bool> = {
-            let checks: Vec<(PathBuf, PathBuf, ManifestEntry)> = targets
-                .iter()
-                .map(|t| (t.dest.clone(), t.partial.clone(), t.entry.clone()))
-                .collect();
+            let checks = targets.clone();
             tokio::task::spawn_blocking(move || {
                 use rayon::prelude::*;
                 checks
                     .par_iter()
-                    .map(|(dest, partial, entry)| {
-                        already_present(&Target {
-                            entry,
-                            dest: dest.clone(),
-                            partial: partial.clone(),
-                        })
-                    })
+                    .map(already_present)
                     .collect::<Result<Vec<bool>>>()
             })
             .await
             .map_err(|e| ClientError::Invalid(format!("checking task failed: {e}")))??
         };
-        let needed: Vec<&Target> = targets
-            .iter()
+        let files = targets.len() as u64;
+        let needed: Vec<Target> = targets
+            .into_iter()
             .zip(&present)
             .filter(|(_, p)| !**p)
             .map(|(t, _)| t)
             .collect();
+        let downloaded_files = needed.len() as u64;
         let downloaded_bytes: u64 = needed.iter().map(|t| t.entry.digest.size()).sum();
         let bar = bytes_bar(opts.progress, downloaded_bytes, "download");
 
-        let (small, large): (Vec<&Target>, Vec<&Target>) = needed
-            .iter()
+        let (small, large): (Vec<Target>, Vec<Target>) = needed
+            .into_iter()
             .partition(|t| t.entry.digest.size() <= BATCH_BLOB_MAX_BYTES);
-        let mut batches: Vec<Vec<&Target>> = Vec::new();
-        let mut current: Vec<&Target> = Vec::new();
+        let mut batches: Vec<Vec<Target>> = Vec::new();
+        let mut current: Vec<Target> = Vec::new();
         let mut current_bytes = 0;
         for t in small {
             if !current.is_empty()
@@ -186,21 +181,26 @@ impl Client {
             batches.push(current);
         }
 
-        let batch_jobs = stream::iter(batches).map(|batch| {
+        // Jobs own what they use, so `fetch` futures are `Send + 'static` friendly.
+        // Jobs are built up front (futures are lazy) rather than in a stream closure:
+        // that keeps this future `Send + 'static`, so callers can spawn it.
+        let mut jobs: Vec<BoxFuture<'static, Result<u64>>> = Vec::new();
+        jobs.extend(batches.into_iter().map(|batch| {
             let bar = bar.clone();
+            let client = self.clone();
             async move {
-                self.fetch_batch(&batch).await?;
+                client.fetch_batch(&batch).await?;
                 bar.inc(batch.iter().map(|t| t.entry.digest.size()).sum());
                 Ok::<u64, ClientError>(0)
             }
             .boxed()
-        });
-        let stream_jobs = stream::iter(large).map(|t| {
+        }));
+        jobs.extend(large.into_iter().map(|t| {
             let bar = bar.clone();
-            async move { self.fetch_large(t, &bar).await }.boxed()
-        });
-        let resumed: Vec<u64> = batch_jobs
-            .chain(stream_jobs)
+            let client = self.clone();
+            async move { client.fetch_large(&t, &bar).await }.boxed()
+        }));
+        let resumed: Vec<u64> = stream::iter(jobs)
             .buffer_unordered(self.config().concurrency.max(1))
             .try_collect()
             .await?;
@@ -208,16 +208,16 @@ impl Client {
 
         Ok(FetchReport {
             manifest: manifest.digest(),
-            files: targets.len() as u64,
+            files,
             bytes: manifest.total_bytes(),
-            downloaded_files: needed.len() as u64,
+            downloaded_files,
             downloaded_bytes,
-            skipped_files: (targets.len() - needed.len()) as u64,
+            skipped_files: files - downloaded_files,
             resumed_bytes: resumed.iter().sum(),
         })
     }
 
-    async fn fetch_batch(&self, batch: &[&Target<'_>]) -> Result<()> {
+    async fn fetch_batch(&self, batch: &[Target]) -> Result<()> {
         let digests: Vec<Digest> = batch.iter().map(|t| t.entry.digest).collect();
         // Empty blobs need no round trip.
         let datas = if digests.iter().all(|d| d.size() == 0) {
@@ -238,7 +238,31 @@ impl Client {
 
     /// Streams one large blob into its staging file, resuming from what is there, and
     /// publishes it once verified. Returns the bytes resumed rather than downloaded.
-    async fn fetch_large(&self, t: &Target<'_>, bar: &ProgressBar) -> Result<u64> {
+    async fn fetch_large(&self, t: &Target, bar: &ProgressBar) -> Result<u64> {
+        match self.fetch_large_once(t, bar, true).await? {
+            (resumed, Ok(())) => Ok(resumed),
+            // Only the whole file's hash is known, so bad bytes in a resumed prefix show
+            // only at the end: start over once from nothing.
+            (resumed, Err(m)) if resumed > 0 => {
+                tracing::warn!(path = %t.dest.display(), resumed, mismatch = %m, "resumed download failed verification; downloading again from the start");
+                bar.set_position(bar.position().saturating_sub(t.entry.digest.size()));
+                match self.fetch_large_once(t, bar, false).await? {
+                    (_, Ok(())) => Ok(0),
+                    (_, Err(m)) => Err(ClientError::Verify(format!("{}: {m}", t.dest.display()))),
+                }
+            }
+            (_, Err(m)) => Err(ClientError::Verify(format!("{}: {m}", t.dest.display()))),
+        }
+    }
+
+    /// One attempt: resume (or not) and stream to the end. The verifier's verdict is
+    /// returned rather than raised so the caller can retry from scratch.
+    async fn fetch_large_once(
+        &self,
+        t: &Target,
+        bar: &ProgressBar,
+        resume: bool,
+    ) -> Result<(u64, Result<(), stagecache_proto::verify::Mismatch>)> {
         let digest = t.entry.digest;
         let partial = t.partial.clone();
         // Hash what an earlier, interrupted fetch left, so the verifier covers every byte.
@@ -255,7 +279,7 @@ impl Client {
                 .metadata()
                 .map_err(|e| ClientError::io(&partial, e))?
                 .len();
-            if len > digest.size() {
+            if !resume || len > digest.size() {
                 file.set_len(0).map_err(|e| ClientError::io(&partial, e))?;
                 return Ok::<_, ClientError>((verifier, file, 0));
             }
@@ -349,10 +373,10 @@ impl Client {
             .await
             .map_err(|e| ClientError::io(&t.partial, e))?;
         drop(file);
-        verifier
-            .finish()
-            .map_err(|m| ClientError::Verify(format!("{}: {m}", t.dest.display())))?;
+        if let Err(m) = verifier.finish() {
+            return Ok((resumed, Err(m)));
+        }
         publish(t)?;
-        Ok(resumed)
+        Ok((resumed, Ok(())))
     }
 }

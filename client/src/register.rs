@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::progress::bytes_bar;
 use crate::tree::{manifest_of, HashedFile};
-use futures::future::FutureExt;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use stagecache_proto::{Digest, BATCH_BLOB_MAX_BYTES, BATCH_TOTAL_MAX_BYTES};
 use std::collections::HashSet;
@@ -56,20 +56,25 @@ impl Client {
 
         // Unique blobs only: identical files upload once.
         let mut seen = HashSet::new();
-        let unique: Vec<&HashedFile> = hashed.iter().filter(|h| seen.insert(h.digest)).collect();
+        let unique: Vec<HashedFile> = hashed
+            .iter()
+            .filter(|h| seen.insert(h.digest))
+            .cloned()
+            .collect();
         let digests: Vec<Digest> = unique.iter().map(|h| h.digest).collect();
         let missing: HashSet<Digest> = self.find_missing(&digests).await?.into_iter().collect();
-        let to_upload: Vec<&HashedFile> = unique
+        let to_upload: Vec<HashedFile> = unique
             .into_iter()
             .filter(|h| missing.contains(&h.digest))
             .collect();
         let uploaded_bytes: u64 = to_upload.iter().map(|h| h.digest.size()).sum();
         let bar = bytes_bar(opts.progress, uploaded_bytes, "upload");
 
-        let (small, large): (Vec<&HashedFile>, Vec<&HashedFile>) = to_upload
-            .iter()
+        let uploaded_files = to_upload.len() as u64;
+        let (small, large): (Vec<HashedFile>, Vec<HashedFile>) = to_upload
+            .into_iter()
             .partition(|h| h.digest.size() <= BATCH_BLOB_MAX_BYTES);
-        let mut batches: Vec<Vec<&HashedFile>> = Vec::new();
+        let mut batches: Vec<Vec<HashedFile>> = Vec::new();
         let mut current = Vec::new();
         let mut current_bytes = 0;
         for h in small {
@@ -87,8 +92,13 @@ impl Client {
             batches.push(current);
         }
 
-        let batch_jobs = stream::iter(batches).map(|batch| {
+        // Jobs own what they use, so `register` futures are `Send + 'static` friendly.
+        // Jobs are built up front (futures are lazy) rather than in a stream closure:
+        // that keeps this future `Send + 'static`, so callers can spawn it.
+        let mut jobs: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
+        jobs.extend(batches.into_iter().map(|batch| {
             let bar = bar.clone();
+            let client = self.clone();
             async move {
                 let mut items = Vec::with_capacity(batch.len());
                 for h in &batch {
@@ -104,22 +114,22 @@ impl Client {
                     items.push((h.digest, bytes::Bytes::from(data)));
                 }
                 let n: u64 = items.iter().map(|(d, _)| d.size()).sum();
-                self.batch_upload(items).await?;
+                client.batch_upload(items).await?;
                 bar.inc(n);
                 Ok::<(), ClientError>(())
             }
             .boxed()
-        });
-        let stream_jobs = stream::iter(large).map(|h| {
+        }));
+        jobs.extend(large.into_iter().map(|h| {
             let bar = bar.clone();
+            let client = self.clone();
             async move {
-                self.upload_file(&h.file.abs, h.digest, &bar).await?;
+                client.upload_file(&h.file.abs, h.digest, &bar).await?;
                 Ok(())
             }
             .boxed()
-        });
-        batch_jobs
-            .chain(stream_jobs)
+        }));
+        stream::iter(jobs)
             .buffer_unordered(self.config().concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
@@ -130,7 +140,7 @@ impl Client {
             manifest: digest,
             files: manifest.entries().len() as u64,
             bytes: manifest.total_bytes(),
-            uploaded_files: to_upload.len() as u64,
+            uploaded_files,
             uploaded_bytes,
             ref_name: None,
             ref_version: None,

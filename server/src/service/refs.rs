@@ -2,7 +2,7 @@
 
 use super::{namespace, AppState};
 use crate::error::ServerError;
-use crate::store::index::{record_digest, RefExpectation};
+use crate::store::index::{record_digest, RefExpectation, RefWrite};
 use stagecache_proto::records::{RefChangeRecord, RefRecord};
 use stagecache_proto::v1::refs_server::Refs;
 use stagecache_proto::v1::{
@@ -108,7 +108,16 @@ impl Refs for RefsService {
         let now = self.state.clock.now_ms();
         let (ns2, name2, reason) = (ns.clone(), name.clone(), req.reason);
         let update = store
-            .with_index(move |i| i.set_ref(&ns2, &name2, &target, expect, &actor, &reason, now))
+            .with_index(move |i| {
+                let write = RefWrite {
+                    target,
+                    expect,
+                    actor: &actor,
+                    reason: &reason,
+                    now_ms: now,
+                };
+                i.set_ref(&ns2, &name2, &write)
+            })
             .await?;
         if update.changed {
             tracing::info!(namespace = %ns, r#ref = %name, %target, version = update.record.version, "ref set");

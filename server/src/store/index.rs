@@ -32,6 +32,16 @@ pub enum RefExpectation {
     Target(Digest),
 }
 
+/// A requested ref change.
+#[derive(Debug, Clone)]
+pub struct RefWrite<'a> {
+    pub target: Digest,
+    pub expect: RefExpectation,
+    pub actor: &'a str,
+    pub reason: &'a str,
+    pub now_ms: i64,
+}
+
 /// Outcome of a ref change.
 #[derive(Debug, Clone)]
 pub struct RefUpdate {
@@ -186,18 +196,11 @@ impl Index {
         }
     }
 
-    /// Points a ref at `target` if `expect` holds, recording the change in its history.
-    /// Setting a ref to the target it already has records nothing.
-    pub fn set_ref(
-        &self,
-        ns: &Namespace,
-        name: &RefName,
-        target: &Digest,
-        expect: RefExpectation,
-        actor: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<RefUpdate> {
+    /// Points a ref at `w.target` if `w.expect` holds, recording the change in its
+    /// history. Setting a ref to the target it already has records nothing.
+    pub fn set_ref(&self, ns: &Namespace, name: &RefName, w: &RefWrite) -> Result<RefUpdate> {
+        let (target, expect, actor, reason, now_ms) =
+            (&w.target, w.expect, w.actor, w.reason, w.now_ms);
         let _guard = self
             .ref_writes
             .lock()
@@ -375,21 +378,61 @@ mod tests {
         let prod = ns("prod");
         let n = name("bar/1");
         let u = index
-            .set_ref(&prod, &n, &a, RefExpectation::Absent, "alice", "first", 10)
+            .set_ref(
+                &prod,
+                &n,
+                &RefWrite {
+                    target: a,
+                    expect: RefExpectation::Absent,
+                    actor: "alice",
+                    reason: "first",
+                    now_ms: 10,
+                },
+            )
             .unwrap();
         assert!(u.changed);
         assert_eq!(u.record.version, 1);
         let e = index
-            .set_ref(&prod, &n, &b, RefExpectation::Target(b), "bob", "", 11)
+            .set_ref(
+                &prod,
+                &n,
+                &RefWrite {
+                    target: b,
+                    expect: RefExpectation::Target(b),
+                    actor: "bob",
+                    reason: "",
+                    now_ms: 11,
+                },
+            )
             .unwrap_err();
         assert!(matches!(e, ServerError::Aborted(_)), "{e}");
         index
-            .set_ref(&prod, &n, &b, RefExpectation::Target(a), "bob", "swap", 12)
+            .set_ref(
+                &prod,
+                &n,
+                &RefWrite {
+                    target: b,
+                    expect: RefExpectation::Target(a),
+                    actor: "bob",
+                    reason: "swap",
+                    now_ms: 12,
+                },
+            )
             .unwrap();
         // Same target again: no new history entry.
         assert!(
             !index
-                .set_ref(&prod, &n, &b, RefExpectation::Any, "c", "", 13)
+                .set_ref(
+                    &prod,
+                    &n,
+                    &RefWrite {
+                        target: b,
+                        expect: RefExpectation::Any,
+                        actor: "c",
+                        reason: "",
+                        now_ms: 13
+                    }
+                )
                 .unwrap()
                 .changed
         );
@@ -400,7 +443,17 @@ mod tests {
         // Another namespace does not see it; a ref whose name extends this one is separate.
         assert!(index.get_ref(&ns("test"), &n).unwrap().is_none());
         index
-            .set_ref(&prod, &name("bar/10"), &a, RefExpectation::Any, "x", "", 14)
+            .set_ref(
+                &prod,
+                &name("bar/10"),
+                &RefWrite {
+                    target: a,
+                    expect: RefExpectation::Any,
+                    actor: "x",
+                    reason: "",
+                    now_ms: 14,
+                },
+            )
             .unwrap();
         assert_eq!(index.ref_history(&prod, &n, 10).unwrap().len(), 2);
         let all = index.list_refs(&prod, "bar/", None, 10).unwrap();
