@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "stagecache/v1/cas.proto",
         "stagecache/v1/manifests.proto",
         "stagecache/v1/refs.proto",
+        "stagecache/v1/ledger.proto",
         "stagecache/store/records.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

@@ -8,6 +8,8 @@
 
 pub mod clock;
 pub mod error;
+pub mod events;
+pub mod ledger;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -4,11 +4,13 @@
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, ServerError};
 use crate::service::cas::CasService;
+use crate::service::ledger::LedgerService;
 use crate::service::manifests::ManifestsService;
 use crate::service::refs::RefsService;
 use crate::service::AppState;
 use crate::store::Store;
 use stagecache_proto::v1::cas_server::CasServer;
+use stagecache_proto::v1::ledger_server::LedgerServer;
 use stagecache_proto::v1::manifests_server::ManifestsServer;
 use stagecache_proto::v1::refs_server::RefsServer;
 use stagecache_proto::{FILE_DESCRIPTOR_SET, MAX_MESSAGE_BYTES};
@@ -61,6 +63,7 @@ pub async fn serve(
     let state = AppState {
         store: store.clone(),
         clock: config.clock.clone(),
+        events: crate::events::Events::default(),
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -70,6 +73,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<RefsServer<RefsService>>()
+        .await;
+    health_reporter
+        .set_serving::<LedgerServer<LedgerService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -87,6 +93,10 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    let ledger = LedgerServer::new(LedgerService::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
     tonic::transport::Server::builder()
         // Large windows keep a single stream's throughput near the link's on fat pipes.
         .initial_stream_window_size(Some(8 * 1024 * 1024))
@@ -97,6 +107,7 @@ pub async fn serve(
         .add_service(cas)
         .add_service(manifests)
         .add_service(refs)
+        .add_service(ledger)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| ServerError::Internal(format!("transport: {e}")))?;

@@ -3,11 +3,13 @@
 //! store.
 
 pub mod cas;
+pub mod ledger;
 pub mod manifests;
 pub mod refs;
 
 use crate::clock::Clock;
 use crate::error::ServerError;
+use crate::events::Events;
 use crate::store::Store;
 use stagecache_proto::Namespace;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
+    pub events: Events,
 }
 
 /// Validates the `namespace` field every request carries.

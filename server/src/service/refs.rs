@@ -38,7 +38,7 @@ fn ref_to_proto(name: &str, r: &RefRecord) -> Result<Ref, ServerError> {
     })
 }
 
-fn change_to_proto(name: &str, c: &RefChangeRecord) -> Result<RefChange, ServerError> {
+pub(crate) fn change_to_proto(name: &str, c: &RefChangeRecord) -> Result<RefChange, ServerError> {
     Ok(RefChange {
         name: name.to_string(),
         version: c.version,
@@ -120,6 +120,16 @@ impl Refs for RefsService {
             })
             .await?;
         if update.changed {
+            let (ns3, name3) = (ns.clone(), name.clone());
+            if let Some(change) = store
+                .with_index(move |i| Ok(i.ref_history(&ns3, &name3, 1)?.into_iter().next()))
+                .await?
+            {
+                self.state.events.publish(
+                    &ns,
+                    crate::events::Change::RefSet(change_to_proto(name.as_str(), &change)?),
+                );
+            }
             tracing::info!(namespace = %ns, r#ref = %name, %target, version = update.record.version, "ref set");
         }
         Ok(Response::new(SetRefResponse {

@@ -18,6 +18,19 @@ const CF_MANIFESTS: &str = "manifests";
 const CF_REFS: &str = "refs";
 const CF_REF_HISTORY: &str = "ref_history";
 const CF_META: &str = "meta";
+pub(crate) const CF_LEDGER_HEAD: &str = "ledger_head";
+pub(crate) const CF_LEDGER_HISTORY: &str = "ledger_history";
+pub(crate) const CF_CLAIMS: &str = "claims";
+const ALL_CFS: [&str; 8] = [
+    CF_BLOBS,
+    CF_MANIFESTS,
+    CF_REFS,
+    CF_REF_HISTORY,
+    CF_META,
+    CF_LEDGER_HEAD,
+    CF_LEDGER_HISTORY,
+    CF_CLAIMS,
+];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const SCHEMA_VERSION: u32 = 1;
 
@@ -50,12 +63,15 @@ pub struct RefUpdate {
 }
 
 pub struct Index {
-    db: DB,
+    pub(crate) db: DB,
     /// Serialises ref read-modify-write so compare-and-swap is exact.
     ref_writes: Mutex<()>,
+    /// Serialises ledger read-modify-write (transitions, claims) and owns the next
+    /// ledger sequence number.
+    pub(crate) ledger_writes: Mutex<u64>,
 }
 
-fn synced() -> WriteOptions {
+pub(crate) fn synced() -> WriteOptions {
     let mut w = WriteOptions::default();
     w.set_sync(true);
     w
@@ -96,16 +112,23 @@ impl Index {
         point.set_block_based_table_factory(&table);
         point.set_compression_type(rocksdb::DBCompressionType::Lz4);
 
-        let cfs = [CF_BLOBS, CF_MANIFESTS, CF_REFS, CF_REF_HISTORY, CF_META]
+        let cfs = ALL_CFS
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, point.clone()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let index = Index {
+        let mut index = Index {
             db,
             ref_writes: Mutex::new(()),
+            ledger_writes: Mutex::new(0),
         };
         index.check_schema()?;
+        let next_seq = index.load_ledger_seq()?;
+        index.ledger_writes = Mutex::new(next_seq);
         Ok(index)
+    }
+
+    pub(crate) fn meta_cf(&self) -> Result<&rocksdb::ColumnFamily> {
+        self.cf(CF_META)
     }
 
     fn check_schema(&self) -> Result<()> {
@@ -124,7 +147,7 @@ impl Index {
         }
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| ServerError::Internal(format!("column family {name} is missing")))
@@ -340,7 +363,7 @@ impl Index {
 
     /// Flushes memtables so a restart replays nothing; called on graceful shutdown.
     pub fn flush(&self) -> Result<()> {
-        for cf in [CF_BLOBS, CF_MANIFESTS, CF_REFS, CF_REF_HISTORY, CF_META] {
+        for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf)?)?;
         }
         self.db.flush_wal(true)?;

@@ -4,6 +4,7 @@
 
 pub mod blobs;
 pub mod index;
+pub mod ledger;
 
 use crate::error::{Result, ServerError};
 use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};

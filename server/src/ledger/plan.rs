@@ -1,0 +1,463 @@
+//! Stage graphs and plans, as plain functions: validate a graph, then decide for each
+//! stage RUN, SKIP or BLOCKED from what already succeeded for the subject.
+//!
+//! Rules: a stage is SKIP when it has an effective success and is not forced; it is RUN
+//! when selected and every dependency is SKIP or RUN; otherwise it is BLOCKED. Forcing a
+//! stage never forces its dependents: a dependent that succeeded stays SKIP, and its
+//! reason says that an upstream stage will run again.
+
+use crate::error::ServerError;
+use std::collections::{HashMap, HashSet};
+
+/// Longest stage or target name, in bytes.
+pub const MAX_STAGE_NAME_BYTES: usize = 200;
+
+/// Checks a stage or target name: printable text without control characters.
+pub fn validate_stage_name(field: &str, name: &str, allow_empty: bool) -> Result<(), ServerError> {
+    if name.is_empty() {
+        if allow_empty {
+            return Ok(());
+        }
+        return Err(ServerError::InvalidArgument(format!(
+            "{field}: is empty; a stage name is required"
+        )));
+    }
+    if name.len() > MAX_STAGE_NAME_BYTES {
+        return Err(ServerError::InvalidArgument(format!(
+            "{field}: {name:?} is longer than {MAX_STAGE_NAME_BYTES} bytes"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ServerError::InvalidArgument(format!(
+            "{field}: {name:?} contains control characters"
+        )));
+    }
+    if name.trim() != name {
+        return Err(ServerError::InvalidArgument(format!(
+            "{field}: {name:?} has leading or trailing white space"
+        )));
+    }
+    Ok(())
+}
+
+/// One stage of a validated graph.
+#[derive(Debug, Clone)]
+pub struct StageNode {
+    pub name: String,
+    pub depends_on: Vec<usize>,
+    pub fingerprint: String,
+}
+
+/// A validated stage graph: unique names, known dependencies, no cycles.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub stages: Vec<StageNode>,
+    by_name: HashMap<String, usize>,
+    /// Stage indices, dependencies before dependents.
+    topo: Vec<usize>,
+}
+
+impl Graph {
+    /// Validates `(name, depends_on, fingerprint)` triples, in the caller's order.
+    pub fn new(defs: &[(String, Vec<String>, String)]) -> Result<Self, ServerError> {
+        if defs.is_empty() {
+            return Err(ServerError::InvalidArgument("graph: has no stages".into()));
+        }
+        let mut by_name = HashMap::new();
+        for (i, (name, _, _)) in defs.iter().enumerate() {
+            validate_stage_name(&format!("graph.stages[{i}].name"), name, false)?;
+            if let Some(j) = by_name.insert(name.clone(), i) {
+                return Err(ServerError::InvalidArgument(format!(
+                    "graph.stages[{i}]: stage {name:?} is defined twice (also graph.stages[{j}])"
+                )));
+            }
+        }
+        let mut stages = Vec::with_capacity(defs.len());
+        for (name, deps, fingerprint) in defs {
+            let mut depends_on = Vec::new();
+            for d in deps {
+                let j = *by_name.get(d).ok_or_else(|| {
+                    ServerError::InvalidArgument(format!(
+                        "stage {name:?}: depends_on {d:?}, which is not a stage of the graph"
+                    ))
+                })?;
+                if !depends_on.contains(&j) {
+                    depends_on.push(j);
+                }
+            }
+            stages.push(StageNode {
+                name: name.clone(),
+                depends_on,
+                fingerprint: fingerprint.clone(),
+            });
+        }
+        let topo = topological_order(&stages)?;
+        Ok(Graph {
+            stages,
+            by_name,
+            topo,
+        })
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    fn require(&self, field: &str, name: &str) -> Result<usize, ServerError> {
+        self.index_of(name).ok_or_else(|| {
+            ServerError::InvalidArgument(format!("{field}: {name:?} is not a stage of the graph"))
+        })
+    }
+
+    /// `name` and every stage that depends on it, directly or not.
+    pub fn downstream_of(&self, start: usize) -> HashSet<usize> {
+        let mut out = HashSet::from([start]);
+        // Topological order guarantees dependencies are seen before dependents.
+        for &i in &self.topo {
+            if self.stages[i].depends_on.iter().any(|d| out.contains(d)) {
+                out.insert(i);
+            }
+        }
+        out
+    }
+}
+
+/// Kahn's algorithm; on a cycle, names one.
+fn topological_order(stages: &[StageNode]) -> Result<Vec<usize>, ServerError> {
+    let n = stages.len();
+    let mut indegree = vec![0usize; n];
+    let mut dependents = vec![Vec::new(); n];
+    for (i, s) in stages.iter().enumerate() {
+        indegree[i] = s.depends_on.len();
+        for &d in &s.depends_on {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).rev().collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &j in dependents[i].iter().rev() {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk dependencies from a stage left over until one repeats: that is a cycle.
+    let start = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = stages[at]
+            .depends_on
+            .iter()
+            .copied()
+            .find(|&d| indegree[d] > 0)
+            .unwrap_or(start);
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<&str> = path[pos..]
+                .iter()
+                .map(|&i| stages[i].name.as_str())
+                .collect();
+            cycle.reverse();
+            cycle.push(cycle[0]);
+            return Err(ServerError::InvalidArgument(format!(
+                "stage {:?}: dependency cycle {}",
+                stages[next].name,
+                cycle
+                    .iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            )));
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+/// Which stages the caller wants run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub only: Vec<String>,
+    pub from: String,
+    pub skip: Vec<String>,
+}
+
+/// What is known about a stage's last result on the subject (target "", matching
+/// fingerprint), for reasons.
+#[derive(Debug, Clone)]
+pub enum Known<R> {
+    /// An effective success.
+    Succeeded(R, String),
+    /// A result that is not a success (failed, running, cancelled, invalidated, or a
+    /// success under another fingerprint), described in a few words.
+    Other(String),
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Run,
+    Skip,
+    Blocked,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagePlan<R> {
+    pub name: String,
+    pub decision: Decision,
+    pub reason: String,
+    pub succeeded: Option<R>,
+    pub blocked_by: Vec<String>,
+}
+
+/// Decides every stage of `graph`. `known(stage)` says what the ledger holds for it.
+/// Returns the plan in the graph's order.
+pub fn plan<R: Clone>(
+    graph: &Graph,
+    selection: &Selection,
+    force: &[String],
+    mut known: impl FnMut(&StageNode) -> Known<R>,
+) -> Result<Vec<StagePlan<R>>, ServerError> {
+    let given = [
+        !selection.only.is_empty(),
+        !selection.from.is_empty(),
+        !selection.skip.is_empty(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ServerError::InvalidArgument(
+            "selection: give at most one of only, from and skip".into(),
+        ));
+    }
+    let mut selected: HashSet<usize> = (0..graph.stages.len()).collect();
+    let selection_note;
+    if !selection.only.is_empty() {
+        selected = selection
+            .only
+            .iter()
+            .enumerate()
+            .map(|(i, s)| graph.require(&format!("only[{i}]"), s))
+            .collect::<Result<_, _>>()?;
+        selection_note = "not selected (only)";
+    } else if !selection.from.is_empty() {
+        selected = graph.downstream_of(graph.require("from", &selection.from)?);
+        selection_note = "not selected (before the from stage)";
+    } else {
+        for (i, s) in selection.skip.iter().enumerate() {
+            selected.remove(&graph.require(&format!("skip[{i}]"), s)?);
+        }
+        selection_note = "not selected (skip)";
+    }
+    let forced: HashSet<usize> = force
+        .iter()
+        .enumerate()
+        .map(|(i, s)| graph.require(&format!("force[{i}]"), s))
+        .collect::<Result<_, _>>()?;
+
+    let mut decided: Vec<Option<StagePlan<R>>> = vec![None; graph.stages.len()];
+    // Stages that will run again although they succeeded before (forced), and everything
+    // that runs downstream of them: their successful dependents are stale but not forced.
+    let mut rerun_upstream: Vec<Vec<String>> = vec![Vec::new(); graph.stages.len()];
+    for &i in &graph.topo {
+        let node = &graph.stages[i];
+        let mut upstream_rerun: Vec<String> = Vec::new();
+        for &d in &node.depends_on {
+            for n in &rerun_upstream[d] {
+                if !upstream_rerun.contains(n) {
+                    upstream_rerun.push(n.clone());
+                }
+            }
+        }
+        let state = known(node);
+        let is_forced = forced.contains(&i);
+        let p = match (&state, is_forced) {
+            (Known::Succeeded(r, how), false) => {
+                let mut reason = format!("succeeded {how}");
+                if !upstream_rerun.is_empty() {
+                    reason.push_str(&format!(
+                        "; upstream {} will run again, but this stage is not forced (force it to re-run)",
+                        upstream_rerun.join(", ")
+                    ));
+                }
+                StagePlan {
+                    name: node.name.clone(),
+                    decision: Decision::Skip,
+                    reason,
+                    succeeded: Some(r.clone()),
+                    blocked_by: vec![],
+                }
+            }
+            _ => {
+                let blocked_by: Vec<String> = node
+                    .depends_on
+                    .iter()
+                    .filter(|&&d| {
+                        decided[d]
+                            .as_ref()
+                            .is_some_and(|p| p.decision == Decision::Blocked)
+                    })
+                    .map(|&d| graph.stages[d].name.clone())
+                    .collect();
+                let history = match &state {
+                    Known::Succeeded(_, how) => format!("succeeded {how}"),
+                    Known::Other(what) => what.clone(),
+                    Known::Never => "never ran".to_string(),
+                };
+                if !selected.contains(&i) {
+                    StagePlan {
+                        name: node.name.clone(),
+                        decision: Decision::Blocked,
+                        reason: format!("{selection_note}; {history}"),
+                        succeeded: None,
+                        blocked_by,
+                    }
+                } else if !blocked_by.is_empty() {
+                    StagePlan {
+                        name: node.name.clone(),
+                        decision: Decision::Blocked,
+                        reason: format!(
+                            "upstream {} has not succeeded and will not run; {history}",
+                            blocked_by.join(", ")
+                        ),
+                        succeeded: None,
+                        blocked_by,
+                    }
+                } else {
+                    let reason = if is_forced {
+                        format!("forced; {history}; its dependents are not forced")
+                    } else {
+                        history
+                    };
+                    StagePlan {
+                        name: node.name.clone(),
+                        decision: Decision::Run,
+                        reason,
+                        succeeded: None,
+                        blocked_by: vec![],
+                    }
+                }
+            }
+        };
+        if p.decision == Decision::Run && matches!(state, Known::Succeeded(..)) {
+            upstream_rerun.push(node.name.clone());
+        }
+        rerun_upstream[i] = upstream_rerun;
+        decided[i] = Some(p);
+    }
+    Ok(decided.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(defs: &[(&str, &[&str])]) -> Result<Graph, ServerError> {
+        Graph::new(
+            &defs
+                .iter()
+                .map(|(n, d)| {
+                    (
+                        n.to_string(),
+                        d.iter().map(|s| s.to_string()).collect(),
+                        String::new(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn graph_errors_name_the_stage() {
+        let e = graph(&[("a", &[]), ("a", &[])]).unwrap_err().to_string();
+        assert!(e.contains("stage \"a\" is defined twice"), "{e}");
+        let e = graph(&[("a", &["zz"])]).unwrap_err().to_string();
+        assert!(e.contains("stage \"a\": depends_on \"zz\""), "{e}");
+        let e = graph(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dependency cycle"), "{e}");
+        let e = graph(&[("self", &["self"])]).unwrap_err().to_string();
+        assert!(e.contains("\"self\" -> \"self\""), "{e}");
+    }
+
+    #[test]
+    fn forcing_does_not_force_dependents() {
+        let g = graph(&[("sign", &[]), ("sbom", &["sign"]), ("publish", &["sbom"])]).unwrap();
+        let p = plan(&g, &Selection::default(), &["sign".into()], |_| {
+            Known::Succeeded((), "in attempt 1".into())
+        })
+        .unwrap();
+        assert_eq!(p[0].decision, Decision::Run);
+        assert!(p[0].reason.contains("dependents are not forced"));
+        assert_eq!(p[1].decision, Decision::Skip);
+        assert!(
+            p[1].reason.contains("upstream sign will run again"),
+            "{}",
+            p[1].reason
+        );
+        assert!(
+            p[2].reason.contains("upstream sign will run again"),
+            "{}",
+            p[2].reason
+        );
+    }
+
+    #[test]
+    fn selection_and_blocking() {
+        let g = graph(&[("a", &[]), ("b", &["a"]), ("c", &["b"])]).unwrap();
+        let p = plan::<()>(
+            &g,
+            &Selection {
+                only: vec!["b".into()],
+                ..Default::default()
+            },
+            &[],
+            |_| Known::Never,
+        )
+        .unwrap();
+        assert_eq!(
+            p.iter().map(|s| s.decision).collect::<Vec<_>>(),
+            [Decision::Blocked, Decision::Blocked, Decision::Blocked]
+        );
+        assert_eq!(p[1].blocked_by, ["a"]);
+        let p = plan::<()>(
+            &g,
+            &Selection {
+                from: "b".into(),
+                ..Default::default()
+            },
+            &[],
+            |n| {
+                if n.name == "a" {
+                    Known::Succeeded((), "x".into())
+                } else {
+                    Known::Never
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.iter().map(|s| s.decision).collect::<Vec<_>>(),
+            [Decision::Skip, Decision::Run, Decision::Run]
+        );
+        let e = plan::<()>(
+            &g,
+            &Selection {
+                skip: vec!["nope".into()],
+                ..Default::default()
+            },
+            &[],
+            |_| Known::Never,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("skip[0]: \"nope\" is not a stage"),
+            "{e}"
+        );
+    }
+}

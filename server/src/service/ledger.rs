@@ -1,0 +1,637 @@
+//! `stagecache.v1.Ledger`: decodes and validates requests, runs the ledger rules in one
+//! durable transaction, publishes change events, maps errors to statuses.
+
+use super::{namespace, AppState};
+use crate::error::ServerError;
+use crate::events::{Change, Event};
+use crate::ledger::claims::{self, ClaimOutcome};
+use crate::ledger::plan::{self, validate_stage_name, Graph, Known, Selection};
+use crate::ledger::{self, effective_success, status_of, to_proto, validate_text, RecordInput};
+use crate::store::ledger::StageKey;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use stagecache_proto::records::StageResultRecord;
+use stagecache_proto::v1::ledger_server::Ledger;
+use stagecache_proto::v1::{
+    self, watch_event, BatchStatusRequest, BatchStatusResponse, Claim, ClaimRequest, ClaimResponse,
+    HistoryRequest, HistoryResponse, InvalidateRequest, InvalidateResponse, PlanRequest,
+    PlanResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest, RecordResponse,
+    ReleaseClaimRequest, ReleaseClaimResponse, RenewClaimRequest, StageStatus, StatusRequest,
+    StatusResponse, SubjectStatus, WatchEvent, WatchRequest,
+};
+use stagecache_proto::{Digest, Namespace, RefName};
+use std::collections::{HashMap, HashSet};
+use tonic::{Request, Response, Status};
+
+/// Most items of one RecordBatch or subjects of one BatchStatus.
+pub const MAX_BATCH: usize = 10_000;
+
+pub struct LedgerService {
+    state: AppState,
+}
+
+impl LedgerService {
+    pub fn new(state: AppState) -> Self {
+        LedgerService { state }
+    }
+
+    fn now(&self) -> i64 {
+        self.state.clock.now_ms()
+    }
+
+    /// Which of these digests are neither a stored manifest nor a stored blob.
+    async fn unknown_subjects(&self, subjects: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
+        self.state
+            .store
+            .with_index(move |i| {
+                let missing = i.missing_blobs(&subjects)?;
+                let mut unknown = Vec::new();
+                for d in missing {
+                    if !i.has_manifest(&d)? {
+                        unknown.push(d);
+                    }
+                }
+                Ok(unknown)
+            })
+            .await
+    }
+
+    fn publish(&self, ns: &Namespace, r: &StageResultRecord) {
+        if let Ok(p) = to_proto(r) {
+            self.state.events.publish(ns, Change::StageRecorded(p));
+        }
+    }
+}
+
+fn stage_key(
+    ns: &Namespace,
+    field: &str,
+    subject: Option<&v1::Digest>,
+    stage: &str,
+    target: &str,
+) -> Result<StageKey, ServerError> {
+    let subject = Digest::from_required(&format!("{field}subject"), subject)?;
+    validate_stage_name(&format!("{field}stage"), stage, false)?;
+    validate_stage_name(&format!("{field}target"), target, true)?;
+    Ok(StageKey {
+        namespace: ns.clone(),
+        subject,
+        stage: stage.to_string(),
+        target: target.to_string(),
+    })
+}
+
+fn record_input(
+    ns: &Namespace,
+    field: &str,
+    r: &RecordRequest,
+) -> Result<RecordInput, ServerError> {
+    let key = stage_key(ns, field, r.subject.as_ref(), &r.stage, &r.target)?;
+    let status = StageStatus::try_from(r.status).map_err(|_| {
+        ServerError::InvalidArgument(format!("{field}status: {} is not a stage status", r.status))
+    })?;
+    for (name, value) in [
+        ("fingerprint", &r.fingerprint),
+        ("bar_build_id", &r.bar_build_id),
+        ("build_id", &r.build_id),
+        ("run_url", &r.run_url),
+        ("actor", &r.actor),
+        ("claim_token", &r.claim_token),
+    ] {
+        validate_text(&format!("{field}{name}"), value)?;
+    }
+    let outputs = r
+        .outputs
+        .as_ref()
+        .map(|d| Digest::from_proto(&format!("{field}outputs"), d))
+        .transpose()?;
+    Ok(RecordInput {
+        key,
+        fingerprint: r.fingerprint.clone(),
+        status,
+        bar_build_id: r.bar_build_id.clone(),
+        build_id: r.build_id.clone(),
+        attempt: r.attempt,
+        run_url: r.run_url.clone(),
+        actor: if r.actor.is_empty() {
+            "unknown".into()
+        } else {
+            r.actor.clone()
+        },
+        outputs,
+        claim_token: r.claim_token.clone(),
+    })
+}
+
+/// The effective results of a subject: heads that are not invalidated, filtered.
+fn effective(
+    heads: Vec<StageResultRecord>,
+    stage: &str,
+    target: &str,
+    fingerprint: &str,
+) -> Vec<StageResultRecord> {
+    heads
+        .into_iter()
+        .filter(|h| status_of(h) != StageStatus::Invalidated)
+        .filter(|h| stage.is_empty() || h.stage == stage)
+        .filter(|h| stage.is_empty() || h.target == target)
+        .filter(|h| fingerprint.is_empty() || h.fingerprint == fingerprint)
+        .collect()
+}
+
+fn protos(records: &[StageResultRecord]) -> Result<Vec<v1::StageResult>, ServerError> {
+    records.iter().map(to_proto).collect()
+}
+
+fn claim_proto(c: &stagecache_proto::records::ClaimRecord, with_token: bool) -> Claim {
+    Claim {
+        holder: c.holder.clone(),
+        token: if with_token {
+            c.token.clone()
+        } else {
+            String::new()
+        },
+        acquired_at_ms: c.acquired_at_ms,
+        expires_at_ms: c.expires_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    async fn record(
+        &self,
+        request: Request<RecordRequest>,
+    ) -> Result<Response<RecordResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let input = record_input(&ns, "", &req)?;
+        if !self
+            .unknown_subjects(vec![input.key.subject])
+            .await?
+            .is_empty()
+        {
+            return Err(Status::failed_precondition(format!(
+                "subject: {} is neither a stored manifest nor a stored blob",
+                input.key.subject
+            )));
+        }
+        if let Some(out) = input.outputs {
+            let store = self.state.store.clone();
+            if !store.with_index(move |i| i.has_manifest(&out)).await? {
+                return Err(Status::failed_precondition(format!(
+                    "outputs: manifest {out} is not stored"
+                )));
+            }
+        }
+        let now = self.now();
+        let result = self
+            .state
+            .store
+            .with_index(move |i| i.ledger_txn(|t| ledger::record(t, &input, now)))
+            .await?;
+        self.publish(&ns, &result);
+        Ok(Response::new(RecordResponse {
+            result: Some(to_proto(&result)?),
+        }))
+    }
+
+    async fn record_batch(
+        &self,
+        request: Request<RecordBatchRequest>,
+    ) -> Result<Response<RecordBatchResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        if req.items.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "items: {} given, at most {MAX_BATCH} per call",
+                req.items.len()
+            )));
+        }
+        let inputs = req
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record_input(&ns, &format!("items[{i}]."), r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subjects: Vec<Digest> = inputs
+            .iter()
+            .map(|i| i.key.subject)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let unknown = self.unknown_subjects(subjects).await?;
+        if let Some(d) = unknown.first() {
+            let i = inputs.iter().position(|i| i.key.subject == *d).unwrap_or(0);
+            return Err(Status::failed_precondition(format!(
+                "items[{i}].subject: {d} is neither a stored manifest nor a stored blob ({} unknown subjects in all); nothing was recorded",
+                unknown.len()
+            )));
+        }
+        let outputs: Vec<Digest> = inputs.iter().filter_map(|i| i.outputs).collect();
+        if !outputs.is_empty() {
+            let store = self.state.store.clone();
+            let missing = store
+                .with_index(move |i| {
+                    let mut m = Vec::new();
+                    for d in outputs {
+                        if !i.has_manifest(&d)? {
+                            m.push(d);
+                        }
+                    }
+                    Ok(m)
+                })
+                .await?;
+            if let Some(d) = missing.first() {
+                return Err(Status::failed_precondition(format!(
+                    "outputs: manifest {d} is not stored; nothing was recorded"
+                )));
+            }
+        }
+        let now = self.now();
+        let results = self
+            .state
+            .store
+            .with_index(move |i| {
+                i.ledger_txn(|t| {
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(n, input)| {
+                            ledger::record(t, input, now).map_err(|e| match e {
+                                ServerError::FailedPrecondition(m) => {
+                                    ServerError::FailedPrecondition(format!(
+                                        "items[{n}]: {m}; nothing was recorded"
+                                    ))
+                                }
+                                ServerError::InvalidArgument(m) => ServerError::InvalidArgument(
+                                    format!("items[{n}]: {m}; nothing was recorded"),
+                                ),
+                                other => other,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .await?;
+        for r in &results {
+            self.publish(&ns, r);
+        }
+        Ok(Response::new(RecordBatchResponse {
+            results: protos(&results)?,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let subject =
+            Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
+        validate_stage_name("stage", &req.stage, true)?;
+        validate_stage_name("target", &req.target, true)?;
+        // Point reads of short prefixes: cheap enough to serve on the async workers.
+        let heads = self.state.store.index().ledger_heads(&ns, &subject)?;
+        let results = effective(heads, &req.stage, &req.target, &req.fingerprint);
+        Ok(Response::new(StatusResponse {
+            results: protos(&results)?,
+        }))
+    }
+
+    async fn batch_status(
+        &self,
+        request: Request<BatchStatusRequest>,
+    ) -> Result<Response<BatchStatusResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        if req.subjects.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "subjects: {} given, at most {MAX_BATCH} per call",
+                req.subjects.len()
+            )));
+        }
+        let subjects = req
+            .subjects
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Digest::from_proto(&format!("subjects[{i}]"), d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServerError::from)?;
+        validate_stage_name("stage", &req.stage, true)?;
+        validate_stage_name("target", &req.target, true)?;
+        let (stage, target, fingerprint) = (req.stage, req.target, req.fingerprint);
+        let out = self
+            .state
+            .store
+            .with_index(move |i| {
+                subjects
+                    .iter()
+                    .map(|s| {
+                        let heads = i.ledger_heads(&ns, s)?;
+                        Ok(SubjectStatus {
+                            subject: Some(s.to_proto()),
+                            results: protos(&effective(heads, &stage, &target, &fingerprint))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ServerError>>()
+            })
+            .await?;
+        Ok(Response::new(BatchStatusResponse { subjects: out }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let subject =
+            Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
+        validate_stage_name("stage", &req.stage, true)?;
+        validate_stage_name("target", &req.target, true)?;
+        let limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(MAX_BATCH),
+        };
+        let (stage, target) = (req.stage, req.target);
+        let records = self
+            .state
+            .store
+            .with_index(move |i| {
+                let stage = (!stage.is_empty()).then_some(stage.as_str());
+                // With a stage, target "" means the stage-level line, not "any target".
+                let target = stage.map(|_| target.as_str());
+                i.ledger_history(&ns, &subject, stage, target, limit)
+            })
+            .await?;
+        Ok(Response::new(HistoryResponse {
+            results: protos(&records)?,
+        }))
+    }
+
+    async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let subject =
+            Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
+        let graph = req
+            .graph
+            .ok_or_else(|| Status::invalid_argument("graph is required"))?;
+        let defs: Vec<(String, Vec<String>, String)> = graph
+            .stages
+            .into_iter()
+            .map(|s| (s.name, s.depends_on, s.fingerprint))
+            .collect();
+        let graph = Graph::new(&defs)?;
+        let heads: HashMap<String, StageResultRecord> = self
+            .state
+            .store
+            .index()
+            .ledger_heads(&ns, &subject)?
+            .into_iter()
+            .filter(|h| h.target.is_empty())
+            .map(|h| (h.stage.clone(), h))
+            .collect();
+        let selection = Selection {
+            only: req.only,
+            from: req.from,
+            skip: req.skip,
+        };
+        let decided = plan::plan(&graph, &selection, &req.force, |node| {
+            match heads.get(&node.name) {
+                None => Known::Never,
+                Some(h) if effective_success(h, &node.fingerprint) => {
+                    Known::Succeeded(h.clone(), ledger::describe(h))
+                }
+                Some(h) => Known::Other(ledger::describe_other(h, &node.fingerprint)),
+            }
+        })?;
+        let stages = decided
+            .into_iter()
+            .map(|p| {
+                Ok(v1::StagePlan {
+                    name: p.name,
+                    decision: match p.decision {
+                        plan::Decision::Run => v1::Decision::Run,
+                        plan::Decision::Skip => v1::Decision::Skip,
+                        plan::Decision::Blocked => v1::Decision::Blocked,
+                    } as i32,
+                    reason: p.reason,
+                    succeeded: p.succeeded.as_ref().map(to_proto).transpose()?,
+                    blocked_by: p.blocked_by,
+                })
+            })
+            .collect::<Result<Vec<_>, ServerError>>()?;
+        Ok(Response::new(PlanResponse { stages }))
+    }
+
+    async fn invalidate(
+        &self,
+        request: Request<InvalidateRequest>,
+    ) -> Result<Response<InvalidateResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        validate_text("actor", &req.actor)?;
+        validate_text("reason", &req.reason)?;
+        if req.actor.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "actor: is empty; an invalidation is audited: say who",
+            ));
+        }
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: is empty; an invalidation is audited: say why",
+            ));
+        }
+        let now = self.now();
+        let (actor, reason) = (req.actor, req.reason);
+        let audit = self
+            .state
+            .store
+            .with_index(move |i| {
+                i.ledger_txn(|t| ledger::invalidate(t, &key, &actor, &reason, now))
+            })
+            .await?;
+        tracing::info!(namespace = %ns, stage = %audit.stage, actor = %audit.actor, reason = %audit.reason, "stage result invalidated");
+        self.publish(&ns, &audit);
+        Ok(Response::new(InvalidateResponse {
+            invalidation: Some(to_proto(&audit)?),
+        }))
+    }
+
+    async fn claim(
+        &self,
+        request: Request<ClaimRequest>,
+    ) -> Result<Response<ClaimResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        validate_text("holder", &req.holder)?;
+        let now = self.now();
+        let (holder, ttl) = (req.holder, req.ttl_seconds);
+        let outcome = self
+            .state
+            .store
+            .with_index(move |i| i.ledger_txn(|t| claims::claim(t, &key, &holder, ttl, now)))
+            .await?;
+        Ok(Response::new(match outcome {
+            ClaimOutcome::Granted(c) => ClaimResponse {
+                granted: true,
+                claim: Some(claim_proto(&c, true)),
+                already_succeeded: None,
+            },
+            ClaimOutcome::Held(c) => ClaimResponse {
+                granted: false,
+                claim: Some(claim_proto(&c, false)),
+                already_succeeded: None,
+            },
+            ClaimOutcome::AlreadySucceeded(r) => ClaimResponse {
+                granted: false,
+                claim: None,
+                already_succeeded: Some(to_proto(&r)?),
+            },
+        }))
+    }
+
+    async fn renew_claim(
+        &self,
+        request: Request<RenewClaimRequest>,
+    ) -> Result<Response<ClaimResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        let now = self.now();
+        let (token, ttl) = (req.token, req.ttl_seconds);
+        let c = self
+            .state
+            .store
+            .with_index(move |i| i.ledger_txn(|t| claims::renew(t, &key, &token, ttl, now)))
+            .await?;
+        Ok(Response::new(ClaimResponse {
+            granted: true,
+            claim: Some(claim_proto(&c, true)),
+            already_succeeded: None,
+        }))
+    }
+
+    async fn release_claim(
+        &self,
+        request: Request<ReleaseClaimRequest>,
+    ) -> Result<Response<ReleaseClaimResponse>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        let now = self.now();
+        let token = req.token;
+        self.state
+            .store
+            .with_index(move |i| i.ledger_txn(|t| claims::release(t, &key, &token, now)))
+            .await?;
+        Ok(Response::new(ReleaseClaimResponse {}))
+    }
+
+    type WatchStream = BoxStream<'static, Result<WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace)?;
+        let ref_name = if req.r#ref.is_empty() {
+            None
+        } else {
+            Some(RefName::parse("ref", &req.r#ref).map_err(ServerError::from)?)
+        };
+        let subject = req
+            .subject
+            .as_ref()
+            .map(|d| Digest::from_proto("subject", d))
+            .transpose()
+            .map_err(ServerError::from)?;
+        validate_stage_name("stage", &req.stage, true)?;
+        if req.refs_only && req.results_only {
+            return Err(Status::invalid_argument(
+                "refs_only and results_only: give at most one",
+            ));
+        }
+        let want_refs = !req.results_only && subject.is_none() && req.stage.is_empty();
+        let want_results = !req.refs_only && ref_name.is_none();
+        let stage = req.stage;
+        // Subscribe before reading the current state, so nothing falls in between.
+        let rx = self.state.events.subscribe();
+
+        let mut initial = Vec::new();
+        let store = self.state.store.clone();
+        if want_refs {
+            if let Some(name) = &ref_name {
+                let (ns2, name2) = (ns.clone(), name.clone());
+                if let Some(change) = store
+                    .with_index(move |i| Ok(i.ref_history(&ns2, &name2, 1)?.into_iter().next()))
+                    .await?
+                {
+                    let c = super::refs::change_to_proto(name.as_str(), &change)?;
+                    initial.push(WatchEvent {
+                        event: Some(watch_event::Event::RefSet(c)),
+                        initial: true,
+                    });
+                }
+            }
+        }
+        if want_results {
+            if let Some(s) = subject {
+                for h in effective(store.index().ledger_heads(&ns, &s)?, "", "", "") {
+                    if stage.is_empty() || h.stage == stage {
+                        initial.push(WatchEvent {
+                            event: Some(watch_event::Event::StageRecorded(to_proto(&h)?)),
+                            initial: true,
+                        });
+                    }
+                }
+            }
+        }
+
+        let matches = move |e: &Event| -> bool {
+            if e.namespace != ns {
+                return false;
+            }
+            match &e.change {
+                Change::RefSet(c) => {
+                    want_refs && ref_name.as_ref().is_none_or(|n| n.as_str() == c.name)
+                }
+                Change::StageRecorded(r) => {
+                    want_results
+                        && (stage.is_empty() || r.stage == stage)
+                        && subject.is_none_or(|s| {
+                            r.subject
+                                .as_ref()
+                                .is_some_and(|d| d.hash == s.hash_hex() && d.size_bytes == s.size())
+                        })
+                }
+            }
+        };
+        let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
+            let out = match item {
+                Ok(e) if matches(&e) => Some(Ok(WatchEvent {
+                    event: Some(match e.change {
+                        Change::RefSet(c) => watch_event::Event::RefSet(c),
+                        Change::StageRecorded(r) => watch_event::Event::StageRecorded(r),
+                    }),
+                    initial: false,
+                })),
+                Ok(_) => None,
+                Err(_) => Some(Err(Status::resource_exhausted(
+                    "watcher fell behind the event stream; watch again",
+                ))),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Response::new(
+            futures::stream::iter(initial.into_iter().map(Ok))
+                .chain(live)
+                .boxed(),
+        ))
+    }
+}

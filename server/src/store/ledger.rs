@@ -1,0 +1,249 @@
+//! Ledger records in RocksDB: every attempt and invalidation (`ledger_history`), the latest
+//! record per (namespace, subject, stage, target) (`ledger_head`, so status is a point or
+//! short prefix read whatever the history's length), and claims (`claims`).
+//!
+//! Writes go through [`Index::ledger_txn`]: one writer at a time, reads of what the
+//! transaction itself wrote, and one synced write batch on success, so an acknowledged
+//! result survives a crash and is visible to the very next read. The rules (transitions,
+//! claims, plans) live in `crate::ledger`; this file only stores.
+
+use super::index::{synced, Index, CF_CLAIMS, CF_LEDGER_HEAD, CF_LEDGER_HISTORY};
+use crate::error::{Result, ServerError};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use stagecache_proto::records::{ClaimRecord, StageResultRecord};
+use stagecache_proto::{Digest, Namespace};
+use std::collections::HashMap;
+
+const SEQ_KEY: &[u8] = b"ledger_seq";
+
+/// Identifies one ledger line: a stage (and optional target) on a subject in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StageKey {
+    pub namespace: Namespace,
+    pub subject: Digest,
+    pub stage: String,
+    pub target: String,
+}
+
+/// `namespace \0 subject-hash(32)`: the prefix of every key about one subject.
+fn subject_prefix(ns: &Namespace, subject: &Digest) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.as_str().len() + 33);
+    k.extend_from_slice(ns.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(subject.hash());
+    k
+}
+
+impl StageKey {
+    /// `subject prefix, stage \0 target`. Stage and target names never contain NUL.
+    pub fn key(&self) -> Vec<u8> {
+        let mut k = subject_prefix(&self.namespace, &self.subject);
+        k.extend_from_slice(self.stage.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.target.as_bytes());
+        k
+    }
+
+    fn history_prefix(&self) -> Vec<u8> {
+        let mut k = self.key();
+        k.push(0);
+        k
+    }
+
+    fn history_key(&self, seq: u64) -> Vec<u8> {
+        let mut k = self.history_prefix();
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+}
+
+fn decode_result(v: &[u8]) -> Result<StageResultRecord> {
+    StageResultRecord::decode(v)
+        .map_err(|e| ServerError::DataLoss(format!("stored stage result is corrupt: {e}")))
+}
+
+/// A ledger write in progress; see [`Index::ledger_txn`].
+pub struct LedgerTxn<'a> {
+    index: &'a Index,
+    batch: WriteBatch,
+    heads: HashMap<Vec<u8>, StageResultRecord>,
+    claims: HashMap<Vec<u8>, Option<ClaimRecord>>,
+    next_seq: u64,
+}
+
+impl LedgerTxn<'_> {
+    /// The latest record of this line, including what this transaction wrote.
+    pub fn head(&self, key: &StageKey) -> Result<Option<StageResultRecord>> {
+        let k = key.key();
+        if let Some(r) = self.heads.get(&k) {
+            return Ok(Some(r.clone()));
+        }
+        self.index.ledger_head(key)
+    }
+
+    /// Appends a record to the line's history and makes it the head. Assigns its `seq`.
+    pub fn append(
+        &mut self,
+        key: &StageKey,
+        mut record: StageResultRecord,
+    ) -> Result<StageResultRecord> {
+        record.seq = self.next_seq;
+        self.next_seq += 1;
+        let bytes = record.encode_to_vec();
+        self.batch.put_cf(
+            self.index.cf(CF_LEDGER_HISTORY)?,
+            key.history_key(record.seq),
+            &bytes,
+        );
+        self.batch
+            .put_cf(self.index.cf(CF_LEDGER_HEAD)?, key.key(), &bytes);
+        self.heads.insert(key.key(), record.clone());
+        Ok(record)
+    }
+
+    pub fn claim(&self, key: &StageKey) -> Result<Option<ClaimRecord>> {
+        match self.claims.get(&key.key()) {
+            Some(c) => Ok(c.clone()),
+            None => self.index.claim(key),
+        }
+    }
+
+    pub fn put_claim(&mut self, key: &StageKey, claim: ClaimRecord) -> Result<()> {
+        self.batch
+            .put_cf(self.index.cf(CF_CLAIMS)?, key.key(), claim.encode_to_vec());
+        self.claims.insert(key.key(), Some(claim));
+        Ok(())
+    }
+
+    pub fn delete_claim(&mut self, key: &StageKey) -> Result<()> {
+        self.batch.delete_cf(self.index.cf(CF_CLAIMS)?, key.key());
+        self.claims.insert(key.key(), None);
+        Ok(())
+    }
+}
+
+impl Index {
+    pub(crate) fn load_ledger_seq(&self) -> Result<u64> {
+        Ok(match self.db.get_cf(self.meta_cf()?, SEQ_KEY)? {
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| ServerError::DataLoss("ledger sequence number is corrupt".into()))?,
+            None => 1,
+        })
+    }
+
+    /// Runs `f` as the only ledger writer; commits what it wrote, durably, if it succeeds
+    /// and discards it otherwise.
+    pub fn ledger_txn<T>(&self, f: impl FnOnce(&mut LedgerTxn) -> Result<T>) -> Result<T> {
+        let mut seq = self
+            .ledger_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("ledger write lock poisoned".into()))?;
+        let mut txn = LedgerTxn {
+            index: self,
+            batch: WriteBatch::default(),
+            heads: HashMap::new(),
+            claims: HashMap::new(),
+            next_seq: *seq,
+        };
+        let out = f(&mut txn)?;
+        if !txn.batch.is_empty() {
+            let mut batch = txn.batch;
+            batch.put_cf(self.meta_cf()?, SEQ_KEY, txn.next_seq.to_le_bytes());
+            self.db.write_opt(batch, &synced())?;
+            *seq = txn.next_seq;
+        }
+        Ok(out)
+    }
+
+    pub fn ledger_head(&self, key: &StageKey) -> Result<Option<StageResultRecord>> {
+        match self.db.get_cf(self.cf(CF_LEDGER_HEAD)?, key.key())? {
+            Some(v) => Ok(Some(decode_result(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The head of every line of a subject, in (stage, target) order.
+    pub fn ledger_heads(&self, ns: &Namespace, subject: &Digest) -> Result<Vec<StageResultRecord>> {
+        let prefix = subject_prefix(ns, subject);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LEDGER_HEAD)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode_result(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records of a subject (optionally one stage, optionally one target), newest first.
+    pub fn ledger_history(
+        &self,
+        ns: &Namespace,
+        subject: &Digest,
+        stage: Option<&str>,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StageResultRecord>> {
+        let cf = self.cf(CF_LEDGER_HISTORY)?;
+        if let (Some(stage), Some(target)) = (stage, target) {
+            // One line: its keys end in the sequence number, so read backwards.
+            let key = StageKey {
+                namespace: ns.clone(),
+                subject: *subject,
+                stage: stage.to_string(),
+                target: target.to_string(),
+            };
+            let prefix = key.history_prefix();
+            let end = key.history_key(u64::MAX);
+            let mut out = Vec::new();
+            for item in self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse))
+            {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push(decode_result(&v)?);
+            }
+            return Ok(out);
+        }
+        let mut prefix = subject_prefix(ns, subject);
+        if let Some(stage) = stage {
+            prefix.extend_from_slice(stage.as_bytes());
+            prefix.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode_result(&v)?);
+        }
+        out.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    pub fn claim(&self, key: &StageKey) -> Result<Option<ClaimRecord>> {
+        match self.db.get_cf(self.cf(CF_CLAIMS)?, key.key())? {
+            Some(v) => Ok(Some(ClaimRecord::decode(v.as_slice()).map_err(|e| {
+                ServerError::DataLoss(format!("stored claim is corrupt: {e}"))
+            })?)),
+            None => Ok(None),
+        }
+    }
+}
