@@ -77,6 +77,7 @@ pub fn default_actor() -> String {
 #[derive(Clone)]
 pub struct Client {
     config: ClientConfig,
+    channel: Channel,
     cas: CasClient<Channel>,
     manifests: ManifestsClient<Channel>,
     refs: RefsClient<Channel>,
@@ -135,9 +136,10 @@ impl Client {
             manifests: ManifestsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            refs: RefsClient::new(channel)
+            refs: RefsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            channel,
             config,
         }
     }
@@ -146,11 +148,24 @@ impl Client {
         &self.config
     }
 
-    fn ns(&self) -> String {
+    pub(crate) fn ns(&self) -> String {
         self.config.namespace.as_str().to_string()
     }
 
-    fn request<T>(&self, msg: T) -> Request<T> {
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Runs a unary call under the retry policy.
+    pub(crate) async fn unary<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.config.retry.run(call).await
+    }
+
+    pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.set_timeout(self.config.request_timeout);
         r

@@ -21,9 +21,11 @@
 pub mod client;
 pub mod error;
 pub mod fetch;
+pub mod ledger;
 pub mod progress;
 pub mod register;
 pub mod retry;
+pub mod stages;
 pub mod tree;
 
 pub use client::{Client, ClientConfig};

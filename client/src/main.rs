@@ -3,7 +3,12 @@
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use stagecache_client::stages::StageFile;
 use stagecache_client::{Client, ClientConfig, ClientError, Digest, FetchOptions, RegisterOptions};
+use stagecache_proto::v1::{
+    ClaimRequest, Decision, HistoryRequest, InvalidateRequest, PlanRequest, RecordRequest,
+    ReleaseClaimRequest, RenewClaimRequest, StageResult, StageStatus, StatusRequest, WatchRequest,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,8 +47,13 @@ struct Cli {
     )]
     concurrency: usize,
     /// Deadline of each unary call, in seconds.
-    #[arg(long, global = true, env = "STAGECACHE_TIMEOUT", default_value_t = 300)]
-    timeout: u64,
+    #[arg(
+        long,
+        global = true,
+        env = "STAGECACHE_RPC_TIMEOUT",
+        default_value_t = 300
+    )]
+    rpc_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +67,77 @@ struct Source {
     /// A manifest digest, HASH/SIZE.
     #[arg(long)]
     manifest: Option<Digest>,
+}
+
+/// The subject of a ledger command: a ref (its manifest) or a digest.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// A ref; its manifest is the subject.
+    #[arg(long = "ref")]
+    ref_name: Option<String>,
+    /// A manifest or blob digest, HASH/SIZE.
+    #[arg(long)]
+    subject: Option<Digest>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum StatusArg {
+    Started,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Args, Debug)]
+struct ClaimArgs {
+    #[command(flatten)]
+    subject: Option<SubjectArgs>,
+    #[arg(long)]
+    stage: Option<String>,
+    #[arg(long, default_value = "")]
+    target: String,
+    /// Lease length in seconds.
+    #[arg(long)]
+    ttl: Option<u32>,
+    /// Who claims (default: STAGECACHE_HOLDER, else the actor and the CI run id).
+    #[arg(long, env = "STAGECACHE_HOLDER")]
+    holder: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClaimAction {
+    /// Extend a claim you hold.
+    Renew {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        stage: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, env = "STAGECACHE_CLAIM_TOKEN")]
+        token: String,
+        #[arg(long)]
+        ttl: u32,
+    },
+    /// Give up a claim you hold.
+    Release {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        stage: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, env = "STAGECACHE_CLAIM_TOKEN")]
+        token: String,
+    },
+}
+
+fn comma_list(s: &str) -> Result<Vec<String>, String> {
+    Ok(s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect())
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,6 +184,116 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Record a stage attempt's status for a subject.
+    Record {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        stage: String,
+        #[arg(long, value_enum)]
+        status: StatusArg,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value = "")]
+        fingerprint: String,
+        #[arg(long, env = "STAGECACHE_BAR_BUILD_ID", default_value = "")]
+        bar_build_id: String,
+        #[arg(long, env = "STAGECACHE_BUILD_ID", default_value = "")]
+        build_id: String,
+        /// Attempt number (default: a new attempt for started, else the running one).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
+        #[arg(long, env = "STAGECACHE_RUN_URL", default_value = "")]
+        run_url: String,
+        /// Outputs manifest, e.g. the signed set produced from this (unsigned) subject.
+        #[arg(long)]
+        outputs: Option<Digest>,
+        /// Token of the claim held on this stage.
+        #[arg(long, env = "STAGECACHE_CLAIM_TOKEN", default_value = "")]
+        claim_token: String,
+    },
+    /// Effective result of each stage for a subject.
+    Status {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long, default_value = "")]
+        stage: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value = "")]
+        fingerprint: String,
+    },
+    /// Every attempt and invalidation for a subject, newest first.
+    History {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long, default_value = "")]
+        stage: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// What to run, skip or block for a stage graph on a subject.
+    Plan {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Stage graph YAML file.
+        #[arg(long)]
+        stages: PathBuf,
+        /// Only these stages (comma-separated).
+        #[arg(long, value_parser = comma_list, conflicts_with_all = ["from", "skip"])]
+        only: Option<Vec<String>>,
+        /// This stage and everything downstream of it.
+        #[arg(long, conflicts_with = "skip")]
+        from: Option<String>,
+        /// All stages but these (comma-separated).
+        #[arg(long, value_parser = comma_list)]
+        skip: Option<Vec<String>>,
+        /// Run this stage even if it succeeded (repeatable). Its dependents are not forced.
+        #[arg(long)]
+        force: Vec<String>,
+        /// Invalidate the signing stage named in the stage file (audited) and force it.
+        #[arg(long)]
+        force_resign: bool,
+        /// Why, for --force-resign's audit record.
+        #[arg(long, default_value = "forced re-sign requested")]
+        reason: String,
+    },
+    /// Take an exclusive lease on a stage (exit 0 granted, 4 held by another, 7 already
+    /// succeeded); `claim renew` and `claim release` manage it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Claim {
+        #[command(subcommand)]
+        action: Option<ClaimAction>,
+        #[command(flatten)]
+        args: ClaimArgs,
+    },
+    /// Make a stage's result no longer count (audited with actor and reason).
+    Invalidate {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        stage: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Wait until a ref is set (--ref) or a stage finishes (--stage with --ref or
+    /// --subject). Exit 0 on success, 8 when the stage finished unsuccessfully, 9 on timeout.
+    Wait {
+        #[arg(long = "ref")]
+        ref_name: Option<String>,
+        #[arg(long)]
+        subject: Option<Digest>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long)]
+        timeout: u64,
+    },
 }
 
 fn fmt_time(ms: i64) -> String {
@@ -143,13 +334,569 @@ async fn resolve(client: &Client, source: &Source) -> Result<Digest, ClientError
     }
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
+async fn subject_of(client: &Client, s: &SubjectArgs) -> Result<Digest, ClientError> {
+    match (&s.ref_name, s.subject) {
+        (Some(r), _) => client.resolve_ref(r).await,
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(ClientError::Invalid(
+            "give --ref NAME or --subject DIGEST".into(),
+        )),
+    }
+}
+
+fn status_name(code: i32) -> &'static str {
+    match StageStatus::try_from(code).unwrap_or(StageStatus::Unspecified) {
+        StageStatus::Unspecified => "unspecified",
+        StageStatus::Started => "started",
+        StageStatus::Succeeded => "succeeded",
+        StageStatus::Failed => "failed",
+        StageStatus::Cancelled => "cancelled",
+        StageStatus::Invalidated => "invalidated",
+    }
+}
+
+fn result_json(r: &StageResult) -> serde_json::Value {
+    json!({
+        "subject": digest_of(&r.subject),
+        "stage": r.stage,
+        "target": r.target,
+        "fingerprint": r.fingerprint,
+        "status": status_name(r.status),
+        "attempt": r.attempt,
+        "bar_build_id": r.bar_build_id,
+        "build_id": r.build_id,
+        "run_url": r.run_url,
+        "actor": r.actor,
+        "outputs": r.outputs.as_ref().map(|_| digest_of(&r.outputs)),
+        "started_at": fmt_time(r.started_at_ms),
+        "finished_at": (r.finished_at_ms > 0).then(|| fmt_time(r.finished_at_ms)),
+        "reason": r.reason,
+        "seq": r.seq,
+    })
+}
+
+fn result_line(r: &StageResult) -> String {
+    let mut s = format!(
+        "{:<12} {}{} attempt {} at {}",
+        status_name(r.status),
+        r.stage,
+        if r.target.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", r.target)
+        },
+        r.attempt,
+        fmt_time(if r.finished_at_ms > 0 {
+            r.finished_at_ms
+        } else {
+            r.started_at_ms
+        })
+    );
+    if !r.bar_build_id.is_empty() {
+        s.push_str(&format!(" BAR {}", r.bar_build_id));
+    }
+    if !r.build_id.is_empty() {
+        s.push_str(&format!(" build {}", r.build_id));
+    }
+    if r.outputs.is_some() {
+        s.push_str(&format!(" outputs {}", digest_of(&r.outputs)));
+    }
+    if !r.actor.is_empty() {
+        s.push_str(&format!(" by {}", r.actor));
+    }
+    if !r.reason.is_empty() {
+        s.push_str(&format!(": {}", r.reason));
+    }
+    s
+}
+
+fn default_holder(actor: &str) -> String {
+    for var in ["BUILD_BUILDID", "GITHUB_RUN_ID"] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.is_empty() {
+                return format!("{actor} (run {v})");
+            }
+        }
+    }
+    format!("{actor} (pid {})", std::process::id())
+}
+
+/// Exit codes of ledger commands that are outcomes rather than errors.
+const EXIT_ALREADY_SUCCEEDED: u8 = 7;
+const EXIT_CLAIM_HELD: u8 = 4;
+const EXIT_STAGE_UNSUCCESSFUL: u8 = 8;
+const EXIT_TIMEOUT: u8 = 9;
+
+async fn run_ledger(client: &Client, json_out: bool, command: Command) -> Result<u8, ClientError> {
+    match command {
+        Command::Record {
+            subject,
+            stage,
+            status,
+            target,
+            fingerprint,
+            bar_build_id,
+            build_id,
+            attempt,
+            run_url,
+            outputs,
+            claim_token,
+        } => {
+            let subject = subject_of(client, &subject).await?;
+            let status = match status {
+                StatusArg::Started => StageStatus::Started,
+                StatusArg::Succeeded => StageStatus::Succeeded,
+                StatusArg::Failed => StageStatus::Failed,
+                StatusArg::Cancelled => StageStatus::Cancelled,
+            };
+            let r = client
+                .record(RecordRequest {
+                    subject: Some(subject.to_proto()),
+                    stage,
+                    target,
+                    fingerprint,
+                    status: status as i32,
+                    bar_build_id,
+                    build_id,
+                    attempt,
+                    run_url,
+                    outputs: outputs.map(|d| d.to_proto()),
+                    claim_token,
+                    ..Default::default()
+                })
+                .await?;
+            if json_out {
+                println!("{}", result_json(&r));
+            } else {
+                println!("{}", result_line(&r));
+            }
+        }
+        Command::Status {
+            subject,
+            stage,
+            target,
+            fingerprint,
+        } => {
+            let subject = subject_of(client, &subject).await?;
+            let results = client
+                .stage_status(StatusRequest {
+                    subject: Some(subject.to_proto()),
+                    stage,
+                    target,
+                    fingerprint,
+                    ..Default::default()
+                })
+                .await?;
+            if json_out {
+                let rows: Vec<_> = results.iter().map(result_json).collect();
+                println!(
+                    "{}",
+                    json!({"subject": subject.to_string(), "results": rows})
+                );
+            } else if results.is_empty() {
+                println!("no stage results for {subject}");
+            } else {
+                for r in &results {
+                    println!("{}", result_line(r));
+                }
+            }
+        }
+        Command::History {
+            subject,
+            stage,
+            target,
+            limit,
+        } => {
+            let subject = subject_of(client, &subject).await?;
+            let results = client
+                .stage_history(HistoryRequest {
+                    subject: Some(subject.to_proto()),
+                    stage,
+                    target,
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            if json_out {
+                let rows: Vec<_> = results.iter().map(result_json).collect();
+                println!(
+                    "{}",
+                    json!({"subject": subject.to_string(), "results": rows})
+                );
+            } else {
+                for r in &results {
+                    println!("{}", result_line(r));
+                }
+            }
+        }
+        Command::Plan {
+            subject,
+            stages,
+            only,
+            from,
+            skip,
+            mut force,
+            force_resign,
+            reason,
+        } => {
+            let file = StageFile::load(&stages)?;
+            let subject = subject_of(client, &subject).await?;
+            if force_resign {
+                let signing = file.signing_stage.clone().ok_or_else(|| {
+                    ClientError::Invalid(format!(
+                        "--force-resign: {} names no signing_stage",
+                        stages.display()
+                    ))
+                })?;
+                let current = client
+                    .stage_status(StatusRequest {
+                        subject: Some(subject.to_proto()),
+                        stage: signing.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                if !current.is_empty() {
+                    let audit = client
+                        .invalidate(InvalidateRequest {
+                            subject: Some(subject.to_proto()),
+                            stage: signing.clone(),
+                            reason: reason.clone(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    eprintln!(
+                        "stagecache: forced re-sign: invalidated {} attempt {} (by {}: {})",
+                        audit.stage, audit.attempt, audit.actor, audit.reason
+                    );
+                }
+                if !force.contains(&signing) {
+                    force.push(signing);
+                }
+            }
+            let plan = client
+                .plan(PlanRequest {
+                    subject: Some(subject.to_proto()),
+                    graph: Some(file.to_proto()),
+                    only: only.unwrap_or_default(),
+                    from: from.unwrap_or_default(),
+                    skip: skip.unwrap_or_default(),
+                    force,
+                    ..Default::default()
+                })
+                .await?;
+            let word = |d: i32| match Decision::try_from(d).unwrap_or(Decision::Unspecified) {
+                Decision::Run => "run",
+                Decision::Skip => "skip",
+                Decision::Blocked => "blocked",
+                Decision::Unspecified => "unspecified",
+            };
+            if json_out {
+                let rows: Vec<_> = plan
+                    .stages
+                    .iter()
+                    .map(|p| json!({"name": p.name, "decision": word(p.decision), "reason": p.reason}))
+                    .collect();
+                println!("{}", json!({ "stages": rows }));
+            } else {
+                let width = plan.stages.iter().map(|p| p.name.len()).max().unwrap_or(0);
+                for p in &plan.stages {
+                    println!(
+                        "{:<8} {:<width$}  {}",
+                        word(p.decision).to_uppercase(),
+                        p.name,
+                        p.reason
+                    );
+                }
+            }
+        }
+        Command::Claim { action, args } => match action {
+            None => {
+                let subject_args = args.subject.ok_or_else(|| {
+                    ClientError::Invalid("claim: give --ref NAME or --subject DIGEST".into())
+                })?;
+                let stage = args
+                    .stage
+                    .ok_or_else(|| ClientError::Invalid("claim: --stage is required".into()))?;
+                let ttl = args.ttl.ok_or_else(|| {
+                    ClientError::Invalid("claim: --ttl SECONDS is required".into())
+                })?;
+                let subject = subject_of(client, &subject_args).await?;
+                let holder = args
+                    .holder
+                    .unwrap_or_else(|| default_holder(&client.config().actor));
+                let r = client
+                    .claim(ClaimRequest {
+                        subject: Some(subject.to_proto()),
+                        stage: stage.clone(),
+                        target: args.target,
+                        holder,
+                        ttl_seconds: ttl,
+                        ..Default::default()
+                    })
+                    .await?;
+                let claim = r.claim.unwrap_or_default();
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({
+                            "granted": r.granted,
+                            "holder": claim.holder,
+                            "token": claim.token,
+                            "expires_at": (claim.expires_at_ms > 0).then(|| fmt_time(claim.expires_at_ms)),
+                            "already_succeeded": r.already_succeeded.as_ref().map(result_json),
+                        })
+                    );
+                }
+                if r.granted {
+                    if !json_out {
+                        println!("{}", claim.token);
+                    }
+                    eprintln!("claimed {stage:?} until {}", fmt_time(claim.expires_at_ms));
+                    return Ok(0);
+                }
+                if let Some(done) = r.already_succeeded {
+                    eprintln!(
+                        "stagecache: {stage:?} already succeeded: {}",
+                        result_line(&done)
+                    );
+                    return Ok(EXIT_ALREADY_SUCCEEDED);
+                }
+                eprintln!(
+                    "stagecache: {stage:?} is claimed by {} until {}",
+                    claim.holder,
+                    fmt_time(claim.expires_at_ms)
+                );
+                return Ok(EXIT_CLAIM_HELD);
+            }
+            Some(ClaimAction::Renew {
+                subject,
+                stage,
+                target,
+                token,
+                ttl,
+            }) => {
+                let subject = subject_of(client, &subject).await?;
+                let r = client
+                    .renew_claim(RenewClaimRequest {
+                        subject: Some(subject.to_proto()),
+                        stage,
+                        target,
+                        token,
+                        ttl_seconds: ttl,
+                        ..Default::default()
+                    })
+                    .await?;
+                let c = r.claim.unwrap_or_default();
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({"holder": c.holder, "expires_at": fmt_time(c.expires_at_ms)})
+                    );
+                } else {
+                    println!("renewed until {}", fmt_time(c.expires_at_ms));
+                }
+            }
+            Some(ClaimAction::Release {
+                subject,
+                stage,
+                target,
+                token,
+            }) => {
+                let subject = subject_of(client, &subject).await?;
+                client
+                    .release_claim(ReleaseClaimRequest {
+                        subject: Some(subject.to_proto()),
+                        stage,
+                        target,
+                        token,
+                        ..Default::default()
+                    })
+                    .await?;
+                if json_out {
+                    println!("{}", json!({"released": true}));
+                }
+            }
+        },
+        Command::Invalidate {
+            subject,
+            stage,
+            target,
+            reason,
+        } => {
+            let subject = subject_of(client, &subject).await?;
+            let r = client
+                .invalidate(InvalidateRequest {
+                    subject: Some(subject.to_proto()),
+                    stage,
+                    target,
+                    reason,
+                    ..Default::default()
+                })
+                .await?;
+            if json_out {
+                println!("{}", result_json(&r));
+            } else {
+                println!("{}", result_line(&r));
+            }
+        }
+        Command::Wait {
+            ref_name,
+            subject,
+            stage,
+            target,
+            timeout,
+        } => {
+            let deadline = std::time::Duration::from_secs(timeout);
+            let outcome =
+                tokio::time::timeout(deadline, wait_for(client, ref_name, subject, stage, target))
+                    .await;
+            return match outcome {
+                Err(_) => {
+                    eprintln!("stagecache: timed out after {timeout} s");
+                    Ok(EXIT_TIMEOUT)
+                }
+                Ok(r) => {
+                    let (code, line) = r?;
+                    if json_out {
+                        println!("{}", json!({"done": code == 0, "event": line}));
+                    } else {
+                        println!("{line}");
+                    }
+                    Ok(code)
+                }
+            };
+        }
+        _ => return Err(ClientError::Invalid("not a ledger command".into())),
+    }
+    Ok(0)
+}
+
+/// Waits for the watched condition; returns the exit code and a line describing it.
+async fn wait_for(
+    client: &Client,
+    ref_name: Option<String>,
+    subject: Option<Digest>,
+    stage: Option<String>,
+    target: String,
+) -> Result<(u8, String), ClientError> {
+    use stagecache_proto::v1::watch_event::Event;
+    match (ref_name, subject, stage) {
+        (Some(r), None, None) => {
+            let mut events = client
+                .watch(WatchRequest {
+                    r#ref: r.clone(),
+                    refs_only: true,
+                    ..Default::default()
+                })
+                .await?;
+            while let Some(e) = events
+                .message()
+                .await
+                .map_err(|status| ClientError::Status {
+                    call: "Ledger.Watch",
+                    status,
+                })?
+            {
+                if let Some(Event::RefSet(c)) = e.event {
+                    return Ok((0, format!("ref {} -> {}", c.name, digest_of(&c.new_target))));
+                }
+            }
+            Err(ClientError::Status {
+                call: "Ledger.Watch",
+                status: tonic::Status::unavailable("watch ended"),
+            })
+        }
+        (r, s, Some(stage)) => {
+            let subject = match (r, s) {
+                (_, Some(d)) => d,
+                (Some(r), None) => {
+                    // The ref may not be registered yet: wait for it first.
+                    let mut events = client
+                        .watch(WatchRequest {
+                            r#ref: r.clone(),
+                            refs_only: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                    let mut found = None;
+                    while let Some(e) =
+                        events
+                            .message()
+                            .await
+                            .map_err(|status| ClientError::Status {
+                                call: "Ledger.Watch",
+                                status,
+                            })?
+                    {
+                        if let Some(Event::RefSet(c)) = e.event {
+                            found = c.new_target;
+                            break;
+                        }
+                    }
+                    let d = found
+                        .ok_or_else(|| ClientError::Invalid(format!("ref {r} has no target")))?;
+                    Digest::from_proto("ref.target", &d)?
+                }
+                (None, None) => {
+                    return Err(ClientError::Invalid(
+                        "wait --stage needs --ref NAME or --subject DIGEST".into(),
+                    ))
+                }
+            };
+            let mut events = client
+                .watch(WatchRequest {
+                    subject: Some(subject.to_proto()),
+                    stage: stage.clone(),
+                    results_only: true,
+                    ..Default::default()
+                })
+                .await?;
+            while let Some(e) = events
+                .message()
+                .await
+                .map_err(|status| ClientError::Status {
+                    call: "Ledger.Watch",
+                    status,
+                })?
+            {
+                if let Some(Event::StageRecorded(r)) = e.event {
+                    if r.target != target {
+                        continue;
+                    }
+                    match StageStatus::try_from(r.status).unwrap_or(StageStatus::Unspecified) {
+                        StageStatus::Succeeded => return Ok((0, result_line(&r))),
+                        StageStatus::Failed | StageStatus::Cancelled => {
+                            return Ok((EXIT_STAGE_UNSUCCESSFUL, result_line(&r)))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(ClientError::Status {
+                call: "Ledger.Watch",
+                status: tonic::Status::unavailable("watch ended"),
+            })
+        }
+        _ => Err(ClientError::Invalid(
+            "wait: give --ref NAME, or --stage S with --ref NAME or --subject DIGEST".into(),
+        )),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, ClientError> {
     let mut config = ClientConfig::new(cli.server.clone(), &cli.namespace)?;
     config.concurrency = cli.concurrency.max(1);
-    config.request_timeout = std::time::Duration::from_secs(cli.timeout.max(1));
+    config.request_timeout = std::time::Duration::from_secs(cli.rpc_timeout.max(1));
     let client = Client::connect(config).await?;
     let progress = !cli.json;
     match cli.command {
+        c @ (Command::Record { .. }
+        | Command::Status { .. }
+        | Command::History { .. }
+        | Command::Plan { .. }
+        | Command::Claim { .. }
+        | Command::Invalidate { .. }
+        | Command::Wait { .. }) => return run_ledger(&client, cli.json, c).await,
         Command::Register {
             dir,
             ref_name,
@@ -323,7 +1070,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 #[tokio::main]
@@ -337,7 +1084,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
             eprintln!("stagecache: error: {line}");

@@ -64,6 +64,12 @@ pub async fn serve(
         store: store.clone(),
         clock: config.clock.clone(),
         events: crate::events::Events::default(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let stopping = state.shutdown.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

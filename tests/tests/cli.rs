@@ -158,7 +158,7 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     // No server: exit 5.
     let bin = workspace_bin("stagecache");
     let o = tokio::process::Command::new(bin)
-        .args(["--server", "http://127.0.0.1:1", "--timeout", "2", "ls"])
+        .args(["--server", "http://127.0.0.1:1", "--rpc-timeout", "2", "ls"])
         .output()
         .await
         .unwrap();

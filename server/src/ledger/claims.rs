@@ -2,7 +2,7 @@
 //! never both publish. Granted to one holder at a time; refused with "already succeeded"
 //! when the stage succeeded; released by the holder's final record; expires on its TTL.
 
-use super::{effective_success, format_time, status_of};
+use super::{effective_success, format_time};
 use crate::error::{Result, ServerError};
 use crate::store::ledger::{LedgerTxn, StageKey};
 use stagecache_proto::records::{ClaimRecord, StageResultRecord};
@@ -25,7 +25,7 @@ pub enum ClaimOutcome {
     Granted(ClaimRecord),
     /// Someone else holds a live claim.
     Held(ClaimRecord),
-    AlreadySucceeded(StageResultRecord),
+    AlreadySucceeded(Box<StageResultRecord>),
 }
 
 pub fn claim(
@@ -43,7 +43,7 @@ pub fn claim(
     }
     if let Some(head) = txn.head(key)? {
         if effective_success(&head, "") {
-            return Ok(ClaimOutcome::AlreadySucceeded(head));
+            return Ok(ClaimOutcome::AlreadySucceeded(Box::new(head)));
         }
     }
     let expires_at_ms = now_ms + i64::from(ttl_seconds) * 1000;
@@ -107,9 +107,4 @@ pub fn renew(
 pub fn release(txn: &mut LedgerTxn, key: &StageKey, token: &str, now_ms: i64) -> Result<()> {
     held_by_token(txn, key, token, now_ms)?;
     txn.delete_claim(key)
-}
-
-/// Whether the head is a success (for claim answers that mention it).
-pub fn succeeded(head: &StageResultRecord) -> bool {
-    status_of(head) == stagecache_proto::v1::StageStatus::Succeeded
 }

@@ -242,7 +242,7 @@ pub fn record(txn: &mut LedgerTxn, input: &RecordInput, now_ms: i64) -> Result<S
         }
     }
     let record = StageResultRecord {
-        subject_hash: key.subject.hash().to_vec().into(),
+        subject_hash: key.subject.hash().to_vec(),
         subject_size: key.subject.size(),
         stage: key.stage.clone(),
         target: key.target.clone(),
@@ -253,11 +253,7 @@ pub fn record(txn: &mut LedgerTxn, input: &RecordInput, now_ms: i64) -> Result<S
         attempt,
         run_url: input.run_url.clone(),
         actor: input.actor.clone(),
-        outputs_hash: input
-            .outputs
-            .map(|d| d.hash().to_vec())
-            .unwrap_or_default()
-            .into(),
+        outputs_hash: input.outputs.map(|d| d.hash().to_vec()).unwrap_or_default(),
         outputs_size: input.outputs.map_or(0, |d| d.size()),
         started_at_ms,
         finished_at_ms: if is_final(input.status) { now_ms } else { 0 },

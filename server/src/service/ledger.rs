@@ -576,6 +576,7 @@ impl Ledger for LedgerService {
                     initial.push(WatchEvent {
                         event: Some(watch_event::Event::RefSet(c)),
                         initial: true,
+                        ready: false,
                     });
                 }
             }
@@ -587,6 +588,7 @@ impl Ledger for LedgerService {
                         initial.push(WatchEvent {
                             event: Some(watch_event::Event::StageRecorded(to_proto(&h)?)),
                             initial: true,
+                            ready: false,
                         });
                     }
                 }
@@ -620,6 +622,7 @@ impl Ledger for LedgerService {
                         Change::StageRecorded(r) => watch_event::Event::StageRecorded(r),
                     }),
                     initial: false,
+                    ready: false,
                 })),
                 Ok(_) => None,
                 Err(_) => Some(Err(Status::resource_exhausted(
@@ -628,9 +631,15 @@ impl Ledger for LedgerService {
             };
             futures::future::ready(out)
         });
+        let stopping = self.state.shutdown.clone();
+        let closing = futures::stream::once(async {
+            Err(Status::unavailable("server is shutting down; watch again"))
+        });
         Ok(Response::new(
             futures::stream::iter(initial.into_iter().map(Ok))
                 .chain(live)
+                .take_until(stopping.cancelled_owned())
+                .chain(closing)
                 .boxed(),
         ))
     }

@@ -20,6 +20,9 @@ pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub events: Events,
+    /// Cancelled when the server begins shutting down; ends endless streams (Watch) so
+    /// that graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Validates the `namespace` field every request carries.

@@ -233,7 +233,7 @@ impl Index {
             }
             out.push(decode_result(&v)?);
         }
-        out.sort_by(|a, b| b.seq.cmp(&a.seq));
+        out.sort_by_key(|r| std::cmp::Reverse(r.seq));
         out.truncate(limit);
         Ok(out)
     }
