@@ -172,3 +172,75 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         }
     }
 }
+
+/// A `stagecache-server` process (the real binary) on a free loopback port.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub listen: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `data_dir` and a free port.
+    pub fn start(data_dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Self::start_on(data_dir, format!("127.0.0.1:{port}"))
+    }
+
+    /// Starts the binary on `data_dir` listening on `listen`.
+    pub fn start_on(data_dir: &Path, listen: String) -> Self {
+        let child = std::process::Command::new(workspace_bin("stagecache-server"))
+            .args([
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--listen",
+                &listen,
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start stagecache-server");
+        ServerProcess {
+            child,
+            listen,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// Connects (the client retries while the process starts).
+    pub async fn client(&self, namespace: &str) -> Client {
+        Client::connect(ClientConfig::new(self.url(), namespace).expect("namespace"))
+            .await
+            .expect("server process comes up")
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the process to end.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+        self.child.wait().expect("wait for server")
+    }
+
+    /// Kills (SIGKILL) and starts again on the same data dir and port.
+    pub fn crash_and_restart(&mut self) {
+        self.signal_and_wait("KILL");
+        *self = Self::start_on(&self.data_dir.clone(), self.listen.clone());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,6 +1,8 @@
 //! The `stagecache` binary against a real server: output, errors and exit codes.
 
-use stagecache_tests::{assert_same_tree, pseudo_random, workspace_bin, write_file, TestServer};
+use stagecache_tests::{
+    assert_same_tree, pseudo_random, workspace_bin, write_file, ServerProcess, TestServer,
+};
 use std::process::Output;
 
 async fn cli(server: &TestServer, args: &[&str]) -> Output {
@@ -174,26 +176,8 @@ async fn errors_are_one_line_with_documented_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_binary_serves_then_shuts_down_gracefully_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let start = |data: &std::path::Path| {
-        std::process::Command::new(workspace_bin("stagecache-server"))
-            .args(["--data-dir", data.to_str().unwrap(), "--listen", &listen])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start server")
-    };
-    let mut server = start(data.path());
-    let url = format!("http://{listen}");
-    let client = stagecache_client::Client::connect(
-        stagecache_client::ClientConfig::new(url, "prod").unwrap(),
-    )
-    .await
-    .expect("server comes up");
+    let mut server = ServerProcess::start(data.path());
+    let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "a.bin", &pseudo_random(5, 100_000), false);
     let reg = client
@@ -212,31 +196,14 @@ async fn server_binary_serves_then_shuts_down_gracefully_on_sigterm() {
         .output()
         .unwrap();
     assert_eq!(other.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&other.stderr).contains("lock"),
-        "{}",
-        String::from_utf8_lossy(&other.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("lock"), "{stderr}");
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = server.signal_and_wait("TERM");
     assert!(exit.success(), "server exited with {exit:?}");
 
     // Restarted on the same data dir, it serves what was registered.
-    let mut server = start(data.path());
-    let client = stagecache_client::Client::connect(
-        stagecache_client::ClientConfig::new(format!("http://{listen}"), "prod").unwrap(),
-    )
-    .await
-    .unwrap();
+    let server = ServerProcess::start(data.path());
+    let client = server.client("prod").await;
     assert_eq!(client.resolve_ref("bar/9").await.unwrap(), reg.manifest);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
