@@ -10,6 +10,7 @@ pub mod error;
 pub mod manifest;
 pub mod names;
 pub mod path;
+pub mod time;
 pub mod verify;
 
 pub use digest::Digest;
