@@ -22,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod fetch;
 pub mod ledger;
+pub mod output;
 pub mod progress;
 pub mod register;
 pub mod retry;

@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use stagecache_client::output::{variable_name, Format, Report};
 use stagecache_client::stages::StageFile;
 use stagecache_client::{Client, ClientConfig, ClientError, Digest, FetchOptions, RegisterOptions};
 use stagecache_proto::v1::{
@@ -35,9 +36,19 @@ struct Cli {
         default_value = "default"
     )]
     namespace: String,
-    /// Print machine-readable JSON on stdout.
+    /// Print machine-readable JSON on stdout (the same as --format json).
     #[arg(long, global = true)]
     json: bool,
+    /// Output format of register, fetch, plan, status and claim: human, json,
+    /// azure-pipelines (##vso output variables) or github-actions (appends to $GITHUB_OUTPUT).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "STAGECACHE_FORMAT",
+        default_value = "human"
+    )]
+    format: Format,
     /// Transfers in flight at once.
     #[arg(
         long,
@@ -407,7 +418,9 @@ const EXIT_CLAIM_HELD: u8 = 4;
 const EXIT_STAGE_UNSUCCESSFUL: u8 = 8;
 const EXIT_TIMEOUT: u8 = 9;
 
-async fn run_ledger(client: &Client, json_out: bool, command: Command) -> Result<u8, ClientError> {
+async fn run_ledger(client: &Client, format: Format, command: Command) -> Result<u8, ClientError> {
+    let json_out = format == Format::Json;
+    let github_output = std::env::var_os("GITHUB_OUTPUT").map(PathBuf::from);
     match command {
         Command::Record {
             subject,
@@ -467,19 +480,28 @@ async fn run_ledger(client: &Client, json_out: bool, command: Command) -> Result
                     ..Default::default()
                 })
                 .await?;
-            if json_out {
-                let rows: Vec<_> = results.iter().map(result_json).collect();
-                println!(
-                    "{}",
-                    json!({"subject": subject.to_string(), "results": rows})
-                );
-            } else if results.is_empty() {
-                println!("no stage results for {subject}");
-            } else {
-                for r in &results {
-                    println!("{}", result_line(r));
-                }
+            let mut report = Report {
+                json: json!({"subject": subject.to_string(), "results": results.iter().map(result_json).collect::<Vec<_>>()}),
+                human: if results.is_empty() {
+                    format!("no stage results for {subject}")
+                } else {
+                    results
+                        .iter()
+                        .map(result_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                vars: Vec::new(),
+            };
+            for r in &results {
+                let stage = if r.target.is_empty() {
+                    r.stage.clone()
+                } else {
+                    format!("{} {}", r.stage, r.target)
+                };
+                report.var(variable_name("status", &stage), status_name(r.status));
             }
+            report.emit(format, github_output.as_deref())?;
         }
         Command::History {
             subject,
@@ -570,24 +592,43 @@ async fn run_ledger(client: &Client, json_out: bool, command: Command) -> Result
                 Decision::Blocked => "blocked",
                 Decision::Unspecified => "unspecified",
             };
-            if json_out {
-                let rows: Vec<_> = plan
+            let width = plan.stages.iter().map(|p| p.name.len()).max().unwrap_or(0);
+            let mut report = Report {
+                json: json!({ "stages": plan
                     .stages
                     .iter()
                     .map(|p| json!({"name": p.name, "decision": word(p.decision), "reason": p.reason}))
-                    .collect();
-                println!("{}", json!({ "stages": rows }));
-            } else {
-                let width = plan.stages.iter().map(|p| p.name.len()).max().unwrap_or(0);
-                for p in &plan.stages {
-                    println!(
-                        "{:<8} {:<width$}  {}",
-                        word(p.decision).to_uppercase(),
-                        p.name,
-                        p.reason
-                    );
-                }
+                    .collect::<Vec<_>>() }),
+                human: plan
+                    .stages
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{:<8} {:<width$}  {}",
+                            word(p.decision).to_uppercase(),
+                            p.name,
+                            p.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                vars: Vec::new(),
+            };
+            for p in &plan.stages {
+                let run = p.decision == Decision::Run as i32;
+                report.var(
+                    variable_name("run", &p.name),
+                    if run { "true" } else { "false" },
+                );
             }
+            let to_run: Vec<&str> = plan
+                .stages
+                .iter()
+                .filter(|p| p.decision == Decision::Run as i32)
+                .map(|p| p.name.as_str())
+                .collect();
+            report.var("stages_to_run", to_run.join(","));
+            report.emit(format, github_output.as_deref())?;
         }
         Command::Claim { action, args } => match action {
             None => {
@@ -615,22 +656,30 @@ async fn run_ledger(client: &Client, json_out: bool, command: Command) -> Result
                     })
                     .await?;
                 let claim = r.claim.unwrap_or_default();
-                if json_out {
-                    println!(
-                        "{}",
-                        json!({
-                            "granted": r.granted,
-                            "holder": claim.holder,
-                            "token": claim.token,
-                            "expires_at": (claim.expires_at_ms > 0).then(|| fmt_time(claim.expires_at_ms)),
-                            "already_succeeded": r.already_succeeded.as_ref().map(result_json),
-                        })
-                    );
-                }
+                let mut report = Report {
+                    json: json!({
+                        "granted": r.granted,
+                        "holder": claim.holder,
+                        "token": claim.token,
+                        "expires_at": (claim.expires_at_ms > 0).then(|| fmt_time(claim.expires_at_ms)),
+                        "already_succeeded": r.already_succeeded.as_ref().map(result_json),
+                    }),
+                    human: if r.granted {
+                        claim.token.clone()
+                    } else {
+                        String::new()
+                    },
+                    vars: Vec::new(),
+                };
+                report.var("claim_granted", r.granted.to_string());
+                report.var("claim_token", claim.token.clone());
+                report.var("claim_holder", claim.holder.clone());
+                report.var(
+                    "already_succeeded",
+                    r.already_succeeded.is_some().to_string(),
+                );
+                report.emit(format, github_output.as_deref())?;
                 if r.granted {
-                    if !json_out {
-                        println!("{}", claim.token);
-                    }
                     eprintln!("claimed {stage:?} until {}", fmt_time(claim.expires_at_ms));
                     return Ok(0);
                 }
@@ -868,7 +917,9 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
     config.concurrency = cli.concurrency.max(1);
     config.request_timeout = std::time::Duration::from_secs(cli.rpc_timeout.max(1));
     let client = Client::connect(config).await?;
-    let progress = !cli.json;
+    let format = if cli.json { Format::Json } else { cli.format };
+    let progress = format == Format::Human;
+    let github_output = std::env::var_os("GITHUB_OUTPUT").map(PathBuf::from);
     match cli.command {
         c @ (Command::Record { .. }
         | Command::Status { .. }
@@ -876,7 +927,7 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
         | Command::Plan { .. }
         | Command::Claim { .. }
         | Command::Invalidate { .. }
-        | Command::Wait { .. }) => return run_ledger(&client, cli.json, c).await,
+        | Command::Wait { .. }) => return run_ledger(&client, format, c).await,
         Command::Register {
             dir,
             ref_name,
@@ -894,25 +945,31 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
                 reason,
             };
             let r = client.register(&dir, &ref_name, &opts).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
+            if format == Format::Human {
                 eprintln!(
                     "registered {} files ({} bytes; uploaded {} files, {} bytes) as {} in namespace {}",
                     r.files, r.bytes, r.uploaded_files, r.uploaded_bytes, ref_name, cli.namespace
                 );
-                println!("{}", r.manifest);
             }
+            let mut report = Report {
+                json: serde_json::to_value(&r).unwrap_or_default(),
+                human: r.manifest.to_string(),
+                vars: Vec::new(),
+            };
+            report.var("manifest", r.manifest.to_string());
+            report.var("files", r.files.to_string());
+            report.var("bytes", r.bytes.to_string());
+            report.var("uploaded_bytes", r.uploaded_bytes.to_string());
+            report.emit(format, github_output.as_deref())?;
         }
         Command::Fetch { source, out } => {
             let digest = resolve(&client, &source).await?;
             let r = client
                 .fetch(digest, &out, &FetchOptions { progress })
                 .await?;
-            if cli.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
+            let mut report = Report {
+                json: serde_json::to_value(&r).unwrap_or_default(),
+                human: format!(
                     "fetched {} files ({} bytes) into {}: {} downloaded ({} bytes), {} already present",
                     r.files,
                     r.bytes,
@@ -920,14 +977,19 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
                     r.downloaded_files,
                     r.downloaded_bytes,
                     r.skipped_files
-                );
-            }
+                ),
+                vars: Vec::new(),
+            };
+            report.var("manifest", r.manifest.to_string());
+            report.var("files", r.files.to_string());
+            report.var("downloaded_files", r.downloaded_files.to_string());
+            report.emit(format, github_output.as_deref())?;
         }
         Command::Ls { prefix, limit } => {
             let refs = client
                 .list_refs(prefix.as_deref().unwrap_or(""), limit)
                 .await?;
-            if cli.json {
+            if format == Format::Json {
                 let rows: Vec<_> = refs
                     .iter()
                     .map(|r| json!({"name": r.name, "manifest": digest_of(&r.target), "version": r.version, "updated_at": fmt_time(r.updated_at_ms), "actor": r.actor}))
@@ -952,7 +1014,7 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
                 Some(r) => client.ref_history(r, 20).await?,
                 None => Vec::new(),
             };
-            if cli.json {
+            if format == Format::Json {
                 let entries: Vec<_> = manifest
                     .entries()
                     .iter()
@@ -1012,7 +1074,7 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
             let bar = stagecache_client::progress::bytes_bar(progress, digest.size(), "upload");
             let already = client.upload_file(&file, digest, &bar).await?;
             bar.finish_and_clear();
-            if cli.json {
+            if format == Format::Json {
                 println!(
                     "{}",
                     json!({"digest": digest.to_string(), "already_present": already})
@@ -1040,7 +1102,7 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
             let r = client
                 .fetch_manifest(&manifest, &dir, &FetchOptions { progress })
                 .await?;
-            if cli.json {
+            if format == Format::Json {
                 println!(
                     "{}",
                     json!({"digest": digest.to_string(), "out": out, "downloaded": r.downloaded_files == 1})

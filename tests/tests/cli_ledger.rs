@@ -19,6 +19,8 @@ async fn cli(server: &ServerProcess, ns: &str, args: &[&str], envs: &[(&str, &st
         .args(args)
         .env_remove("STAGECACHE_CLAIM_TOKEN")
         .env_remove("STAGECACHE_HOLDER")
+        .env_remove("GITHUB_OUTPUT")
+        .env_remove("STAGECACHE_FORMAT")
         .env("STAGECACHE_ACTOR", "ci-test");
     for (k, v) in envs {
         cmd.env(k, v);
@@ -428,4 +430,116 @@ async fn force_resign_and_bad_stage_files() {
     )
     .await;
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_output_formats_are_exact() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path());
+    server.client("prod").await;
+    let assets = tempfile::tempdir().unwrap();
+    write_file(assets.path(), "x.nupkg", b"x", false);
+    let dir = assets.path().to_str().unwrap();
+
+    // GitHub Actions: NAME=VALUE lines appended to $GITHUB_OUTPUT.
+    let gh = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(gh.path(), "earlier=kept\n").unwrap();
+    let gh_path = gh.path().to_str().unwrap();
+    let o = cli(
+        &server,
+        "prod",
+        &[
+            "--format",
+            "github-actions",
+            "register",
+            dir,
+            "--ref",
+            "bar/1",
+        ],
+        &[("GITHUB_OUTPUT", gh_path)],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let manifest = out(&o);
+    let written = std::fs::read_to_string(gh.path()).unwrap();
+    assert_eq!(
+        written,
+        format!("earlier=kept\nmanifest={manifest}\nfiles=1\nbytes=1\nuploaded_bytes=1\n")
+    );
+
+    // Azure Pipelines: one output variable per stage and the list to run.
+    let o = cli(
+        &server,
+        "prod",
+        &[
+            "record",
+            "--ref",
+            "bar/1",
+            "--stage",
+            "Prep Ring",
+            "--status",
+            "succeeded",
+        ],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let pa = pipelines("prepare-artifacts.stages.yaml");
+    let o = cli(
+        &server,
+        "prod",
+        &[
+            "--format",
+            "azure-pipelines",
+            "plan",
+            "--ref",
+            "bar/1",
+            "--stages",
+            &pa,
+        ],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let expected = [
+        "##vso[task.setvariable variable=run_prep_ring;isOutput=true]false",
+        "##vso[task.setvariable variable=run_prep_ring_override;isOutput=true]true",
+        "##vso[task.setvariable variable=run_signing_ring;isOutput=true]true",
+        "##vso[task.setvariable variable=run_sbom_generation;isOutput=true]true",
+        "##vso[task.setvariable variable=run_sbom_generation_override;isOutput=true]true",
+        "##vso[task.setvariable variable=run_kick_off_validate_publish;isOutput=true]true",
+        "##vso[task.setvariable variable=stages_to_run;isOutput=true]Prep Ring Override,Signing Ring,SBOM Generation,SBOM Generation Override,Kick Off Validate-Publish",
+    ];
+    assert_eq!(out(&o).lines().collect::<Vec<_>>(), expected);
+    let o = cli(
+        &server,
+        "prod",
+        &["--format", "azure-pipelines", "status", "--ref", "bar/1"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out(&o),
+        "##vso[task.setvariable variable=status_prep_ring;isOutput=true]succeeded"
+    );
+
+    // An unknown format is a usage error (exit 2); github-actions outside GitHub is exit 2.
+    let o = cli(
+        &server,
+        "prod",
+        &["--format", "yaml", "status", "--ref", "bar/1"],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("invalid value 'yaml'"), "{}", err(&o));
+    let o = cli(
+        &server,
+        "prod",
+        &["--format", "github-actions", "status", "--ref", "bar/1"],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("GITHUB_OUTPUT is not set"), "{}", err(&o));
 }
