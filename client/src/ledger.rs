@@ -164,6 +164,23 @@ impl Client {
         Ok(())
     }
 
+    /// What the server holds (blobs and manifests overall; refs, ledger records and live
+    /// claims in this namespace).
+    pub async fn stats(&self) -> Result<stagecache_proto::v1::StatsResponse> {
+        let req = stagecache_proto::v1::StatsRequest {
+            namespace: self.ns(),
+        };
+        Ok(self
+            .unary(|| {
+                let mut c = stagecache_proto::v1::info_client::InfoClient::new(self.channel());
+                let r = self.request(req.clone());
+                async move { c.stats(r).await }
+            })
+            .await
+            .map_err(status("Info.Stats"))?
+            .into_inner())
+    }
+
     /// Opens a watch; events describing the current state come first (`initial`).
     pub async fn watch(&self, mut req: WatchRequest) -> Result<tonic::Streaming<WatchEvent>> {
         req.namespace = self.ns();

@@ -280,6 +280,23 @@ enum Command {
         #[command(flatten)]
         args: ClaimArgs,
     },
+    /// Counts of what the server holds.
+    Stats,
+    /// Recent refs (builds) with time, manifest, size and file count, newest first.
+    Builds {
+        /// Only refs starting with this prefix, e.g. bar/.
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A Mermaid flowchart of a stage graph, each stage coloured by its state for a subject.
+    Graph {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        stages: PathBuf,
+    },
     /// Make a stage's result no longer count (audited with actor and reason).
     Invalidate {
         #[command(flatten)]
@@ -795,9 +812,76 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
                 }
             };
         }
+        Command::Graph { subject, stages } => {
+            let file = StageFile::load(&stages)?;
+            let subject = subject_of(client, &subject).await?;
+            let results = client
+                .stage_status(StatusRequest {
+                    subject: Some(subject.to_proto()),
+                    ..Default::default()
+                })
+                .await?;
+            println!("{}", mermaid(&file, &results));
+        }
         _ => return Err(ClientError::Invalid("not a ledger command".into())),
     }
     Ok(0)
+}
+
+/// The state a stage is drawn in: succeeded in the latest run, skipped (its success was
+/// reused from an earlier run), failed, running, or not run.
+fn stage_state(stage: &str, results: &[StageResult], latest_build: &str) -> &'static str {
+    let Some(r) = results
+        .iter()
+        .find(|r| r.stage == stage && r.target.is_empty())
+    else {
+        return "notrun";
+    };
+    match StageStatus::try_from(r.status).unwrap_or(StageStatus::Unspecified) {
+        StageStatus::Succeeded if !latest_build.is_empty() && r.build_id != latest_build => {
+            "skipped"
+        }
+        StageStatus::Succeeded => "succeeded",
+        StageStatus::Failed | StageStatus::Cancelled => "failed",
+        StageStatus::Started => "running",
+        _ => "notrun",
+    }
+}
+
+/// A Mermaid flowchart of the graph, stages coloured by state.
+fn mermaid(file: &StageFile, results: &[StageResult]) -> String {
+    let latest_build = results
+        .iter()
+        .max_by_key(|r| r.seq)
+        .map(|r| r.build_id.clone())
+        .unwrap_or_default();
+    let id = |name: &str| {
+        file.stages
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| format!("s{i}"))
+    };
+    let mut out = String::from("flowchart TD\n");
+    for (i, s) in file.stages.iter().enumerate() {
+        let label = s.name.replace('"', "#quot;");
+        out.push_str(&format!(
+            "    s{i}[\"{label}\"]:::{}\n",
+            stage_state(&s.name, results, &latest_build)
+        ));
+    }
+    for (i, s) in file.stages.iter().enumerate() {
+        for d in &s.depends_on {
+            if let Some(from) = id(d) {
+                out.push_str(&format!("    {from} --> s{i}\n"));
+            }
+        }
+    }
+    out.push_str("    classDef succeeded fill:#2da44e,stroke:#1a7f37,color:#fff\n");
+    out.push_str("    classDef skipped fill:#ddf4ff,stroke:#54aeff,color:#0969da\n");
+    out.push_str("    classDef failed fill:#cf222e,stroke:#a40e26,color:#fff\n");
+    out.push_str("    classDef running fill:#bf8700,stroke:#9a6700,color:#fff\n");
+    out.push_str("    classDef notrun fill:#f6f8fa,stroke:#8c959f,color:#57606a\n");
+    out
 }
 
 /// Waits for the watched condition; returns the exit code and a line describing it.
@@ -927,7 +1011,62 @@ async fn run(cli: Cli) -> Result<u8, ClientError> {
         | Command::Plan { .. }
         | Command::Claim { .. }
         | Command::Invalidate { .. }
-        | Command::Wait { .. }) => return run_ledger(&client, format, c).await,
+        | Command::Wait { .. }
+        | Command::Graph { .. }) => return run_ledger(&client, format, c).await,
+        Command::Stats => {
+            let st = client.stats().await?;
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    json!({"blobs": st.blobs, "blob_bytes": st.blob_bytes, "manifests": st.manifests, "refs": st.refs, "ledger_records": st.ledger_records, "active_claims": st.active_claims, "namespace": cli.namespace})
+                );
+            } else {
+                println!("blobs           {} ({} bytes)", st.blobs, st.blob_bytes);
+                println!("manifests       {}", st.manifests);
+                println!("refs            {} in namespace {}", st.refs, cli.namespace);
+                println!(
+                    "ledger records  {} in namespace {}",
+                    st.ledger_records, cli.namespace
+                );
+                println!(
+                    "active claims   {} in namespace {}",
+                    st.active_claims, cli.namespace
+                );
+            }
+        }
+        Command::Builds { prefix, limit } => {
+            let mut refs = client.list_refs(&prefix, 100_000).await?;
+            refs.sort_by_key(|r| std::cmp::Reverse(r.updated_at_ms));
+            refs.truncate(limit);
+            let mut rows = Vec::new();
+            for r in refs {
+                let digest = Digest::from_required("ref.target", r.target.as_ref())?;
+                let m = client.get_manifest(digest).await?;
+                rows.push((r, digest, m.entries().len(), m.total_bytes()));
+            }
+            if format == Format::Json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(r, d, files, bytes)| json!({"ref": r.name, "updated_at": fmt_time(r.updated_at_ms), "manifest": d.to_string(), "files": files, "bytes": bytes, "actor": r.actor, "version": r.version}))
+                    .collect();
+                println!("{}", json!({ "builds": v }));
+            } else {
+                println!(
+                    "{:<24} {:<20} {:>7} {:>14}  manifest",
+                    "ref", "updated", "files", "bytes"
+                );
+                for (r, d, files, bytes) in rows {
+                    println!(
+                        "{:<24} {:<20} {:>7} {:>14}  {}",
+                        r.name,
+                        fmt_time(r.updated_at_ms),
+                        files,
+                        bytes,
+                        d
+                    );
+                }
+            }
+        }
         Command::Register {
             dir,
             ref_name,

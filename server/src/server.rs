@@ -6,10 +6,11 @@ use crate::error::{Result, ServerError};
 use crate::service::cas::CasService;
 use crate::service::ledger::LedgerService;
 use crate::service::manifests::ManifestsService;
-use crate::service::refs::RefsService;
+use crate::service::refs::{InfoService, RefsService};
 use crate::service::AppState;
 use crate::store::Store;
 use stagecache_proto::v1::cas_server::CasServer;
+use stagecache_proto::v1::info_server::InfoServer;
 use stagecache_proto::v1::ledger_server::LedgerServer;
 use stagecache_proto::v1::manifests_server::ManifestsServer;
 use stagecache_proto::v1::refs_server::RefsServer;
@@ -114,6 +115,7 @@ pub async fn serve(
         .add_service(manifests)
         .add_service(refs)
         .add_service(ledger)
+        .add_service(InfoServer::new(InfoService::new(state.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| ServerError::Internal(format!("transport: {e}")))?;

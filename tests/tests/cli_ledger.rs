@@ -543,3 +543,87 @@ async fn ci_output_formats_are_exact() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("GITHUB_OUTPUT is not set"), "{}", err(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_stats_builds_and_graph() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path());
+    server.client("prod").await;
+    let assets = tempfile::tempdir().unwrap();
+    write_file(assets.path(), "a.nupkg", b"aa", false);
+    write_file(assets.path(), "b/c.zip", b"ccc", false);
+    let dir = assets.path().to_str().unwrap();
+    let manifest = out(&cli(
+        &server,
+        "prod",
+        &["register", dir, "--ref", "bar/12345"],
+        &[],
+    )
+    .await);
+    let rec = |stage: &'static str, status: &'static str, build: &'static str| {
+        [
+            "record",
+            "--ref",
+            "bar/12345",
+            "--stage",
+            stage,
+            "--status",
+            status,
+            "--build-id",
+            build,
+        ]
+    };
+    for args in [
+        rec("Required Validation", "succeeded", "1"),
+        rec("Validation", "failed", "2"),
+        rec("Required Validation Override", "succeeded", "2"),
+        rec("Publish Signed Assets", "started", "2"),
+    ] {
+        let o = cli(&server, "prod", &args, &[]).await;
+        assert!(o.status.success(), "{}", err(&o));
+    }
+
+    let st = json(&cli(&server, "prod", &["--json", "stats"], &[]).await);
+    assert_eq!(st["blobs"], 3, "two files and the manifest");
+    assert_eq!(st["manifests"], 1);
+    assert_eq!(st["refs"], 1);
+    assert_eq!(st["ledger_records"], 4);
+    let test_ns = json(&cli(&server, "test", &["--json", "stats"], &[]).await);
+    assert_eq!(test_ns["ledger_records"], 0);
+
+    let b = json(&cli(&server, "prod", &["--json", "builds", "bar/"], &[]).await);
+    assert_eq!(b["builds"][0]["ref"], "bar/12345");
+    assert_eq!(b["builds"][0]["manifest"], manifest.as_str());
+    assert_eq!(
+        (
+            b["builds"][0]["files"].as_u64(),
+            b["builds"][0]["bytes"].as_u64()
+        ),
+        (Some(2), Some(5))
+    );
+
+    let vp = pipelines("validate-publish.stages.yaml");
+    let g = out(&cli(
+        &server,
+        "prod",
+        &["graph", "--ref", "bar/12345", "--stages", &vp],
+        &[],
+    )
+    .await);
+    assert!(g.starts_with("flowchart TD"), "{g}");
+    for line in [
+        "s0[\"Validation\"]:::failed",
+        "s4[\"Required Validation\"]:::skipped",
+        "s5[\"Required Validation Override\"]:::succeeded",
+        "s7[\"Publish Signed Assets\"]:::running",
+        "s8[\"VS Insertion Ring\"]:::notrun",
+        "s5 --> s7",
+        "s11 --> s12",
+        "s3 --> s11",
+    ] {
+        assert!(
+            g.lines().any(|l| l.trim() == line),
+            "missing {line:?} in\n{g}"
+        );
+    }
+}

@@ -231,3 +231,38 @@ impl Refs for RefsService {
         Ok(Response::new(RefHistoryResponse { changes }))
     }
 }
+
+/// `stagecache.v1.Info`: what the server holds.
+pub struct InfoService {
+    state: AppState,
+}
+
+impl InfoService {
+    pub fn new(state: AppState) -> Self {
+        InfoService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl stagecache_proto::v1::info_server::Info for InfoService {
+    async fn stats(
+        &self,
+        request: Request<stagecache_proto::v1::StatsRequest>,
+    ) -> Result<Response<stagecache_proto::v1::StatsResponse>, Status> {
+        let ns = namespace(&request.into_inner().namespace)?;
+        let now = self.state.clock.now_ms();
+        let [blobs, blob_bytes, manifests, refs, ledger_records, active_claims] = self
+            .state
+            .store
+            .with_index(move |i| i.stats(&ns, now))
+            .await?;
+        Ok(Response::new(stagecache_proto::v1::StatsResponse {
+            blobs,
+            blob_bytes,
+            manifests,
+            refs,
+            ledger_records,
+            active_claims,
+        }))
+    }
+}

@@ -361,6 +361,44 @@ impl Index {
         Ok(out)
     }
 
+    /// Exact counts for `Info.Stats`, by scanning: (blobs, blob bytes, manifests, refs in
+    /// `ns`, ledger records in `ns`, claims in `ns` live at `now_ms`).
+    pub fn stats(&self, ns: &Namespace, now_ms: i64) -> Result<[u64; 6]> {
+        let mut out = [0u64; 6];
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+            let (_, v) = item?;
+            out[0] += 1;
+            out[1] += v.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
+            item?;
+            out[2] += 1;
+        }
+        let mut prefix = Vec::from(ns.as_str().as_bytes());
+        prefix.push(0);
+        let mode = IteratorMode::From(&prefix, Direction::Forward);
+        for (slot, cf) in [(3, CF_REFS), (4, CF_LEDGER_HISTORY), (5, CF_CLAIMS)] {
+            for item in self.db.iterator_cf(self.cf(cf)?, mode) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if slot == 5 {
+                    let live = stagecache_proto::records::ClaimRecord::decode(&*v)
+                        .is_ok_and(|c| c.expires_at_ms > now_ms);
+                    if !live {
+                        continue;
+                    }
+                }
+                out[slot] += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Flushes memtables so a restart replays nothing; called on graceful shutdown.
     pub fn flush(&self) -> Result<()> {
         for cf in ALL_CFS {
