@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 pub mod client;
 pub mod error;
 pub mod fetch;
