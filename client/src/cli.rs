@@ -219,6 +219,9 @@ pub enum Command {
         target: String,
         #[arg(long, default_value = "")]
         fingerprint: String,
+        /// Show every stage of this graph file as a table (state, attempt, build, duration).
+        #[arg(long, conflicts_with = "stage")]
+        stages: Option<PathBuf>,
     },
     /// Every attempt and invalidation for a subject, newest first.
     History {

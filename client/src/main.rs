@@ -176,6 +176,7 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
             stage,
             target,
             fingerprint,
+            stages,
         } => {
             let subject = subject_of(client, &subject).await?;
             let results = client
@@ -207,6 +208,9 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
                     format!("{} {}", r.stage, r.target)
                 };
                 report.var(variable_name("status", &stage), status_name(r.status));
+            }
+            if let Some(path) = stages {
+                report.human = stage_table(&StageFile::load(&path)?, &results);
             }
             report.emit(format, github_output.as_deref())?;
         }
@@ -524,6 +528,62 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
         _ => return Err(ClientError::Invalid("not a ledger command".into())),
     }
     Ok(0)
+}
+
+/// One row per stage of the graph: state, attempt, build, duration.
+fn stage_table(file: &StageFile, results: &[StageResult]) -> String {
+    let width = file
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!(
+        "{:<width$}  {:<11} {:>7}  {:<12} {:>9}\n",
+        "stage", "state", "attempt", "build", "duration"
+    );
+    for s in &file.stages {
+        let r = results
+            .iter()
+            .find(|r| r.stage == s.name && r.target.is_empty());
+        let (state, attempt, build, duration) = match r {
+            None => (
+                "not run".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+            Some(r) => {
+                let secs = if r.finished_at_ms > 0 {
+                    (r.finished_at_ms - r.started_at_ms) / 1000
+                } else {
+                    -1
+                };
+                let duration = if secs < 0 {
+                    "-".to_string()
+                } else {
+                    format!("{}h{:02}m{:02}s", secs / 3600, secs % 3600 / 60, secs % 60)
+                };
+                let build = if r.build_id.is_empty() {
+                    r.bar_build_id.clone()
+                } else {
+                    r.build_id.clone()
+                };
+                (
+                    status_name(r.status).to_string(),
+                    r.attempt.to_string(),
+                    build,
+                    duration,
+                )
+            }
+        };
+        out.push_str(&format!(
+            "{:<width$}  {state:<11} {attempt:>7}  {build:<12} {duration:>9}\n",
+            s.name
+        ));
+    }
+    out
 }
 
 /// The state a stage is drawn in: succeeded in the latest run, skipped (its success was

@@ -603,6 +603,30 @@ async fn inspection_stats_builds_and_graph() {
     );
 
     let vp = pipelines("validate-publish.stages.yaml");
+    let table = out(&cli(
+        &server,
+        "prod",
+        &["status", "--ref", "bar/12345", "--stages", &vp],
+        &[],
+    )
+    .await);
+    let row = |stage: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{stage}  ")))
+            .unwrap_or_else(|| panic!("no row {stage}:\n{table}"));
+        line[stage.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table.lines().count(), 19, "{table}");
+    assert_eq!(
+        row("Required Validation Override")[..3],
+        ["succeeded", "1", "2"]
+    );
+    assert_eq!(row("Publish Signed Assets"), ["started", "1", "2", "-"]);
+    assert_eq!(row("VS Insertion Ring"), ["not", "run"]);
     let g = out(&cli(
         &server,
         "prod",
