@@ -20,6 +20,25 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
+/// One unary call under the retry policy and the per-call deadline, its error named after
+/// the call: `retrying!(self, self.manifests.clone(), put, req, "Manifests.Put")`.
+macro_rules! retrying {
+    ($this:expr, $client:expr, $method:ident, $req:expr, $call:literal) => {
+        $this
+            .unary(|| {
+                let mut c = $client;
+                let r = $this.request($req.clone());
+                async move { c.$method(r).await }
+            })
+            .await
+            .map_err(|status| $crate::error::ClientError::Status {
+                call: $call,
+                status,
+            })
+    };
+}
+pub(crate) use retrying;
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -179,16 +198,7 @@ impl Client {
                 namespace: self.ns(),
                 digests: chunk.iter().map(Digest::to_proto).collect(),
             };
-            let resp = self
-                .config
-                .retry
-                .run(|| {
-                    let mut c = self.cas.clone();
-                    let r = self.request(req.clone());
-                    async move { c.find_missing(r).await }
-                })
-                .await
-                .map_err(status("FindMissing"))?;
+            let resp = retrying!(self, self.cas.clone(), find_missing, req, "FindMissing")?;
             for (i, d) in resp.into_inner().missing.iter().enumerate() {
                 missing.push(Digest::from_proto(&format!("missing[{i}]"), d)?);
             }
@@ -293,16 +303,7 @@ impl Client {
                 })
                 .collect(),
         };
-        let resp = self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.cas.clone();
-                let r = self.request(req.clone());
-                async move { c.batch_upload(r).await }
-            })
-            .await
-            .map_err(status("BatchUpload"))?;
+        let resp = retrying!(self, self.cas.clone(), batch_upload, req, "BatchUpload")?;
         for r in resp.into_inner().results {
             if let Some(s) = r.status.filter(|s| s.code != 0) {
                 let d = r
@@ -327,17 +328,8 @@ impl Client {
             namespace: self.ns(),
             digests: digests.iter().map(Digest::to_proto).collect(),
         };
-        let resp = self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.cas.clone();
-                let r = self.request(req.clone());
-                async move { c.batch_download(r).await }
-            })
-            .await
-            .map_err(status("BatchDownload"))?
-            .into_inner();
+        let resp =
+            retrying!(self, self.cas.clone(), batch_download, req, "BatchDownload")?.into_inner();
         if resp.results.len() != digests.len() {
             return Err(ClientError::Verify(format!(
                 "BatchDownload answered {} results for {} digests",
@@ -389,17 +381,7 @@ impl Client {
             namespace: self.ns(),
             manifest: Some(manifest.to_proto()),
         };
-        let resp = self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.manifests.clone();
-                let r = self.request(req.clone());
-                async move { c.put(r).await }
-            })
-            .await
-            .map_err(status("Manifests.Put"))?
-            .into_inner();
+        let resp = retrying!(self, self.manifests.clone(), put, req, "Manifests.Put")?.into_inner();
         let server = Digest::from_required("digest", resp.digest.as_ref())?;
         let local = manifest.digest();
         if server != local {
@@ -416,17 +398,7 @@ impl Client {
             namespace: self.ns(),
             digest: Some(digest.to_proto()),
         };
-        let resp = self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.manifests.clone();
-                let r = self.request(req.clone());
-                async move { c.get(r).await }
-            })
-            .await
-            .map_err(status("Manifests.Get"))?
-            .into_inner();
+        let resp = retrying!(self, self.manifests.clone(), get, req, "Manifests.Get")?.into_inner();
         let wire = resp
             .manifest
             .ok_or_else(|| ClientError::Verify("Manifests.Get answered no manifest".into()))?;
@@ -459,17 +431,7 @@ impl Client {
             actor: self.config.actor.clone(),
             reason: reason.to_string(),
         };
-        Ok(self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.refs.clone();
-                let r = self.request(req.clone());
-                async move { c.set(r).await }
-            })
-            .await
-            .map_err(status("Refs.Set"))?
-            .into_inner())
+        Ok(retrying!(self, self.refs.clone(), set, req, "Refs.Set")?.into_inner())
     }
 
     pub async fn get_ref(&self, name: &str) -> Result<v1::Ref> {
@@ -478,15 +440,7 @@ impl Client {
             namespace: self.ns(),
             name: name.to_string(),
         };
-        self.config
-            .retry
-            .run(|| {
-                let mut c = self.refs.clone();
-                let r = self.request(req.clone());
-                async move { c.get(r).await }
-            })
-            .await
-            .map_err(status("Refs.Get"))?
+        retrying!(self, self.refs.clone(), get, req, "Refs.Get")?
             .into_inner()
             .r#ref
             .ok_or_else(|| ClientError::Verify("Refs.Get answered no ref".into()))
@@ -509,17 +463,7 @@ impl Client {
                 limit: (limit - out.len()).min(10_000) as u32,
                 page_token: token.clone(),
             };
-            let resp = self
-                .config
-                .retry
-                .run(|| {
-                    let mut c = self.refs.clone();
-                    let r = self.request(req.clone());
-                    async move { c.list(r).await }
-                })
-                .await
-                .map_err(status("Refs.List"))?
-                .into_inner();
+            let resp = retrying!(self, self.refs.clone(), list, req, "Refs.List")?.into_inner();
             out.extend(resp.refs);
             if resp.next_page_token.is_empty() || out.len() >= limit {
                 return Ok(out);
@@ -536,17 +480,10 @@ impl Client {
             name: name.to_string(),
             limit,
         };
-        Ok(self
-            .config
-            .retry
-            .run(|| {
-                let mut c = self.refs.clone();
-                let r = self.request(req.clone());
-                async move { c.history(r).await }
-            })
-            .await
-            .map_err(status("Refs.History"))?
-            .into_inner()
-            .changes)
+        Ok(
+            retrying!(self, self.refs.clone(), history, req, "Refs.History")?
+                .into_inner()
+                .changes,
+        )
     }
 }

@@ -2,7 +2,7 @@
 //! Requests are the `stagecache.v1` messages; the namespace and actor are filled in from
 //! the client's configuration.
 
-use crate::client::Client;
+use crate::client::{retrying, Client};
 use crate::error::{ClientError, Result};
 use stagecache_proto::v1::ledger_client::LedgerClient;
 use stagecache_proto::v1::{
@@ -29,14 +29,7 @@ impl Client {
         if req.actor.is_empty() {
             req.actor = self.config().actor.clone();
         }
-        let resp = self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.record(r).await }
-            })
-            .await
-            .map_err(status("Ledger.Record"))?;
+        let resp = retrying!(self, self.ledger(), record, req, "Ledger.Record")?;
         resp.into_inner()
             .result
             .ok_or_else(|| ClientError::Verify("Ledger.Record answered no result".into()))
@@ -53,59 +46,36 @@ impl Client {
             namespace: self.ns(),
             items,
         };
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.record_batch(r).await }
-            })
-            .await
-            .map_err(status("Ledger.RecordBatch"))?
-            .into_inner()
-            .results)
+        Ok(
+            retrying!(self, self.ledger(), record_batch, req, "Ledger.RecordBatch")?
+                .into_inner()
+                .results,
+        )
     }
 
     /// Effective results of a subject (optionally one stage and target).
     pub async fn stage_status(&self, mut req: StatusRequest) -> Result<Vec<StageResult>> {
         req.namespace = self.ns();
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.status(r).await }
-            })
-            .await
-            .map_err(status("Ledger.Status"))?
-            .into_inner()
-            .results)
+        Ok(
+            retrying!(self, self.ledger(), status, req, "Ledger.Status")?
+                .into_inner()
+                .results,
+        )
     }
 
     /// Every attempt and invalidation, newest first.
     pub async fn stage_history(&self, mut req: HistoryRequest) -> Result<Vec<StageResult>> {
         req.namespace = self.ns();
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.history(r).await }
-            })
-            .await
-            .map_err(status("Ledger.History"))?
-            .into_inner()
-            .results)
+        Ok(
+            retrying!(self, self.ledger(), history, req, "Ledger.History")?
+                .into_inner()
+                .results,
+        )
     }
 
     pub async fn plan(&self, mut req: PlanRequest) -> Result<PlanResponse> {
         req.namespace = self.ns();
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.plan(r).await }
-            })
-            .await
-            .map_err(status("Ledger.Plan"))?
-            .into_inner())
+        Ok(retrying!(self, self.ledger(), plan, req, "Ledger.Plan")?.into_inner())
     }
 
     /// Makes a stage's result no longer count; `reason` is kept in the audit record.
@@ -114,53 +84,31 @@ impl Client {
         if req.actor.is_empty() {
             req.actor = self.config().actor.clone();
         }
-        self.unary(|| {
-            let mut c = self.ledger();
-            let r = self.request(req.clone());
-            async move { c.invalidate(r).await }
-        })
-        .await
-        .map_err(status("Ledger.Invalidate"))?
-        .into_inner()
-        .invalidation
-        .ok_or_else(|| ClientError::Verify("Ledger.Invalidate answered no record".into()))
+        retrying!(self, self.ledger(), invalidate, req, "Ledger.Invalidate")?
+            .into_inner()
+            .invalidation
+            .ok_or_else(|| ClientError::Verify("Ledger.Invalidate answered no record".into()))
     }
 
     pub async fn claim(&self, mut req: ClaimRequest) -> Result<ClaimResponse> {
         req.namespace = self.ns();
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.claim(r).await }
-            })
-            .await
-            .map_err(status("Ledger.Claim"))?
-            .into_inner())
+        Ok(retrying!(self, self.ledger(), claim, req, "Ledger.Claim")?.into_inner())
     }
 
     pub async fn renew_claim(&self, mut req: RenewClaimRequest) -> Result<ClaimResponse> {
         req.namespace = self.ns();
-        Ok(self
-            .unary(|| {
-                let mut c = self.ledger();
-                let r = self.request(req.clone());
-                async move { c.renew_claim(r).await }
-            })
-            .await
-            .map_err(status("Ledger.RenewClaim"))?
-            .into_inner())
+        Ok(retrying!(self, self.ledger(), renew_claim, req, "Ledger.RenewClaim")?.into_inner())
     }
 
     pub async fn release_claim(&self, mut req: ReleaseClaimRequest) -> Result<()> {
         req.namespace = self.ns();
-        self.unary(|| {
-            let mut c = self.ledger();
-            let r = self.request(req.clone());
-            async move { c.release_claim(r).await }
-        })
-        .await
-        .map_err(status("Ledger.ReleaseClaim"))?;
+        retrying!(
+            self,
+            self.ledger(),
+            release_claim,
+            req,
+            "Ledger.ReleaseClaim"
+        )?;
         Ok(())
     }
 
@@ -170,15 +118,14 @@ impl Client {
         let req = stagecache_proto::v1::StatsRequest {
             namespace: self.ns(),
         };
-        Ok(self
-            .unary(|| {
-                let mut c = stagecache_proto::v1::info_client::InfoClient::new(self.channel());
-                let r = self.request(req.clone());
-                async move { c.stats(r).await }
-            })
-            .await
-            .map_err(status("Info.Stats"))?
-            .into_inner())
+        Ok(retrying!(
+            self,
+            stagecache_proto::v1::info_client::InfoClient::new(self.channel()),
+            stats,
+            req,
+            "Info.Stats"
+        )?
+        .into_inner())
     }
 
     /// Opens a watch; events describing the current state come first (`initial`).
