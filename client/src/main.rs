@@ -108,6 +108,14 @@ fn result_line(r: &StageResult) -> String {
     s
 }
 
+fn print_result(r: &StageResult, json_out: bool) {
+    if json_out {
+        println!("{}", result_json(r));
+    } else {
+        println!("{}", result_line(r));
+    }
+}
+
 fn default_holder(actor: &str) -> String {
     for var in ["BUILD_BUILDID", "GITHUB_RUN_ID"] {
         if let Ok(v) = std::env::var(var) {
@@ -165,11 +173,7 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
                     ..Default::default()
                 })
                 .await?;
-            if json_out {
-                println!("{}", result_json(&r));
-            } else {
-                println!("{}", result_line(&r));
-            }
+            print_result(&r, json_out);
         }
         Command::Status {
             subject,
@@ -481,11 +485,7 @@ async fn run_ledger(client: &Client, format: Format, command: Command) -> Result
                     ..Default::default()
                 })
                 .await?;
-            if json_out {
-                println!("{}", result_json(&r));
-            } else {
-                println!("{}", result_line(&r));
-            }
+            print_result(&r, json_out);
         }
         Command::Wait {
             ref_name,

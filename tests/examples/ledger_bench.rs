@@ -6,7 +6,8 @@
 //! `cargo run --release -p stagecache-tests --example ledger_bench [-- RECORDS]`
 
 use stagecache_client::stages::StageFile;
-use stagecache_proto::v1::{PlanRequest, StageStatus, StatusRequest};
+use stagecache_client::Client;
+use stagecache_proto::v1::{PlanRequest, StageGraph, StageStatus, StatusRequest};
 use stagecache_proto::{Digest, Namespace};
 use stagecache_server::ledger::{self, RecordInput};
 use stagecache_server::store::ledger::StageKey;
@@ -23,6 +24,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn subject(i: usize) -> Digest {
     Digest::of_bytes(format!("subject {i}").as_bytes())
+}
+
+/// One measured call: Plan when given the graph, Status otherwise.
+async fn ask(client: &Client, subject: Digest, graph: Option<&StageGraph>) {
+    match graph {
+        Some(g) => {
+            client
+                .plan(PlanRequest {
+                    subject: Some(subject.to_proto()),
+                    graph: Some(g.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        None => {
+            client
+                .stage_status(StatusRequest {
+                    subject: Some(subject.to_proto()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
 }
 
 #[tokio::main]
@@ -116,24 +142,7 @@ async fn main() {
         for i in 0..calls + 200 {
             let subj = subject((i * 7919) % subjects);
             let start = Instant::now();
-            if is_plan {
-                client
-                    .plan(PlanRequest {
-                        subject: Some(subj.to_proto()),
-                        graph: Some(graph_proto.clone()),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            } else {
-                client
-                    .stage_status(StatusRequest {
-                        subject: Some(subj.to_proto()),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
+            ask(&client, subj, is_plan.then_some(&graph_proto)).await;
             if i >= 200 {
                 lat.push(start.elapsed());
             }
@@ -158,24 +167,7 @@ async fn main() {
                 tasks.push(tokio::spawn(async move {
                     for i in 0..per_caller {
                         let subj = subject((c * 104_729 + i * 7919) % subjects);
-                        if is_plan {
-                            client
-                                .plan(PlanRequest {
-                                    subject: Some(subj.to_proto()),
-                                    graph: Some(g.clone()),
-                                    ..Default::default()
-                                })
-                                .await
-                                .unwrap();
-                        } else {
-                            client
-                                .stage_status(StatusRequest {
-                                    subject: Some(subj.to_proto()),
-                                    ..Default::default()
-                                })
-                                .await
-                                .unwrap();
-                        }
+                        ask(&client, subj, is_plan.then_some(&g)).await;
                     }
                 }));
             }

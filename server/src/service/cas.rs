@@ -1,6 +1,6 @@
 //! `stagecache.v1.Cas`: blob upload, download, existence.
 
-use super::{namespace, AppState};
+use super::{check_batch_len, namespace, AppState};
 use crate::error::ServerError;
 use futures::stream::{BoxStream, StreamExt};
 use stagecache_proto::v1::cas_server::Cas;
@@ -44,12 +44,7 @@ impl Cas for CasService {
     ) -> Result<Response<FindMissingResponse>, Status> {
         let req = request.into_inner();
         namespace(&req.namespace)?;
-        if req.digests.len() > MAX_FIND_MISSING {
-            return Err(Status::invalid_argument(format!(
-                "digests: {} given, at most {MAX_FIND_MISSING} per call",
-                req.digests.len()
-            )));
-        }
+        check_batch_len("digests", req.digests.len(), MAX_FIND_MISSING)?;
         let digests = req
             .digests
             .iter()

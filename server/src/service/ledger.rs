@@ -1,7 +1,7 @@
 //! `stagecache.v1.Ledger`: decodes and validates requests, runs the ledger rules in one
 //! durable transaction, publishes change events, maps errors to statuses.
 
-use super::{namespace, AppState};
+use super::{check_batch_len, namespace, AppState};
 use crate::error::ServerError;
 use crate::events::{Change, Event};
 use crate::ledger::claims::{self, ClaimOutcome};
@@ -43,16 +43,17 @@ impl LedgerService {
     async fn unknown_subjects(&self, subjects: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
         self.state
             .store
-            .with_index(move |i| {
-                let missing = i.missing_blobs(&subjects)?;
-                let mut unknown = Vec::new();
-                for d in missing {
-                    if !i.has_manifest(&d)? {
-                        unknown.push(d);
-                    }
-                }
-                Ok(unknown)
-            })
+            .with_index(move |i| i.missing_manifests(&i.missing_blobs(&subjects)?))
+            .await
+    }
+
+    async fn missing_manifests(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.state
+            .store
+            .with_index(move |i| i.missing_manifests(&digests))
             .await
     }
 
@@ -176,8 +177,7 @@ impl Ledger for LedgerService {
             )));
         }
         if let Some(out) = input.outputs {
-            let store = self.state.store.clone();
-            if !store.with_index(move |i| i.has_manifest(&out)).await? {
+            if !self.missing_manifests(vec![out]).await?.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "outputs: manifest {out} is not stored"
                 )));
@@ -201,12 +201,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<RecordBatchResponse>, Status> {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
-        if req.items.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "items: {} given, at most {MAX_BATCH} per call",
-                req.items.len()
-            )));
-        }
+        check_batch_len("items", req.items.len(), MAX_BATCH)?;
         let inputs = req
             .items
             .iter()
@@ -228,24 +223,10 @@ impl Ledger for LedgerService {
             )));
         }
         let outputs: Vec<Digest> = inputs.iter().filter_map(|i| i.outputs).collect();
-        if !outputs.is_empty() {
-            let store = self.state.store.clone();
-            let missing = store
-                .with_index(move |i| {
-                    let mut m = Vec::new();
-                    for d in outputs {
-                        if !i.has_manifest(&d)? {
-                            m.push(d);
-                        }
-                    }
-                    Ok(m)
-                })
-                .await?;
-            if let Some(d) = missing.first() {
-                return Err(Status::failed_precondition(format!(
-                    "outputs: manifest {d} is not stored; nothing was recorded"
-                )));
-            }
+        if let Some(d) = self.missing_manifests(outputs).await?.first() {
+            return Err(Status::failed_precondition(format!(
+                "outputs: manifest {d} is not stored; nothing was recorded"
+            )));
         }
         let now = self.now();
         let results = self
@@ -305,12 +286,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<BatchStatusResponse>, Status> {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
-        if req.subjects.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "subjects: {} given, at most {MAX_BATCH} per call",
-                req.subjects.len()
-            )));
-        }
+        check_batch_len("subjects", req.subjects.len(), MAX_BATCH)?;
         let subjects = req
             .subjects
             .iter()

@@ -29,3 +29,13 @@ pub struct AppState {
 pub(crate) fn namespace(value: &str) -> Result<Namespace, ServerError> {
     Ok(Namespace::parse("namespace", value)?)
 }
+
+/// Refuses a repeated field longer than `max`: `digests: 100001 given, at most 100000 per call`.
+pub(crate) fn check_batch_len(field: &str, len: usize, max: usize) -> Result<(), ServerError> {
+    if len > max {
+        return Err(ServerError::InvalidArgument(format!(
+            "{field}: {len} given, at most {max} per call"
+        )));
+    }
+    Ok(())
+}

@@ -119,22 +119,16 @@ impl Refs for RefsService {
                 i.set_ref(&ns2, &name2, &write)
             })
             .await?;
-        if update.changed {
-            let (ns3, name3) = (ns.clone(), name.clone());
-            if let Some(change) = store
-                .with_index(move |i| Ok(i.ref_history(&ns3, &name3, 1)?.into_iter().next()))
-                .await?
-            {
-                self.state.events.publish(
-                    &ns,
-                    crate::events::Change::RefSet(change_to_proto(name.as_str(), &change)?),
-                );
-            }
+        if let Some(change) = &update.change {
+            self.state.events.publish(
+                &ns,
+                crate::events::Change::RefSet(change_to_proto(name.as_str(), change)?),
+            );
             tracing::info!(namespace = %ns, r#ref = %name, %target, version = update.record.version, "ref set");
         }
         Ok(Response::new(SetRefResponse {
             r#ref: Some(ref_to_proto(name.as_str(), &update.record)?),
-            changed: update.changed,
+            changed: update.change.is_some(),
         }))
     }
 

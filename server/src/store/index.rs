@@ -59,7 +59,8 @@ pub struct RefWrite<'a> {
 #[derive(Debug, Clone)]
 pub struct RefUpdate {
     pub record: RefRecord,
-    pub changed: bool,
+    /// The history entry written; `None` when the ref already pointed at the target.
+    pub change: Option<RefChangeRecord>,
 }
 
 pub struct Index {
@@ -205,9 +206,22 @@ impl Index {
     }
 
     pub fn has_manifest(&self, digest: &Digest) -> Result<bool> {
+        // Pinned read: presence and length without copying a possibly large manifest.
         Ok(self
-            .get_manifest(digest)?
+            .db
+            .get_pinned_cf(self.cf(CF_MANIFESTS)?, digest.hash())?
             .is_some_and(|b| b.len() as u64 == digest.size()))
+    }
+
+    /// The digests that are not stored manifests.
+    pub fn missing_manifests(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for d in digests {
+            if !self.has_manifest(d)? {
+                missing.push(*d);
+            }
+        }
+        Ok(missing)
     }
 
     pub fn get_ref(&self, ns: &Namespace, name: &RefName) -> Result<Option<RefRecord>> {
@@ -257,7 +271,7 @@ impl Index {
             if cur == *target {
                 return Ok(RefUpdate {
                     record: rec.clone(),
-                    changed: false,
+                    change: None,
                 });
             }
         }
@@ -292,7 +306,7 @@ impl Index {
         self.db.write_opt(batch, &synced())?;
         Ok(RefUpdate {
             record,
-            changed: true,
+            change: Some(change),
         })
     }
 
@@ -451,7 +465,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert!(u.changed);
+        assert!(u.change.is_some());
         assert_eq!(u.record.version, 1);
         let e = index
             .set_ref(
@@ -481,22 +495,21 @@ mod tests {
             )
             .unwrap();
         // Same target again: no new history entry.
-        assert!(
-            !index
-                .set_ref(
-                    &prod,
-                    &n,
-                    &RefWrite {
-                        target: b,
-                        expect: RefExpectation::Any,
-                        actor: "c",
-                        reason: "",
-                        now_ms: 13
-                    }
-                )
-                .unwrap()
-                .changed
-        );
+        assert!(index
+            .set_ref(
+                &prod,
+                &n,
+                &RefWrite {
+                    target: b,
+                    expect: RefExpectation::Any,
+                    actor: "c",
+                    reason: "",
+                    now_ms: 13
+                }
+            )
+            .unwrap()
+            .change
+            .is_none());
         let h = index.ref_history(&prod, &n, 10).unwrap();
         assert_eq!(h.iter().map(|c| c.version).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(h[0].actor, "bob");

@@ -138,7 +138,6 @@ impl Store {
         let bytes = Bytes::from(canonical);
         // The canonical bytes are a blob too, so a replacement server can rebuild the
         // manifest index from the object store.
-        let store = self.clone();
         let (missing, known) = self
             .with_index(move |i| {
                 let digests: Vec<Digest> = manifest.entries().iter().map(|e| e.digest).collect();
@@ -160,7 +159,7 @@ impl Store {
             )));
         }
         if !known {
-            store.put_blob(digest, bytes.clone()).await?;
+            self.put_blob(digest, bytes.clone()).await?;
             self.with_index(move |i| i.put_manifest(&digest, &bytes))
                 .await?;
         }
