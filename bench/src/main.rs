@@ -1,0 +1,570 @@
+//! `stagecache-bench`: transfer and ledger speed measured against the machine's own limits,
+//! in one run. See `bench/README.md` for what each figure means and `bench/RESULTS.md` for
+//! figures taken so far.
+//!
+//! It starts the real `stagecache-server` binary on temp data dirs and drives the real
+//! `stagecache` CLI (both found next to this executable), on a generated release-like tree:
+//!
+//! 1. baselines: `cp -r` of the tree and multi-threaded BLAKE3 of the tree;
+//! 2. register cold (empty server) and warm (everything present);
+//! 3. fetch cold (empty output dir) and warm (every file present and correct);
+//! 4. FindMissing of 100,000 digests;
+//! 5. ledger Status and Plan with 1, 16 and 64 callers on 1,000,000 attempt records;
+//! 6. peak RSS of server and CLI moving one 4 GiB file.
+//!
+//! Transfer figures are medians of `--runs` runs after one warm-up run.
+
+mod ledger;
+mod process;
+mod report;
+mod tree;
+
+use clap::{Parser, ValueEnum};
+use process::{cli, sync_disks, Bins, Result, Server};
+use report::{Figure, Memory, Results, Transfer};
+use stagecache_proto::Digest;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Namespace every run uses (refs and ledger); the server is private to the run anyway.
+pub const NAMESPACE: &str = "bench";
+const REF: &str = "bench/tree";
+const FIND_MISSING_DIGESTS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Baselines, register, fetch, FindMissing.
+    Transfer,
+    /// Status and Plan on a pre-filled ledger.
+    Ledger,
+    /// Peak RSS moving one big file.
+    Memory,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stagecache-bench",
+    about = "Measures stagecache's transfer and ledger speed against cp -r and BLAKE3 in the same run"
+)]
+struct Args {
+    /// Size of the release-like tree (e.g. 2GiB, 500MB, 20MiB).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    size: u64,
+    /// Size of the single file the memory figures move; 0 skips them (small disks).
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    big_file: u64,
+    /// Measured runs per transfer figure (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Attempt records the ledger is pre-filled with.
+    #[arg(long, default_value_t = 1_000_000)]
+    ledger_records: usize,
+    /// Concurrent ledger callers to measure, comma-separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    callers: Vec<usize>,
+    /// Measuring window per ledger figure, seconds (plus a fifth of it as warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    ledger_seconds: f64,
+    /// Seed of the tree's contents.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only these phases (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Phase>,
+    /// Where trees and data dirs go (default: a new temp dir, removed afterwards).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work dir (server logs, the CLI's last output) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Where the figures go as JSON.
+    #[arg(long, default_value = "stagecache-bench.json")]
+    json: PathBuf,
+    /// Directory holding `stagecache-server` and `stagecache` (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// Parses `2GiB`, `20MiB`, `500MB`, `1.5GiB`, `4096`.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 2GiB, 500MB, 20MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// One warm-up run, then `runs` measured ones; `prepare` runs untimed before each.
+fn measure(
+    runs: u32,
+    mut prepare: impl FnMut() -> Result<()>,
+    mut run: impl FnMut(bool) -> Result<Duration>,
+) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for i in 0..=runs {
+        prepare()?;
+        let d = run(i == 0)?;
+        if i > 0 {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", path.display()).into()),
+    }
+}
+
+fn json_field(stdout: &str, field: &str) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("CLI printed no JSON ({e}): {stdout:?}"))?;
+    v[field]
+        .as_u64()
+        .ok_or_else(|| format!("CLI JSON has no {field}: {stdout}").into())
+}
+
+fn free_bytes(dir: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs fills a plain struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+struct Bench {
+    args: Args,
+    bins: Bins,
+    work: PathBuf,
+}
+
+impl Bench {
+    fn wants(&self, p: Phase) -> bool {
+        self.args.only.is_empty() || self.args.only.contains(&p)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.work.join(format!("{name}.log"))
+    }
+
+    async fn transfer(&self) -> Result<Transfer> {
+        let runs = self.args.runs;
+        let tree_dir = self.work.join("tree");
+        let files = tree::plan(self.args.size, self.args.seed);
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        eprintln!(
+            "generating {} files, {} ...",
+            files.len(),
+            report::bytes(bytes)
+        );
+        tree::generate(&tree_dir, &files)?;
+
+        eprintln!("baseline: BLAKE3 of the tree ...");
+        let mut listing = Vec::new();
+        let hash = measure(
+            runs,
+            || Ok(()),
+            |_| {
+                let t = Instant::now();
+                listing = tree::hash_tree(&tree_dir)?;
+                Ok(t.elapsed())
+            },
+        )?;
+
+        eprintln!("baseline: cp -r ...");
+        let copy = self.work.join("copy");
+        let cp = measure(
+            runs,
+            || {
+                remove(&copy)?;
+                sync_disks();
+                Ok(())
+            },
+            |_| {
+                let t = Instant::now();
+                let st = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(&tree_dir)
+                    .arg(&copy)
+                    .status()?;
+                let d = t.elapsed();
+                if !st.success() {
+                    return Err(format!("cp -r failed: {st}").into());
+                }
+                Ok(d)
+            },
+        )?;
+        remove(&copy)?;
+
+        eprintln!("register, cold ...");
+        let data = self.work.join("data");
+        let tree_arg = tree_dir.to_str().ok_or("work dir is not UTF-8")?;
+        let mut server: Option<Server> = None;
+        let register_cold = {
+            let mut runs_out = Vec::new();
+            for i in 0..=runs {
+                if let Some(s) = server.take() {
+                    s.stop()?;
+                }
+                remove(&data)?;
+                sync_disks();
+                let s = Server::start(&self.bins, &data, &self.log("server-transfer")).await?;
+                let r = cli(
+                    &self.bins,
+                    &s,
+                    &["register", tree_arg, "--ref", REF],
+                    &self.work,
+                )?;
+                let up = json_field(&r.stdout, "uploaded_bytes")?;
+                if up != bytes {
+                    return Err(format!("cold register uploaded {up} of {bytes} bytes").into());
+                }
+                server = Some(s);
+                if i > 0 {
+                    runs_out.push(r.elapsed);
+                }
+            }
+            runs_out
+        };
+        let server = server.expect("at least one run");
+
+        eprintln!("register, warm ...");
+        let register_warm = measure(
+            runs,
+            || Ok(()),
+            |_| {
+                let r = cli(
+                    &self.bins,
+                    &server,
+                    &["register", tree_arg, "--ref", REF],
+                    &self.work,
+                )?;
+                let up = json_field(&r.stdout, "uploaded_bytes")?;
+                if up != 0 {
+                    return Err(format!("warm register uploaded {up} bytes").into());
+                }
+                Ok(r.elapsed)
+            },
+        )?;
+
+        eprintln!("fetch, cold ...");
+        let out = self.work.join("out");
+        let out_arg = out.to_str().ok_or("work dir is not UTF-8")?.to_string();
+        let fetch_args = ["fetch", "--ref", REF, "--out", &out_arg];
+        let fetch_cold = measure(
+            runs,
+            || {
+                remove(&out)?;
+                sync_disks();
+                Ok(())
+            },
+            |_| {
+                let r = cli(&self.bins, &server, &fetch_args, &self.work)?;
+                let n = json_field(&r.stdout, "downloaded_files")?;
+                if n != files.len() as u64 {
+                    return Err(
+                        format!("cold fetch downloaded {n} of {} files", files.len()).into(),
+                    );
+                }
+                Ok(r.elapsed)
+            },
+        )?;
+        if tree::hash_tree(&out)? != listing {
+            return Err("the fetched tree differs from the registered one".into());
+        }
+
+        eprintln!("fetch, warm ...");
+        let fetch_warm = measure(
+            runs,
+            || Ok(()),
+            |_| {
+                let r = cli(&self.bins, &server, &fetch_args, &self.work)?;
+                let n = json_field(&r.stdout, "downloaded_files")?;
+                if n != 0 {
+                    return Err(format!("warm fetch downloaded {n} files").into());
+                }
+                Ok(r.elapsed)
+            },
+        )?;
+
+        eprintln!("FindMissing of {FIND_MISSING_DIGESTS} digests ...");
+        let present: Vec<Digest> = {
+            let mut seen = HashSet::new();
+            listing
+                .iter()
+                .map(|(_, d, _)| *d)
+                .filter(|d| seen.insert(*d))
+                .collect()
+        };
+        let mut digests = present.clone();
+        let mut i = 0u64;
+        while digests.len() < FIND_MISSING_DIGESTS {
+            digests.push(Digest::of_bytes(format!("absent {i}").as_bytes()));
+            i += 1;
+        }
+        let client = server.client().await?;
+        let mut fm = Vec::new();
+        for i in 0..=runs.max(5) {
+            let t = Instant::now();
+            let missing = client.find_missing(&digests).await?;
+            let d = t.elapsed();
+            if missing.len() != digests.len() - present.len() {
+                return Err(format!(
+                    "FindMissing said {} of {} digests are missing; {} are",
+                    missing.len(),
+                    digests.len(),
+                    digests.len() - present.len()
+                )
+                .into());
+            }
+            if i > 0 {
+                fm.push(d);
+            }
+        }
+        server.stop()?;
+        remove(&data)?;
+        remove(&out)?;
+        remove(&tree_dir)?;
+
+        Ok(Transfer {
+            files: files.len(),
+            bytes,
+            runs,
+            hash: Figure::new(&hash),
+            cp: Figure::new(&cp),
+            register_cold: Figure::new(&register_cold),
+            register_warm: Figure::new(&register_warm),
+            fetch_cold: Figure::new(&fetch_cold),
+            fetch_warm: Figure::new(&fetch_warm),
+            find_missing_digests: digests.len(),
+            find_missing_present: present.len(),
+            find_missing: Figure::new(&fm),
+        })
+    }
+
+    async fn ledger(&self) -> Result<report::Ledger> {
+        let dir = self.work.join("ledger");
+        remove(&dir)?;
+        eprintln!(
+            "ledger: filling {} attempt records ...",
+            self.args.ledger_records
+        );
+        let t = Instant::now();
+        let d2 = dir.clone();
+        let records = self.args.ledger_records;
+        let subjects = tokio::task::spawn_blocking(move || ledger::fill(&d2, records))
+            .await
+            .map_err(|e| format!("fill task: {e}"))??;
+        let fill = t.elapsed();
+        let server = Server::start(&self.bins, &dir, &self.log("server-ledger")).await?;
+        let window = Duration::from_secs_f64(self.args.ledger_seconds);
+        let mut figures = Vec::new();
+        for &callers in &self.args.callers {
+            for call in [ledger::Call::Status, ledger::Call::Plan] {
+                eprintln!("ledger: {} with {callers} callers ...", call.name());
+                figures.push(ledger::load(&server, call, callers, subjects, window).await?);
+            }
+        }
+        server.stop()?;
+        remove(&dir)?;
+        Ok(report::Ledger {
+            records: subjects * 100,
+            fill_s: fill.as_secs_f64(),
+            figures,
+        })
+    }
+
+    async fn memory(&self) -> Result<Memory> {
+        let size = self.args.big_file;
+        let src = self.work.join("big");
+        let out = self.work.join("big-out");
+        let data = self.work.join("big-data");
+        for d in [&src, &out, &data] {
+            remove(d)?;
+        }
+        eprintln!("memory: generating one {} file ...", report::bytes(size));
+        tree::generate(
+            &src,
+            &[tree::TreeFile {
+                rel: "big.bin".into(),
+                size,
+                seed: self.args.seed ^ 0xB16,
+                executable: false,
+            }],
+        )?;
+        let server = Server::start(&self.bins, &data, &self.log("server-memory")).await?;
+        let src_arg = src.to_str().ok_or("work dir is not UTF-8")?;
+        let out_arg = out.to_str().ok_or("work dir is not UTF-8")?;
+        sync_disks();
+        eprintln!("memory: register ...");
+        let reg = cli(
+            &self.bins,
+            &server,
+            &["register", src_arg, "--ref", "bench/big"],
+            &self.work,
+        )?;
+        sync_disks();
+        eprintln!("memory: fetch ...");
+        let fetch = cli(
+            &self.bins,
+            &server,
+            &["fetch", "--ref", "bench/big", "--out", out_arg],
+            &self.work,
+        )?;
+        let server_rss = server.peak_rss()?;
+        server.stop()?;
+        if tree::hash_tree(&out)? != tree::hash_tree(&src)? {
+            return Err("the fetched big file differs from the registered one".into());
+        }
+        for d in [&src, &out, &data] {
+            remove(d)?;
+        }
+        Ok(Memory {
+            file_bytes: size,
+            server_peak_rss: server_rss,
+            register_peak_rss: reg.peak_rss,
+            fetch_peak_rss: fetch.peak_rss,
+            register_s: reg.elapsed.as_secs_f64(),
+            fetch_s: fetch.elapsed.as_secs_f64(),
+        })
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let bins = Bins::locate(args.bin_dir.as_deref())?;
+    let mut temp = None;
+    let work = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("stagecache-bench")
+                .tempdir()?;
+            let p = t.path().to_path_buf();
+            temp = Some(t);
+            p
+        }
+    };
+    let bench = Bench { args, bins, work };
+    let a = &bench.args;
+    let big = if bench.wants(Phase::Memory) {
+        a.big_file
+    } else {
+        0
+    };
+    let transfer = if bench.wants(Phase::Transfer) {
+        a.size
+    } else {
+        0
+    };
+    // Tree, copy or output, server blobs: three copies of the tree at once at most; the big
+    // file: source, server blob, fetched copy.
+    let needed = (transfer * 3).max(big * 3) + 256 * 1024 * 1024;
+    let free = free_bytes(&bench.work)?;
+    if free < needed {
+        return Err(format!(
+            "{} has {} free; this run needs about {} (lower --size, pass --big-file 0, or choose --work-dir)",
+            bench.work.display(),
+            report::bytes(free),
+            report::bytes(needed)
+        )
+        .into());
+    }
+
+    let mut results = Results::new(&bench.args.json_config());
+    if bench.wants(Phase::Transfer) {
+        results.transfer = Some(bench.transfer().await?);
+    }
+    if bench.wants(Phase::Ledger) {
+        results.ledger = Some(bench.ledger().await?);
+    }
+    if bench.wants(Phase::Memory) && big > 0 {
+        results.memory = Some(bench.memory().await?);
+    }
+    if bench.args.keep {
+        if let Some(t) = temp {
+            let _ = t.keep();
+        }
+        eprintln!("work dir kept: {}", bench.work.display());
+    }
+    results.judge();
+    std::fs::write(&bench.args.json, serde_json::to_string_pretty(&results)?)
+        .map_err(|e| format!("cannot write {}: {e}", bench.args.json.display()))?;
+    print!("{}", results.table());
+    println!("figures as JSON: {}", bench.args.json.display());
+    println!("{}", results.summary());
+    Ok(())
+}
+
+impl Args {
+    fn json_config(&self) -> report::Config {
+        report::Config {
+            size: self.size,
+            big_file: self.big_file,
+            runs: self.runs,
+            seed: self.seed,
+            ledger_records: self.ledger_records,
+            ledger_seconds: self.ledger_seconds,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("stagecache-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("20MiB"), Ok(20 << 20));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The real binaries: a `stagecache-server` process per data dir, and `stagecache` CLI runs
+//! timed from spawn to exit with their peak resident memory (from `wait4`).
+
+use stagecache_client::{Client, ClientConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the server and CLI binaries are.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub server: PathBuf,
+    pub cli: PathBuf,
+}
+
+impl Bins {
+    /// In `dir`, or next to this executable (cargo puts a workspace's binaries together).
+    pub fn locate(dir: Option<&Path>) -> Result<Self> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_exe()?
+                .parent()
+                .ok_or("executable has no parent directory")?
+                .to_path_buf(),
+        };
+        let bins = Bins {
+            server: dir.join(format!("stagecache-server{}", std::env::consts::EXE_SUFFIX)),
+            cli: dir.join(format!("stagecache{}", std::env::consts::EXE_SUFFIX)),
+        };
+        for b in [&bins.server, &bins.cli] {
+            if !b.exists() {
+                return Err(format!(
+                    "{} not found: build the workspace (`cargo build --release --workspace`) or pass --bin-dir",
+                    b.display()
+                )
+                .into());
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A `stagecache-server` process on a free loopback port.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts the server on `data_dir` (its log goes to `log`) and waits until it answers.
+    pub async fn start(bins: &Bins, data_dir: &Path, log: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(&bins.server)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bins.server.display()))?;
+        let mut server = Server {
+            child,
+            url: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                return Err(format!(
+                    "stagecache-server exited ({status}) during start-up; see {}",
+                    log.display()
+                )
+                .into());
+            }
+            if let Ok(client) = server.client().await {
+                if client.find_missing(&[]).await.is_ok() {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "stagecache-server did not answer within 60 s; see {}",
+                    log.display()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        Ok(Client::connect(ClientConfig::new(&self.url, crate::NAMESPACE)?).await?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| "no VmHWM in /proc/PID/status".into())
+    }
+
+    /// Stops gracefully (SIGTERM) and waits for the exit.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(format!("stagecache-server exited with {status} on SIGTERM").into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One CLI run.
+#[derive(Debug)]
+pub struct CliRun {
+    pub elapsed: Duration,
+    /// Peak resident memory of the process, bytes.
+    pub peak_rss: u64,
+    pub stdout: String,
+}
+
+/// Runs `stagecache --server URL --namespace bench --format json ARGS`, timed from spawn
+/// to exit. Fails with the CLI's stderr when it does not exit 0.
+pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Result<CliRun> {
+    let out_path = scratch.join("cli.stdout");
+    let err_path = scratch.join("cli.stderr");
+    let start = Instant::now();
+    let child = Command::new(&bins.cli)
+        .args([
+            "--server",
+            &server.url,
+            "--namespace",
+            crate::NAMESPACE,
+            "--format",
+            "json",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bins.cli.display()))?;
+    let (status, rusage) = wait4(child.id())?;
+    let elapsed = start.elapsed();
+    let stdout = std::fs::read_to_string(&out_path)?;
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(format!(
+            "stagecache {} failed (wait status {status}): {}",
+            args.join(" "),
+            std::fs::read_to_string(&err_path)?.trim()
+        )
+        .into());
+    }
+    Ok(CliRun {
+        elapsed,
+        // ru_maxrss is in kilobytes on Linux.
+        peak_rss: rusage.ru_maxrss as u64 * 1024,
+        stdout,
+    })
+}
+
+/// Waits for a child and returns its wait status and resource usage (peak RSS included),
+/// which `std::process::Child::wait` does not report.
+fn wait4(pid: u32) -> Result<(libc::c_int, libc::rusage)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r == pid as libc::pid_t {
+            return Ok((status, usage));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("wait4({pid}): {err}").into());
+        }
+    }
+}
+
+/// Flushes dirty pages so one measurement does not pay for the previous one's writes.
+pub fn sync_disks() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}

@@ -1,0 +1,490 @@
+//! The figures: JSON shape, the readable table and the summary line, each target of
+//! issue 5 next to where the run stands.
+
+use crate::ledger::{Call, LoadFigure};
+use serde::Serialize;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Targets: cold transfers at least this fraction of `cp -r`'s throughput.
+pub const COLD_MIN_X_CP: f64 = 0.5;
+/// Warm transfers at most this multiple of the tree's hash time.
+pub const WARM_MAX_X_HASH: f64 = 3.0;
+pub const FIND_MISSING_MAX_MS: f64 = 250.0;
+pub const LEDGER_P50_MAX_MS: f64 = 1.0;
+pub const LEDGER_P99_MAX_MS: f64 = 5.0;
+pub const LEDGER_MIN_CALLS_PER_S: f64 = 20_000.0;
+pub const LEDGER_THROUGHPUT_CALLERS: usize = 64;
+pub const PEAK_RSS_MAX: u64 = 256 * 1024 * 1024;
+
+/// Human size, binary units.
+pub fn bytes(n: u64) -> String {
+    let n = n as f64;
+    const K: f64 = 1024.0;
+    if n >= K * K * K {
+        format!("{:.2} GiB", n / (K * K * K))
+    } else if n >= K * K {
+        format!("{:.1} MiB", n / (K * K))
+    } else if n >= K {
+        format!("{:.1} KiB", n / K)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn rate(bytes_: u64, secs: f64) -> String {
+    format!("{}/s", bytes((bytes_ as f64 / secs) as u64))
+}
+
+fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub size: u64,
+    pub big_file: u64,
+    pub runs: u32,
+    pub seed: u64,
+    pub ledger_records: usize,
+    pub ledger_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_bytes: u64,
+    pub cpu: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    fn detect() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let meminfo = read("/proc/meminfo");
+        let memory_bytes = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0);
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes,
+            cpu,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        }
+    }
+}
+
+/// One timed figure: every measured run and their median, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub median_s: f64,
+    pub runs_s: Vec<f64>,
+}
+
+impl Figure {
+    pub fn new(runs: &[Duration]) -> Self {
+        let mut v: Vec<f64> = runs.iter().map(Duration::as_secs_f64).collect();
+        let runs_s = v.clone();
+        v.sort_by(f64::total_cmp);
+        Figure {
+            median_s: v[v.len() / 2],
+            runs_s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    pub files: usize,
+    pub bytes: u64,
+    pub runs: u32,
+    /// Multi-threaded BLAKE3 of every file of the tree (the hash limit).
+    pub hash: Figure,
+    /// `cp -r` of the tree (the copy limit).
+    pub cp: Figure,
+    pub register_cold: Figure,
+    pub register_warm: Figure,
+    pub fetch_cold: Figure,
+    pub fetch_warm: Figure,
+    pub find_missing_digests: usize,
+    pub find_missing_present: usize,
+    pub find_missing: Figure,
+}
+
+impl Transfer {
+    /// Throughput of a cold transfer as a fraction of `cp -r`'s.
+    pub fn x_cp(&self, f: &Figure) -> f64 {
+        self.cp.median_s / f.median_s
+    }
+    /// Time of a warm transfer as a multiple of the hash time.
+    pub fn x_hash(&self, f: &Figure) -> f64 {
+        f.median_s / self.hash.median_s
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ledger {
+    pub records: usize,
+    pub fill_s: f64,
+    pub figures: Vec<LoadFigure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub file_bytes: u64,
+    pub server_peak_rss: u64,
+    pub register_peak_rss: u64,
+    pub fetch_peak_rss: u64,
+    pub register_s: f64,
+    pub fetch_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub config: Config,
+    pub transfer: Option<Transfer>,
+    pub ledger: Option<Ledger>,
+    pub memory: Option<Memory>,
+    /// Each target with the measured value and whether it is met.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub figure: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+struct Row {
+    figure: String,
+    time: String,
+    rate: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Results {
+    pub fn new(config: &Config) -> Self {
+        Results {
+            machine: Machine::detect(),
+            config: config.clone(),
+            transfer: None,
+            ledger: None,
+            memory: None,
+            targets: Vec::new(),
+        }
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        if let Some(t) = &self.transfer {
+            let base = |figure: &str, f: &Figure| Row {
+                figure: figure.into(),
+                time: format!("{:.3} s", f.median_s),
+                rate: rate(t.bytes, f.median_s),
+                ratio: "baseline".into(),
+                target: String::new(),
+                met: None,
+            };
+            rows.push(base("cp -r (copy limit)", &t.cp));
+            rows.push(base("BLAKE3, all cores (hash limit)", &t.hash));
+            for (name, f, cold) in [
+                ("register, cold", &t.register_cold, true),
+                ("fetch, cold", &t.fetch_cold, true),
+                ("register, warm", &t.register_warm, false),
+                ("fetch, warm", &t.fetch_warm, false),
+            ] {
+                let (ratio, target, met) = if cold {
+                    let x = t.x_cp(f);
+                    (
+                        format!("{x:.2}x cp"),
+                        format!(">= {COLD_MIN_X_CP}x cp"),
+                        x >= COLD_MIN_X_CP,
+                    )
+                } else {
+                    let x = t.x_hash(f);
+                    (
+                        format!("{x:.2}x hash"),
+                        format!("<= {WARM_MAX_X_HASH}x hash"),
+                        x <= WARM_MAX_X_HASH,
+                    )
+                };
+                rows.push(Row {
+                    figure: name.into(),
+                    time: format!("{:.3} s", f.median_s),
+                    rate: rate(t.bytes, f.median_s),
+                    ratio,
+                    target,
+                    met: Some(met),
+                });
+            }
+            let ms = t.find_missing.median_s * 1e3;
+            rows.push(Row {
+                figure: format!(
+                    "FindMissing, {} digests",
+                    thousands(t.find_missing_digests as f64)
+                ),
+                time: format!("{ms:.1} ms"),
+                rate: String::new(),
+                ratio: String::new(),
+                target: format!("< {FIND_MISSING_MAX_MS} ms"),
+                met: Some(ms < FIND_MISSING_MAX_MS),
+            });
+        }
+        if let Some(l) = &self.ledger {
+            for f in &l.figures {
+                let lat_ok = f.p50_ms < LEDGER_P50_MAX_MS && f.p99_ms < LEDGER_P99_MAX_MS;
+                let (target, met) = if f.callers == 1 {
+                    (
+                        format!("p50 < {LEDGER_P50_MAX_MS} ms, p99 < {LEDGER_P99_MAX_MS} ms"),
+                        Some(lat_ok),
+                    )
+                } else if f.callers == LEDGER_THROUGHPUT_CALLERS {
+                    (
+                        format!(">= {} calls/s", thousands(LEDGER_MIN_CALLS_PER_S)),
+                        Some(f.calls_per_s >= LEDGER_MIN_CALLS_PER_S),
+                    )
+                } else {
+                    (String::new(), None)
+                };
+                rows.push(Row {
+                    figure: format!(
+                        "{}, {} caller{}",
+                        f.call.name(),
+                        f.callers,
+                        if f.callers == 1 { "" } else { "s" }
+                    ),
+                    time: format!("p50 {:.3} / p99 {:.3} ms", f.p50_ms, f.p99_ms),
+                    rate: format!("{} calls/s", thousands(f.calls_per_s)),
+                    ratio: String::new(),
+                    target,
+                    met,
+                });
+            }
+        }
+        if let Some(m) = &self.memory {
+            for (name, rss, secs) in [
+                ("peak RSS, server", m.server_peak_rss, None),
+                (
+                    "peak RSS, register (CLI)",
+                    m.register_peak_rss,
+                    Some(m.register_s),
+                ),
+                ("peak RSS, fetch (CLI)", m.fetch_peak_rss, Some(m.fetch_s)),
+            ] {
+                rows.push(Row {
+                    figure: format!("{name}, {} file", bytes(m.file_bytes)),
+                    time: secs.map(|s| format!("{s:.3} s")).unwrap_or_default(),
+                    rate: secs.map(|s| rate(m.file_bytes, s)).unwrap_or_default(),
+                    ratio: bytes(rss),
+                    target: format!("< {}", bytes(PEAK_RSS_MAX)),
+                    met: Some(rss < PEAK_RSS_MAX),
+                });
+            }
+        }
+        rows
+    }
+
+    /// Fills `targets` from the figures (called before the JSON is written).
+    pub fn judge(&mut self) {
+        self.targets = self
+            .rows()
+            .into_iter()
+            .filter_map(|r| {
+                r.met.map(|met| Target {
+                    measured: [r.time, r.rate, r.ratio]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    figure: r.figure,
+                    target: r.target,
+                    met,
+                })
+            })
+            .collect();
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {} memory, {}, Linux {}",
+            m.cores,
+            bytes(m.memory_bytes),
+            if m.cpu.is_empty() {
+                "cpu unknown"
+            } else {
+                &m.cpu
+            },
+            m.kernel
+        );
+        if let Some(t) = &self.transfer {
+            let _ = writeln!(
+                out,
+                "tree: {} files, {}; transfer figures are medians of {} runs after a warm-up",
+                thousands(t.files as f64),
+                bytes(t.bytes),
+                t.runs
+            );
+        }
+        if let Some(l) = &self.ledger {
+            let _ = writeln!(
+                out,
+                "ledger: {} attempt records (filled in {:.1} s)",
+                thousands(l.records as f64),
+                l.fill_s
+            );
+        }
+        let head = Row {
+            figure: "figure".into(),
+            time: "time".into(),
+            rate: "throughput".into(),
+            ratio: "vs limit".into(),
+            target: "target".into(),
+            met: None,
+        };
+        let rows = self.rows();
+        let w = |f: fn(&Row) -> &String| {
+            rows.iter()
+                .chain([&head])
+                .map(|r| f(r).len())
+                .max()
+                .unwrap_or(0)
+        };
+        let (w0, w1, w2, w3, w4) = (
+            w(|r| &r.figure),
+            w(|r| &r.time),
+            w(|r| &r.rate),
+            w(|r| &r.ratio),
+            w(|r| &r.target),
+        );
+        for r in std::iter::once(&head).chain(&rows) {
+            let verdict = match r.met {
+                Some(true) => "ok",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            let line = format!(
+                "{:w0$}  {:w1$}  {:>w2$}  {:>w3$}  {:w4$}  {}",
+                r.figure, r.time, r.rate, r.ratio, r.target, verdict
+            );
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        out
+    }
+
+    /// `summary: register_cold=..x_cp fetch_cold=..x_cp register_warm=..x_hash plan_p50=..ms`
+    /// (the figures a run did not measure are left out).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(t) = &self.transfer {
+            parts.push(format!("register_cold={:.2}x_cp", t.x_cp(&t.register_cold)));
+            parts.push(format!("fetch_cold={:.2}x_cp", t.x_cp(&t.fetch_cold)));
+            parts.push(format!(
+                "register_warm={:.2}x_hash",
+                t.x_hash(&t.register_warm)
+            ));
+        }
+        if let Some(l) = &self.ledger {
+            if let Some(f) = l
+                .figures
+                .iter()
+                .find(|f| f.call == Call::Plan && f.callers == 1)
+                .or_else(|| l.figures.iter().find(|f| f.call == Call::Plan))
+            {
+                parts.push(format!("plan_p50={:.3}ms", f.p50_ms));
+            }
+        }
+        format!("summary: {}", parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(20 << 20), "20.0 MiB");
+        assert_eq!(bytes(2 << 30), "2.00 GiB");
+        assert_eq!(thousands(1_000_000.0), "1,000,000");
+        assert_eq!(thousands(999.0), "999");
+    }
+
+    #[test]
+    fn ratios_and_summary() {
+        let fig = |s: f64| Figure::new(&[Duration::from_secs_f64(s)]);
+        let t = Transfer {
+            files: 10,
+            bytes: 1 << 30,
+            runs: 1,
+            hash: fig(0.5),
+            cp: fig(2.0),
+            register_cold: fig(4.0),
+            register_warm: fig(1.0),
+            fetch_cold: fig(2.5),
+            fetch_warm: fig(2.0),
+            find_missing_digests: 100_000,
+            find_missing_present: 10,
+            find_missing: fig(0.04),
+        };
+        let mut r = Results::new(&Config {
+            size: 1 << 30,
+            big_file: 0,
+            runs: 1,
+            seed: 1,
+            ledger_records: 0,
+            ledger_seconds: 1.0,
+        });
+        r.transfer = Some(t);
+        r.ledger = Some(Ledger {
+            records: 100,
+            fill_s: 0.1,
+            figures: vec![LoadFigure {
+                call: Call::Plan,
+                callers: 1,
+                calls: 100,
+                p50_ms: 0.3,
+                p99_ms: 0.5,
+                calls_per_s: 3000.0,
+            }],
+        });
+        r.judge();
+        assert_eq!(
+            r.summary(),
+            "summary: register_cold=0.50x_cp fetch_cold=0.80x_cp register_warm=2.00x_hash plan_p50=0.300ms"
+        );
+        let met: Vec<(&str, bool)> = r
+            .targets
+            .iter()
+            .map(|t| (t.figure.as_str(), t.met))
+            .collect();
+        assert!(met.contains(&("register, cold", true)));
+        assert!(met.contains(&("fetch, warm", false)), "{met:?}");
+        assert!(met.contains(&("plan, 1 caller", true)));
+        assert!(r.table().contains("MISSED"));
+    }
+}
