@@ -21,7 +21,7 @@ mod tree;
 
 use clap::{Parser, ValueEnum};
 use process::{cli, sync_disks, Bins, Result, Server};
-use report::{Figure, Memory, Results, Transfer};
+use report::{Figure, Memory, Results, Sample, Transfer};
 use stagecache_proto::Digest;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -75,7 +75,7 @@ struct Args {
     /// Where trees and data dirs go (default: a new temp dir, removed afterwards).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Keep the work dir (server logs, the CLI's last output) afterwards.
+    /// Keep the work dir afterwards: trees, data dirs, server logs, the CLI's last output.
     #[arg(long)]
     keep: bool,
     /// Where the figures go as JSON.
@@ -119,8 +119,8 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 fn measure(
     runs: u32,
     mut prepare: impl FnMut() -> Result<()>,
-    mut run: impl FnMut(bool) -> Result<Duration>,
-) -> Result<Vec<Duration>> {
+    mut run: impl FnMut(bool) -> Result<Sample>,
+) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     for i in 0..=runs {
         prepare()?;
@@ -174,6 +174,14 @@ impl Bench {
         self.args.only.is_empty() || self.args.only.contains(&p)
     }
 
+    /// Removes what a phase left behind, unless `--keep` asks to keep it.
+    fn clean_up(&self, path: &Path) -> Result<()> {
+        if self.args.keep {
+            return Ok(());
+        }
+        remove(path)
+    }
+
     fn log(&self, name: &str) -> PathBuf {
         self.work.join(format!("{name}.log"))
     }
@@ -198,7 +206,7 @@ impl Bench {
             |_| {
                 let t = Instant::now();
                 listing = tree::hash_tree(&tree_dir)?;
-                Ok(t.elapsed())
+                Ok(Sample::time(t.elapsed()))
             },
         )?;
 
@@ -222,7 +230,7 @@ impl Bench {
                 if !st.success() {
                     return Err(format!("cp -r failed: {st}").into());
                 }
-                Ok(d)
+                Ok(Sample::time(d))
             },
         )?;
         remove(&copy)?;
@@ -252,7 +260,7 @@ impl Bench {
                 }
                 server = Some(s);
                 if i > 0 {
-                    runs_out.push(r.elapsed);
+                    runs_out.push(r.sample());
                 }
             }
             runs_out
@@ -274,7 +282,7 @@ impl Bench {
                 if up != 0 {
                     return Err(format!("warm register uploaded {up} bytes").into());
                 }
-                Ok(r.elapsed)
+                Ok(r.sample())
             },
         )?;
 
@@ -297,7 +305,7 @@ impl Bench {
                         format!("cold fetch downloaded {n} of {} files", files.len()).into(),
                     );
                 }
-                Ok(r.elapsed)
+                Ok(r.sample())
             },
         )?;
         if tree::hash_tree(&out)? != listing {
@@ -314,7 +322,7 @@ impl Bench {
                 if n != 0 {
                     return Err(format!("warm fetch downloaded {n} files").into());
                 }
-                Ok(r.elapsed)
+                Ok(r.sample())
             },
         )?;
 
@@ -349,13 +357,13 @@ impl Bench {
                 .into());
             }
             if i > 0 {
-                fm.push(d);
+                fm.push(Sample::time(d));
             }
         }
         server.stop()?;
-        remove(&data)?;
-        remove(&out)?;
-        remove(&tree_dir)?;
+        self.clean_up(&data)?;
+        self.clean_up(&out)?;
+        self.clean_up(&tree_dir)?;
 
         Ok(Transfer {
             files: files.len(),
@@ -397,7 +405,7 @@ impl Bench {
             }
         }
         server.stop()?;
-        remove(&dir)?;
+        self.clean_up(&dir)?;
         Ok(report::Ledger {
             records: subjects * 100,
             fill_s: fill.as_secs_f64(),
@@ -448,7 +456,7 @@ impl Bench {
             return Err("the fetched big file differs from the registered one".into());
         }
         for d in [&src, &out, &data] {
-            remove(d)?;
+            self.clean_up(d)?;
         }
         Ok(Memory {
             file_bytes: size,

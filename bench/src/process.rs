@@ -101,6 +101,19 @@ impl Server {
         self.child.id()
     }
 
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and
+        // 15th fields of the whole line, in clock ticks.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok((ticks(11) + ticks(12)) / hz)
+    }
+
     /// Peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -137,7 +150,21 @@ pub struct CliRun {
     pub elapsed: Duration,
     /// Peak resident memory of the process, bytes.
     pub peak_rss: u64,
+    /// CPU time of the process (user + system), seconds.
+    pub cpu_s: f64,
+    /// CPU time the server used meanwhile, seconds.
+    pub server_cpu_s: f64,
     pub stdout: String,
+}
+
+impl CliRun {
+    /// The run as one measurement: wall time, CLI and server CPU.
+    pub fn sample(&self) -> crate::report::Sample {
+        crate::report::Sample {
+            elapsed: self.elapsed,
+            cpu: Some((self.cpu_s, self.server_cpu_s)),
+        }
+    }
 }
 
 /// Runs `stagecache --server URL --namespace bench --format json ARGS`, timed from spawn
@@ -145,6 +172,7 @@ pub struct CliRun {
 pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Result<CliRun> {
     let out_path = scratch.join("cli.stdout");
     let err_path = scratch.join("cli.stderr");
+    let server_cpu = server.cpu_seconds()?;
     let start = Instant::now();
     let child = Command::new(&bins.cli)
         .args([
@@ -176,8 +204,14 @@ pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Resul
         elapsed,
         // ru_maxrss is in kilobytes on Linux.
         peak_rss: rusage.ru_maxrss as u64 * 1024,
+        cpu_s: secs(rusage.ru_utime) + secs(rusage.ru_stime),
+        server_cpu_s: server.cpu_seconds()? - server_cpu,
         stdout,
     })
+}
+
+fn secs(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Waits for a child and returns its wait status and resource usage (peak RSS included),

@@ -90,21 +90,61 @@ impl Machine {
     }
 }
 
-/// One timed figure: every measured run and their median, in seconds.
+/// One measured run: wall time and, for CLI runs, the CPU seconds of CLI and server.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub elapsed: Duration,
+    pub cpu: Option<(f64, f64)>,
+}
+
+impl Sample {
+    pub fn time(elapsed: Duration) -> Self {
+        Sample { elapsed, cpu: None }
+    }
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One timed figure: every measured run and their median, in seconds; for CLI runs also
+/// the median CPU seconds of the CLI and of the server (both share the machine's cores).
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {
     pub median_s: f64,
     pub runs_s: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
 }
 
 impl Figure {
-    pub fn new(runs: &[Duration]) -> Self {
-        let mut v: Vec<f64> = runs.iter().map(Duration::as_secs_f64).collect();
-        let runs_s = v.clone();
-        v.sort_by(f64::total_cmp);
+    pub fn new(runs: &[Sample]) -> Self {
+        let runs_s: Vec<f64> = runs.iter().map(|r| r.elapsed.as_secs_f64()).collect();
+        let cpu: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.cpu).collect();
+        let (client_cpu_s, server_cpu_s) = if cpu.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(median_of(cpu.iter().map(|c| c.0).collect())),
+                Some(median_of(cpu.iter().map(|c| c.1).collect())),
+            )
+        };
         Figure {
-            median_s: v[v.len() / 2],
+            median_s: median_of(runs_s.clone()),
             runs_s,
+            client_cpu_s,
+            server_cpu_s,
+        }
+    }
+
+    /// `CPU 1.2 + 3.4 s` (CLI + server), when measured.
+    fn cpu(&self) -> String {
+        match (self.client_cpu_s, self.server_cpu_s) {
+            (Some(c), Some(s)) => format!("cpu {c:.2} + {s:.2} s"),
+            _ => String::new(),
         }
     }
 }
@@ -181,6 +221,8 @@ struct Row {
     ratio: String,
     target: String,
     met: Option<bool>,
+    /// CPU seconds of CLI and server, for CLI runs.
+    cpu: String,
 }
 
 impl Results {
@@ -205,6 +247,7 @@ impl Results {
                 ratio: "baseline".into(),
                 target: String::new(),
                 met: None,
+                cpu: String::new(),
             };
             rows.push(base("cp -r (copy limit)", &t.cp));
             rows.push(base("BLAKE3, all cores (hash limit)", &t.hash));
@@ -236,6 +279,7 @@ impl Results {
                     ratio,
                     target,
                     met: Some(met),
+                    cpu: f.cpu(),
                 });
             }
             let ms = t.find_missing.median_s * 1e3;
@@ -249,6 +293,7 @@ impl Results {
                 ratio: String::new(),
                 target: format!("< {FIND_MISSING_MAX_MS} ms"),
                 met: Some(ms < FIND_MISSING_MAX_MS),
+                cpu: String::new(),
             });
         }
         if let Some(l) = &self.ledger {
@@ -279,6 +324,7 @@ impl Results {
                     ratio: String::new(),
                     target,
                     met,
+                    cpu: String::new(),
                 });
             }
         }
@@ -299,6 +345,7 @@ impl Results {
                     ratio: bytes(rss),
                     target: format!("< {}", bytes(PEAK_RSS_MAX)),
                     met: Some(rss < PEAK_RSS_MAX),
+                    cpu: String::new(),
                 });
             }
         }
@@ -312,7 +359,7 @@ impl Results {
             .into_iter()
             .filter_map(|r| {
                 r.met.map(|met| Target {
-                    measured: [r.time, r.rate, r.ratio]
+                    measured: [r.time, r.rate, r.ratio, r.cpu]
                         .into_iter()
                         .filter(|s| !s.is_empty())
                         .collect::<Vec<_>>()
@@ -364,6 +411,7 @@ impl Results {
             ratio: "vs limit".into(),
             target: "target".into(),
             met: None,
+            cpu: "cpu: CLI + server".into(),
         };
         let rows = self.rows();
         let w = |f: fn(&Row) -> &String| {
@@ -373,12 +421,13 @@ impl Results {
                 .max()
                 .unwrap_or(0)
         };
-        let (w0, w1, w2, w3, w4) = (
+        let (w0, w1, w2, w3, w4, w5) = (
             w(|r| &r.figure),
             w(|r| &r.time),
             w(|r| &r.rate),
             w(|r| &r.ratio),
             w(|r| &r.target),
+            w(|r| &r.cpu),
         );
         for r in std::iter::once(&head).chain(&rows) {
             let verdict = match r.met {
@@ -387,8 +436,8 @@ impl Results {
                 None => "",
             };
             let line = format!(
-                "{:w0$}  {:w1$}  {:>w2$}  {:>w3$}  {:w4$}  {}",
-                r.figure, r.time, r.rate, r.ratio, r.target, verdict
+                "{:w0$}  {:w1$}  {:>w2$}  {:>w3$}  {:w4$}  {:6}  {:w5$}",
+                r.figure, r.time, r.rate, r.ratio, r.target, verdict, r.cpu
             );
             let _ = writeln!(out, "{}", line.trim_end());
         }
@@ -436,7 +485,7 @@ mod tests {
 
     #[test]
     fn ratios_and_summary() {
-        let fig = |s: f64| Figure::new(&[Duration::from_secs_f64(s)]);
+        let fig = |s: f64| Figure::new(&[Sample::time(Duration::from_secs_f64(s))]);
         let t = Transfer {
             files: 10,
             bytes: 1 << 30,

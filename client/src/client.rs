@@ -118,6 +118,8 @@ impl Client {
             .http2_adaptive_window(false)
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024))
+            // 1 MiB frames: a 1 MiB blob chunk crosses as one DATA frame, not 64 of 16 KiB.
+            .max_frame_size(stagecache_proto::CHUNK_BYTES as u32)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         let mut last = String::new();
@@ -200,7 +202,7 @@ impl Client {
             };
             let resp = retrying!(self, self.cas.clone(), find_missing, req, "FindMissing")?;
             for (i, d) in resp.into_inner().missing.iter().enumerate() {
-                missing.push(Digest::from_proto(&format!("missing[{i}]"), d)?);
+                missing.push(Digest::from_proto_in(|| format!("missing[{i}]"), d)?);
             }
         }
         Ok(missing)

@@ -1,6 +1,6 @@
 //! Walking and hashing a directory tree in parallel: large files through multi-threaded
-//! BLAKE3 over a memory map, many small files on a bounded pool of threads (rayon's,
-//! one per core).
+//! BLAKE3 over a memory map (one window at a time), many small files on a bounded pool of
+//! threads (rayon's, one per core).
 
 use crate::error::{ClientError, Result};
 use rayon::prelude::*;
@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 /// Files at least this large are hashed by memory map on all cores.
 const MMAP_MIN_BYTES: u64 = 4 * 1024 * 1024;
+/// Window of a large file mapped at once (a multiple of the page size and of BLAKE3's
+/// 1 KiB chunks): bounds the resident memory hashing adds, whatever the file's size.
+const MMAP_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A regular file found under a root.
 #[derive(Debug, Clone)]
@@ -106,9 +109,25 @@ pub fn scan(root: &Path) -> Result<Vec<LocalFile>> {
 pub fn hash_file(path: &Path, size_hint: u64) -> Result<Digest> {
     let mut hasher = blake3::Hasher::new();
     if size_hint >= MMAP_MIN_BYTES {
-        hasher
-            .update_mmap_rayon(path)
+        // Mapped a window at a time: a whole-file map of a 4 GiB archive would count
+        // every page of it in this process's resident memory.
+        let f = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
+        let len = f.metadata().map_err(|e| ClientError::io(path, e))?.len();
+        let mut offset = 0;
+        while offset < len {
+            let n = (len - offset).min(MMAP_WINDOW_BYTES);
+            // SAFETY: the map is read-only and dropped before the next one; a file that
+            // changes meanwhile shows up as a digest or size mismatch, which callers check.
+            let map = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(n as usize)
+                    .map(&f)
+            }
             .map_err(|e| ClientError::io(path, e))?;
+            hasher.update_rayon(&map);
+            offset += n;
+        }
     } else {
         let mut f = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
         let mut buf = [0u8; 64 * 1024];

@@ -49,7 +49,7 @@ impl Cas for CasService {
             .digests
             .iter()
             .enumerate()
-            .map(|(i, d)| Digest::from_proto(&format!("digests[{i}]"), d))
+            .map(|(i, d)| Digest::from_proto_in(|| format!("digests[{i}]"), d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServerError::from)?;
         let missing = self.state.store.missing_blobs(digests).await?;
@@ -220,7 +220,7 @@ impl Cas for CasService {
             .digests
             .iter()
             .enumerate()
-            .map(|(i, d)| Digest::from_proto(&format!("digests[{i}]"), d))
+            .map(|(i, d)| Digest::from_proto_in(|| format!("digests[{i}]"), d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServerError::from)?;
         let total: u64 = digests.iter().map(|d| d.size()).sum();

@@ -104,7 +104,7 @@ fn record_input(
     let outputs = r
         .outputs
         .as_ref()
-        .map(|d| Digest::from_proto(&format!("{field}outputs"), d))
+        .map(|d| Digest::from_proto_in(|| format!("{field}outputs"), d))
         .transpose()?;
     Ok(RecordInput {
         key,
@@ -291,7 +291,7 @@ impl Ledger for LedgerService {
             .subjects
             .iter()
             .enumerate()
-            .map(|(i, d)| Digest::from_proto(&format!("subjects[{i}]"), d))
+            .map(|(i, d)| Digest::from_proto_in(|| format!("subjects[{i}]"), d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;

@@ -103,23 +103,20 @@ impl BlobStore {
         ObjectPath::from(format!("cas/{}/{}", &hex[..2], hex))
     }
 
-    /// Publishes bytes already verified to hash to `d`. Present already is success.
-    pub async fn put_verified(&self, d: &Digest, data: Bytes) -> Result<()> {
+    /// Publishes bytes already verified to hash to `d` (one buffer or the chunks as they
+    /// arrived: no copy into one buffer). Present already is success.
+    pub async fn put_verified(&self, d: &Digest, data: PutPayload) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         let location = Self::location(d);
-        match self
-            .store
-            .put_opts(&location, PutPayload::from(data.clone()), opts)
-            .await
-        {
+        match self.store.put_opts(&location, data.clone(), opts).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
             // Some backends cannot do conditional puts; content addressing makes an
             // overwrite with the same verified bytes harmless.
             Err(object_store::Error::NotImplemented { .. }) => {
-                self.store.put(&location, PutPayload::from(data)).await?;
+                self.store.put(&location, data).await?;
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -157,10 +157,12 @@ impl Index {
     /// Indexed size of each digest's blob, or `None` where it is absent.
     pub fn blob_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
         let cf = self.cf(CF_BLOBS)?;
-        let keys = digests.iter().map(|d| (cf, d.hash().as_slice()));
+        // RocksDB's batched MultiGet: one pass over the memtables and files for the whole
+        // list, values pinned rather than copied.
+        let keys = digests.iter().map(|d| d.hash().as_slice());
         let mut out = Vec::with_capacity(digests.len());
-        for r in self.db.multi_get_cf(keys) {
-            out.push(r?.and_then(|v| v.try_into().ok().map(u64::from_le_bytes)));
+        for r in self.db.batched_multi_get_cf(cf, keys, false) {
+            out.push(r?.and_then(|v| <[u8; 8]>::try_from(&*v).ok().map(u64::from_le_bytes)));
         }
         Ok(out)
     }

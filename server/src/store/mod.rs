@@ -8,7 +8,7 @@ pub mod ledger;
 
 use crate::error::{Result, ServerError};
 use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use index::Index;
 use object_store::WriteMultipart;
 use stagecache_proto::{Digest, Manifest, Verifier};
@@ -72,7 +72,7 @@ impl Store {
     /// Starts writing a blob that must hash to `expected`.
     pub async fn begin_blob(&self, expected: Digest) -> Result<BlobWriter> {
         let sink = if expected.size() <= SINGLE_PUT_MAX_BYTES {
-            Sink::Buffer(BytesMut::with_capacity(expected.size() as usize))
+            Sink::Chunks(Vec::new())
         } else {
             Sink::Multipart(Box::new(self.blobs.start_multipart(&expected).await?))
         };
@@ -111,7 +111,7 @@ impl Store {
                         )));
                     }
                     if needed {
-                        store.blobs.put_verified(&d, data).await?;
+                        store.blobs.put_verified(&d, data.into()).await?;
                     }
                     Ok(())
                 }
@@ -179,7 +179,8 @@ impl Store {
 }
 
 enum Sink {
-    Buffer(BytesMut),
+    /// Small blobs: the received chunks, kept as they are (no copy) until verified.
+    Chunks(Vec<Bytes>),
     Multipart(Box<WriteMultipart>),
 }
 
@@ -206,7 +207,7 @@ impl BlobWriter {
             )));
         }
         match &mut self.sink {
-            Sink::Buffer(buf) => buf.extend_from_slice(&data),
+            Sink::Chunks(chunks) => chunks.push(data),
             Sink::Multipart(w) => {
                 BlobStore::wait_for_capacity(w).await?;
                 w.put(data);
@@ -229,10 +230,10 @@ impl BlobWriter {
             }
             Ok(_) => {
                 match self.sink {
-                    Sink::Buffer(buf) => {
+                    Sink::Chunks(chunks) => {
                         self.store
                             .blobs
-                            .put_verified(&expected, buf.freeze())
+                            .put_verified(&expected, chunks.into_iter().collect())
                             .await?
                     }
                     Sink::Multipart(w) => {
