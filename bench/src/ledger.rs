@@ -145,6 +145,11 @@ pub struct LoadFigure {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub calls_per_s: f64,
+    /// Server CPU (user + system) per call in the measuring window, microseconds: what a
+    /// call costs the server alone, whatever the load generator beside it costs.
+    pub server_cpu_us_per_call: f64,
+    /// Cores the server kept busy during the window.
+    pub server_cores: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -191,6 +196,10 @@ pub async fn load(
             })
         })
         .collect();
+    tokio::time::sleep_until(warm_until.into()).await;
+    let cpu_start = server.cpu_seconds()?;
+    tokio::time::sleep_until(end.into()).await;
+    let server_cpu = server.cpu_seconds()? - cpu_start;
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await??);
@@ -206,5 +215,7 @@ pub async fn load(
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),
         calls_per_s: all.len() as f64 / window.as_secs_f64(),
+        server_cpu_us_per_call: server_cpu / all.len() as f64 * 1e6,
+        server_cores: server_cpu / window.as_secs_f64(),
     })
 }

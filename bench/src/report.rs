@@ -158,6 +158,8 @@ pub struct Transfer {
     pub hash: Figure,
     /// `cp -r` of the tree (the copy limit).
     pub cp: Figure,
+    /// `cp -r` then `sync`: the copy made durable (for reference; no target).
+    pub cp_sync: Figure,
     pub register_cold: Figure,
     pub register_warm: Figure,
     pub fetch_cold: Figure,
@@ -250,6 +252,10 @@ impl Results {
                 cpu: String::new(),
             };
             rows.push(base("cp -r (copy limit)", &t.cp));
+            rows.push(Row {
+                ratio: format!("{:.2}x cp", t.x_cp(&t.cp_sync)),
+                ..base("cp -r + sync (durable copy)", &t.cp_sync)
+            });
             rows.push(base("BLAKE3, all cores (hash limit)", &t.hash));
             for (name, f, cold) in [
                 ("register, cold", &t.register_cold, true),
@@ -324,7 +330,10 @@ impl Results {
                     ratio: String::new(),
                     target,
                     met,
-                    cpu: String::new(),
+                    cpu: format!(
+                        "server {:.0} us/call, {:.2} cores",
+                        f.server_cpu_us_per_call, f.server_cores
+                    ),
                 });
             }
         }
@@ -411,7 +420,7 @@ impl Results {
             ratio: "vs limit".into(),
             target: "target".into(),
             met: None,
-            cpu: "cpu: CLI + server".into(),
+            cpu: "cpu (CLI + server, or server per call)".into(),
         };
         let rows = self.rows();
         let w = |f: fn(&Row) -> &String| {
@@ -492,6 +501,7 @@ mod tests {
             runs: 1,
             hash: fig(0.5),
             cp: fig(2.0),
+            cp_sync: fig(3.0),
             register_cold: fig(4.0),
             register_warm: fig(1.0),
             fetch_cold: fig(2.5),
@@ -519,6 +529,8 @@ mod tests {
                 p50_ms: 0.3,
                 p99_ms: 0.5,
                 calls_per_s: 3000.0,
+                server_cpu_us_per_call: 150.0,
+                server_cores: 0.45,
             }],
         });
         r.judge();

@@ -16,7 +16,6 @@ use stagecache_proto::{
 };
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
@@ -235,7 +234,7 @@ impl Client {
         progress: &indicatif::ProgressBar,
         read_error: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>,
     ) -> Result<bool, tonic::Status> {
-        let file = match tokio::fs::File::open(path).await {
+        let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) => {
                 let msg = e.to_string();
@@ -251,32 +250,42 @@ impl Client {
             data: Default::default(),
         };
         let progress = progress.clone();
-        // Reads stay one chunk ahead of the network. A read error ends the stream short
-        // (the server then refuses the upload) and is reported as the file's error.
+        // Reads stay one chunk ahead of the network, each on a blocking thread straight
+        // into the buffer that is sent (no intermediate copy). A read error ends the
+        // stream short (the server then refuses the upload) and is reported as the
+        // file's error.
         let chunks = futures::stream::unfold(Some(file), move |file| {
             let progress = progress.clone();
             let read_error = read_error.clone();
             async move {
-                let mut file = file?;
-                let mut buf = vec![0u8; CHUNK_BYTES];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match file.read(&mut buf[filled..]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            if let Ok(mut g) = read_error.lock() {
-                                *g = Some(e);
-                            }
-                            return None;
+                let file = file?;
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut file = file;
+                    let mut buf = Vec::with_capacity(CHUNK_BYTES);
+                    let r = (&mut file).take(CHUNK_BYTES as u64).read_to_end(&mut buf);
+                    (file, buf, r)
+                })
+                .await;
+                let (file, buf) = match read {
+                    Ok((file, buf, Ok(_))) => (file, buf),
+                    Ok((_, _, Err(e))) => {
+                        if let Ok(mut g) = read_error.lock() {
+                            *g = Some(e);
                         }
+                        return None;
                     }
-                }
-                if filled == 0 {
+                    Err(e) => {
+                        if let Ok(mut g) = read_error.lock() {
+                            *g = Some(std::io::Error::other(e.to_string()));
+                        }
+                        return None;
+                    }
+                };
+                if buf.is_empty() {
                     return None;
                 }
-                buf.truncate(filled);
-                progress.inc(filled as u64);
+                progress.inc(buf.len() as u64);
                 Some((
                     UploadRequest {
                         namespace: String::new(),

@@ -225,15 +225,21 @@ impl Client {
         } else {
             self.batch_download(&digests).await?
         };
-        for (t, data) in batch.iter().zip(datas) {
-            let mut f =
-                std::fs::File::create(&t.partial).map_err(|e| ClientError::io(&t.partial, e))?;
-            f.write_all(&data)
-                .map_err(|e| ClientError::io(&t.partial, e))?;
-            drop(f);
-            publish(t)?;
-        }
-        Ok(())
+        // File writes block: on a blocking thread, so the runtime keeps the network moving.
+        let files: Vec<(Target, bytes::Bytes)> = batch.iter().cloned().zip(datas).collect();
+        tokio::task::spawn_blocking(move || {
+            for (t, data) in files {
+                let mut f = std::fs::File::create(&t.partial)
+                    .map_err(|e| ClientError::io(&t.partial, e))?;
+                f.write_all(&data)
+                    .map_err(|e| ClientError::io(&t.partial, e))?;
+                drop(f);
+                publish(&t)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(format!("writing task failed: {e}")))?
     }
 
     /// Streams one large blob into its staging file, resuming from what is there, and
@@ -310,7 +316,9 @@ impl Client {
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(resumed))
             .map_err(|e| ClientError::io(&t.partial, e))?;
-        let mut file = tokio::fs::File::from_std(file);
+        // Chunks are written by the blocking pool, one at a time and in order, straight
+        // from the received buffer (tokio's `File` would copy each into its own).
+        let mut file = Some(file);
 
         let policy = self.config().retry;
         let mut retry = 0;
@@ -333,11 +341,18 @@ impl Client {
                     verifier
                         .update(&msg.data)
                         .map_err(|m| tonic::Status::data_loss(m.to_string()))?;
-                    tokio::io::AsyncWriteExt::write_all(&mut file, &msg.data)
-                        .await
-                        .map_err(|e| {
-                            tonic::Status::internal(format!("{}: {e}", t.partial.display()))
-                        })?;
+                    let mut f = file.take().expect("the file is back after each write");
+                    let data = msg.data.clone();
+                    let (f, written) = tokio::task::spawn_blocking(move || {
+                        let r = f.write_all(&data);
+                        (f, r)
+                    })
+                    .await
+                    .map_err(|e| tonic::Status::internal(format!("writing task failed: {e}")))?;
+                    file = Some(f);
+                    written.map_err(|e| {
+                        tonic::Status::internal(format!("{}: {e}", t.partial.display()))
+                    })?;
                     bar.inc(msg.data.len() as u64);
                 }
             }
@@ -369,9 +384,6 @@ impl Client {
                 }
             }
         }
-        tokio::io::AsyncWriteExt::flush(&mut file)
-            .await
-            .map_err(|e| ClientError::io(&t.partial, e))?;
         drop(file);
         if let Err(m) = verifier.finish() {
             return Ok((resumed, Err(m)));

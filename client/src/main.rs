@@ -1,6 +1,11 @@
 //! `stagecache`: the command pipeline steps and people use to register, fetch and inspect
 //! asset sets. Errors are one line on stderr and an exit code documented in the README.
 
+/// mimalloc: many short-lived buffers on several threads; glibc's per-thread arenas
+/// return them to the kernel and fault them back in, which costs transfers and calls.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use serde_json::json;
 use stagecache_client::cli::{ClaimAction, Cli, Command, Source, StatusArg, SubjectArgs};

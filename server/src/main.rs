@@ -1,6 +1,11 @@
 //! `stagecache-server`: runs the service on its embedded defaults (RocksDB and a local
 //! blob store under `./stagecache-data`, listening on 127.0.0.1:50051).
 
+/// mimalloc: many short-lived buffers on several threads; glibc's per-thread arenas
+/// return them to the kernel and fault them back in, which costs transfers and calls.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use stagecache_server::{serve, ServerConfig};
 use std::net::SocketAddr;

@@ -73,6 +73,7 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
     assert!(t["files"].as_u64().unwrap() > 8);
     for fig in [
         "cp",
+        "cp_sync",
         "hash",
         "register_cold",
         "register_warm",
@@ -109,6 +110,9 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         ]
     );
     assert!(ledger.iter().all(|f| f["calls"].as_u64().unwrap() > 0));
+    assert!(ledger
+        .iter()
+        .all(|f| f["server_cpu_us_per_call"].as_f64().unwrap() >= 0.0));
     assert_eq!(v["ledger"]["records"], 20_000);
     let m = &v["memory"];
     assert_eq!(m["file_bytes"], 48 * 1024 * 1024);

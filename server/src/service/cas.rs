@@ -264,9 +264,13 @@ async fn read_whole(store: &crate::store::Store, d: Digest) -> Result<bytes::Byt
         .blobs()
         .read(&d, 0, d.size(), d.size().max(1) as usize)
         .await?;
-    let mut buf = bytes::BytesMut::with_capacity(d.size() as usize);
+    // One chunk of the whole size: usually one buffer, handed over without a copy.
+    let mut chunks = Vec::new();
     while let Some(chunk) = s.next().await {
-        buf.extend_from_slice(&chunk?);
+        chunks.push(chunk?);
     }
-    Ok(buf.freeze())
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().expect("one chunk"));
+    }
+    Ok(chunks.concat().into())
 }

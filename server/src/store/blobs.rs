@@ -145,29 +145,22 @@ impl BlobStore {
         if len == 0 {
             return Ok(futures::stream::empty().boxed());
         }
+        if let Some(root) = &self.local_root {
+            // Local files: read straight into each chunk's buffer on a blocking thread,
+            // rather than through object_store's 8 KiB reads or tokio's copying `File`.
+            let path = root.join(Self::location(d).as_ref());
+            return read_local(path, *d, offset, len, chunk).await;
+        }
         let opts = GetOptions {
             range: Some(GetRange::Bounded(offset..offset + len)),
             ..Default::default()
         };
         let result = self.store.get_opts(&Self::location(d), opts).await?;
-        let range = result.range.clone();
         match result.payload {
-            // Local files: read large chunks directly rather than object_store's 8 KiB ones.
-            GetResultPayload::File(mut file, _) => {
-                use std::io::Seek;
-                file.seek(std::io::SeekFrom::Start(range.start))
-                    .map_err(|e| ServerError::Internal(format!("seek in blob {d}: {e}")))?;
-                let file = tokio::fs::File::from_std(file);
-                let reader = tokio::io::AsyncReadExt::take(file, range.end - range.start);
-                let stream = tokio_util::io::ReaderStream::with_capacity(reader, chunk);
-                let d = *d;
-                Ok(stream
-                    .map(move |r| {
-                        r.map_err(|e| ServerError::Internal(format!("read blob {d}: {e}")))
-                    })
-                    .boxed())
-            }
             GetResultPayload::Stream(s) => Ok(rechunk(s, chunk)),
+            GetResultPayload::File(_, path) => {
+                read_local(path, *d, result.range.start, len, chunk).await
+            }
         }
     }
 
@@ -195,6 +188,60 @@ impl BlobStore {
         }
         removed
     }
+}
+
+/// Reads `[offset, offset + len)` of a local blob file, one blocking read per chunk into a
+/// buffer that becomes the chunk (no further copy). A missing file is object_store's
+/// `NotFound`, as from any other backend.
+async fn read_local(
+    path: PathBuf,
+    d: Digest,
+    offset: u64,
+    len: u64,
+    chunk: usize,
+) -> Result<BoxStream<'static, Result<Bytes>>> {
+    use std::io::{Read, Seek};
+    let internal = move |e: std::io::Error| ServerError::Internal(format!("read blob {d}: {e}"));
+    let open_path = path.clone();
+    let file = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&open_path)?;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        Ok::<_, std::io::Error>(f)
+    })
+    .await
+    .map_err(|e| ServerError::Internal(format!("read blob {d}: {e}")))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ServerError::Blobs(object_store::Error::NotFound {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        }),
+        _ => internal(e),
+    })?;
+    let chunk = chunk.max(1) as u64;
+    Ok(
+        futures::stream::try_unfold((file, len), move |(file, left)| async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let want = left.min(chunk);
+            let (file, buf) = tokio::task::spawn_blocking(move || {
+                let mut file = file;
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file).take(want).read_to_end(&mut buf)?;
+                Ok::<_, std::io::Error>((file, buf))
+            })
+            .await
+            .map_err(|e| ServerError::Internal(format!("read blob {d}: {e}")))?
+            .map_err(internal)?;
+            if buf.len() as u64 != want {
+                return Err(ServerError::DataLoss(format!(
+                    "blob {d} is shorter in the blob store than its size says"
+                )));
+            }
+            Ok(Some((Bytes::from(buf), (file, left - want))))
+        })
+        .boxed(),
+    )
 }
 
 /// Regroups a byte stream into chunks of about `chunk` bytes.

@@ -27,6 +27,18 @@ pub struct StageKey {
 }
 
 /// `namespace \0 subject-hash(32)`: the prefix of every key about one subject.
+/// The first key after every key starting with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn subject_prefix(ns: &Namespace, subject: &Digest) -> Vec<u8> {
     let mut k = Vec::with_capacity(ns.as_str().len() + 33);
     k.extend_from_slice(ns.as_str().as_bytes());
@@ -170,17 +182,23 @@ impl Index {
     pub fn ledger_heads(&self, ns: &Namespace, subject: &Digest) -> Result<Vec<StageResultRecord>> {
         let prefix = subject_prefix(ns, subject);
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_LEDGER_HEAD)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
+        // Bounded to the prefix: RocksDB stops at the bound instead of reading the next
+        // subject's first key (often another data block).
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = prefix_end(&prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        // The raw iterator lends keys and values; the plain one copies each into a Box.
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_LEDGER_HEAD)?, opts);
+        it.seek(&prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !k.starts_with(&prefix) {
                 break;
             }
-            out.push(decode_result(&v)?);
+            out.push(decode_result(v)?);
+            it.next();
         }
+        it.status()?;
         Ok(out)
     }
 
@@ -245,5 +263,17 @@ impl Index {
             })?)),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
     }
 }
