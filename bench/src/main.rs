@@ -172,11 +172,49 @@ struct Bench {
     args: Args,
     bins: Bins,
     work: PathBuf,
+    discarded: std::cell::Cell<u32>,
 }
 
 impl Bench {
     fn wants(&self, p: Phase) -> bool {
         self.args.only.is_empty() || self.args.only.contains(&p)
+    }
+
+    /// Clears `path` for the next run without deleting files: each is truncated (its
+    /// blocks freed) and the directory moved under `trash/`, removed at the end of the
+    /// run. Deleting would make the next run pay for it: ext4 without a journal (the
+    /// machine of bench/RESULTS.md; its profiles show `ext4_fsync_nojournal`) skips inodes
+    /// deleted in the last minute when it allocates new ones, so every file a run creates
+    /// would scan past the previous run's 1,500 deleted inodes (`recently_deleted` was a
+    /// quarter of a cold fetch's CPU). That made cold runs and `cp -r` alike slower and
+    /// far noisier, and is not what a fresh agent workspace sees.
+    fn discard(&self, path: &Path) -> Result<()> {
+        fn truncate_all(dir: &Path) -> std::io::Result<()> {
+            for e in std::fs::read_dir(dir)? {
+                let e = e?;
+                let t = e.file_type()?;
+                if t.is_dir() {
+                    truncate_all(&e.path())?;
+                } else if t.is_file() {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(e.path())?
+                        .set_len(0)?;
+                }
+            }
+            Ok(())
+        }
+        if !path.exists() {
+            return Ok(());
+        }
+        truncate_all(path).map_err(|e| format!("clearing {}: {e}", path.display()))?;
+        let trash = self.work.join("trash");
+        std::fs::create_dir_all(&trash)?;
+        let n = self.discarded.get();
+        self.discarded.set(n + 1);
+        std::fs::rename(path, trash.join(n.to_string()))
+            .map_err(|e| format!("moving {} to {}: {e}", path.display(), trash.display()))?;
+        Ok(())
     }
 
     /// Removes what a phase left behind, unless `--keep` asks to keep it.
@@ -185,6 +223,41 @@ impl Bench {
             return Ok(());
         }
         remove(path)
+    }
+
+    /// `cp -r` of the tree: one warm-up and `--runs` measured copies, each from a clean
+    /// page-cache state (previous copy removed, disks synced). Also times `cp -r` then
+    /// `sync` (the copy made durable, as the server makes every blob it acknowledges)
+    /// into `durable`, for reference.
+    fn copy_baseline(&self, tree_dir: &Path, durable: &mut Vec<Sample>) -> Result<Vec<Sample>> {
+        let copy = self.work.join("copy");
+        let out = measure(
+            self.args.runs,
+            || {
+                self.discard(&copy)?;
+                sync_disks();
+                Ok(())
+            },
+            |warm_up| {
+                let t = Instant::now();
+                let st = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(tree_dir)
+                    .arg(&copy)
+                    .status()?;
+                let d = t.elapsed();
+                if !st.success() {
+                    return Err(format!("cp -r failed: {st}").into());
+                }
+                sync_disks();
+                if !warm_up {
+                    durable.push(Sample::time(t.elapsed()));
+                }
+                Ok(Sample::time(d))
+            },
+        )?;
+        self.discard(&copy)?;
+        Ok(out)
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -216,34 +289,8 @@ impl Bench {
         )?;
 
         eprintln!("baseline: cp -r ...");
-        let copy = self.work.join("copy");
-        // Also timed: cp -r followed by sync, the copy made durable (as the server makes
-        // every blob it acknowledges); reported for reference, the target is on cp -r.
         let mut cp_sync = Vec::new();
-        let cp = measure(
-            runs,
-            || {
-                remove(&copy)?;
-                sync_disks();
-                Ok(())
-            },
-            |_| {
-                let t = Instant::now();
-                let st = std::process::Command::new("cp")
-                    .arg("-r")
-                    .arg(&tree_dir)
-                    .arg(&copy)
-                    .status()?;
-                let d = t.elapsed();
-                if !st.success() {
-                    return Err(format!("cp -r failed: {st}").into());
-                }
-                sync_disks();
-                cp_sync.push(Sample::time(t.elapsed()));
-                Ok(Sample::time(d))
-            },
-        )?;
-        remove(&copy)?;
+        let mut cp = self.copy_baseline(&tree_dir, &mut cp_sync)?;
 
         eprintln!("register, cold ...");
         let data = self.work.join("data");
@@ -255,7 +302,7 @@ impl Bench {
                 if let Some(s) = server.take() {
                     s.stop()?;
                 }
-                remove(&data)?;
+                self.discard(&data)?;
                 sync_disks();
                 let s = Server::start(&self.bins, &data, &self.log("server-transfer")).await?;
                 let r = cli(
@@ -303,7 +350,7 @@ impl Bench {
         let fetch_cold = measure(
             runs,
             || {
-                remove(&out)?;
+                self.discard(&out)?;
                 sync_disks();
                 Ok(())
             },
@@ -321,6 +368,10 @@ impl Bench {
         if tree::hash_tree(&out)? != listing {
             return Err("the fetched tree differs from the registered one".into());
         }
+        // The copy baseline again, so it spans the same stretch of (shared, noisy) machine
+        // time as the cold transfers it is compared with; the median is over both sets.
+        eprintln!("baseline: cp -r, again ...");
+        cp.extend(self.copy_baseline(&tree_dir, &mut cp_sync)?);
 
         eprintln!("fetch, warm ...");
         let fetch_warm = measure(
@@ -381,7 +432,7 @@ impl Bench {
             runs,
             hash: Figure::new(&hash),
             cp: Figure::new(&cp),
-            cp_sync: Figure::new(&cp_sync[1..]),
+            cp_sync: Figure::new(&cp_sync),
             register_cold: Figure::new(&register_cold),
             register_warm: Figure::new(&register_warm),
             fetch_cold: Figure::new(&fetch_cold),
@@ -497,7 +548,12 @@ async fn run(args: Args) -> Result<()> {
             p
         }
     };
-    let bench = Bench { args, bins, work };
+    let bench = Bench {
+        args,
+        bins,
+        work,
+        discarded: std::cell::Cell::new(0),
+    };
     let a = &bench.args;
     let big = if bench.wants(Phase::Memory) {
         a.big_file
@@ -533,6 +589,9 @@ async fn run(args: Args) -> Result<()> {
     if bench.wants(Phase::Memory) && big > 0 {
         results.memory = Some(bench.memory().await?);
     }
+    // Deleting the cleared directories frees thousands of inodes: done last, so that no
+    // measurement of this run allocates files among them (see `Bench::discard`).
+    bench.clean_up(&bench.work.join("trash"))?;
     if bench.args.keep {
         if let Some(t) = temp {
             let _ = t.keep();

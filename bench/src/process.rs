@@ -116,13 +116,7 @@ impl Server {
 
     /// Peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| "no VmHWM in /proc/PID/status".into())
+        vm_hwm(self.pid()).ok_or_else(|| "no VmHWM in /proc/PID/status".into())
     }
 
     /// Stops gracefully (SIGTERM) and waits for the exit.
@@ -144,11 +138,22 @@ impl Drop for Server {
     }
 }
 
+/// A process's peak resident memory (`VmHWM` of its address space), in bytes; `None` once
+/// it has exited.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 /// One CLI run.
 #[derive(Debug)]
 pub struct CliRun {
     pub elapsed: Duration,
-    /// Peak resident memory of the process, bytes.
+    /// Peak resident memory of the process (`VmHWM`, sampled every 5 ms), bytes.
     pub peak_rss: u64,
     /// CPU time of the process (user + system), seconds.
     pub cpu_s: f64,
@@ -168,7 +173,8 @@ impl CliRun {
 }
 
 /// Runs `stagecache --server URL --namespace bench --format json ARGS`, timed from spawn
-/// to exit. Fails with the CLI's stderr when it does not exit 0.
+/// to exit, with its CPU time and peak memory. Fails with the CLI's stderr when it does
+/// not exit 0.
 pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Result<CliRun> {
     let out_path = scratch.join("cli.stdout");
     let err_path = scratch.join("cli.stderr");
@@ -189,8 +195,29 @@ pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Resul
         .stderr(std::fs::File::create(&err_path)?)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bins.cli.display()))?;
-    let (status, rusage) = wait4(child.id())?;
+    // Peak memory comes from the child's own address space, sampled while it runs:
+    // `ru_maxrss` would not do, as Linux carries the parent's high-water mark into a
+    // child across fork and exec (this benchmark's own RSS would show up as the CLI's).
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(v) = vm_hwm(pid) {
+                    peak = peak.max(v);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let waited = wait4(pid);
     let elapsed = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss = watcher.join().map_err(|_| "memory watcher panicked")?;
+    let (status, rusage) = waited?;
     let stdout = std::fs::read_to_string(&out_path)?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         return Err(format!(
@@ -202,8 +229,7 @@ pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Resul
     }
     Ok(CliRun {
         elapsed,
-        // ru_maxrss is in kilobytes on Linux.
-        peak_rss: rusage.ru_maxrss as u64 * 1024,
+        peak_rss,
         cpu_s: secs(rusage.ru_utime) + secs(rusage.ru_stime),
         server_cpu_s: server.cpu_seconds()? - server_cpu,
         stdout,
@@ -214,8 +240,8 @@ fn secs(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
-/// Waits for a child and returns its wait status and resource usage (peak RSS included),
-/// which `std::process::Child::wait` does not report.
+/// Waits for a child and returns its wait status and resource usage (CPU time), which
+/// `std::process::Child::wait` does not report.
 fn wait4(pid: u32) -> Result<(libc::c_int, libc::rusage)> {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.

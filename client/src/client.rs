@@ -348,23 +348,29 @@ impl Client {
                 digests.len()
             )));
         }
-        let mut out = Vec::with_capacity(digests.len());
-        for (d, r) in digests.iter().zip(resp.results) {
-            if let Some(s) = r.status.filter(|s| s.code != 0) {
-                return Err(ClientError::Status {
-                    call: "BatchDownload",
-                    status: tonic::Status::new(tonic::Code::from(s.code), s.message),
-                });
+        // Hashing megabytes is blocking work: off the runtime's workers.
+        let digests = digests.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(digests.len());
+            for (d, r) in digests.iter().zip(resp.results) {
+                if let Some(s) = r.status.filter(|s| s.code != 0) {
+                    return Err(ClientError::Status {
+                        call: "BatchDownload",
+                        status: tonic::Status::new(tonic::Code::from(s.code), s.message),
+                    });
+                }
+                let actual = Digest::of_bytes(&r.data);
+                if actual != *d {
+                    return Err(ClientError::Verify(format!(
+                        "blob {d}: received bytes hash to {actual}"
+                    )));
+                }
+                out.push(r.data);
             }
-            let actual = Digest::of_bytes(&r.data);
-            if actual != *d {
-                return Err(ClientError::Verify(format!(
-                    "blob {d}: received bytes hash to {actual}"
-                )));
-            }
-            out.push(r.data);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(format!("verifying task failed: {e}")))?
     }
 
     /// Opens a download stream of `[offset, offset + limit)` (limit 0: to the end).

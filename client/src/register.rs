@@ -36,6 +36,14 @@ pub struct RegisterReport {
     pub ref_changed: bool,
 }
 
+/// A file whose bytes no longer match the digest it was registered under.
+fn changed(path: &Path, detail: &str) -> ClientError {
+    ClientError::Invalid(format!(
+        "{} changed after it was hashed ({detail}); register again",
+        path.display()
+    ))
+}
+
 pub(crate) fn digest_str<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(d)
 }
@@ -100,21 +108,43 @@ impl Client {
             let bar = bar.clone();
             let client = self.clone();
             async move {
-                let mut items = Vec::with_capacity(batch.len());
-                for h in &batch {
-                    let data = tokio::fs::read(&h.file.abs)
-                        .await
-                        .map_err(|e| ClientError::io(&h.file.abs, e))?;
-                    if Digest::of_bytes(&data) != h.digest {
-                        return Err(ClientError::Invalid(format!(
-                            "{} changed after it was hashed",
-                            h.file.abs.display()
-                        )));
-                    }
-                    items.push((h.digest, bytes::Bytes::from(data)));
-                }
+                // One blocking task reads the whole batch. The bytes are not hashed again
+                // here: the server verifies every item, and a file that changed since it
+                // was hashed comes back as that item's error, reported with its path.
+                let files: Vec<(Digest, std::path::PathBuf)> = batch
+                    .iter()
+                    .map(|h| (h.digest, h.file.abs.clone()))
+                    .collect();
+                let items = tokio::task::spawn_blocking(move || {
+                    files
+                        .into_iter()
+                        .map(|(d, path)| {
+                            let data =
+                                std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?;
+                            if data.len() as u64 != d.size() {
+                                return Err(changed(&path, "its size changed"));
+                            }
+                            Ok((d, bytes::Bytes::from(data)))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .await
+                .map_err(|e| ClientError::Invalid(format!("reading task failed: {e}")))??;
                 let n: u64 = items.iter().map(|(d, _)| d.size()).sum();
-                client.batch_upload(items).await?;
+                client.batch_upload(items).await.map_err(|e| match &e {
+                    ClientError::Status { status, .. }
+                        if status.code() == tonic::Code::InvalidArgument =>
+                    {
+                        match batch
+                            .iter()
+                            .find(|h| status.message().starts_with(&h.digest.to_string()))
+                        {
+                            Some(h) => changed(&h.file.abs, status.message()),
+                            None => e,
+                        }
+                    }
+                    _ => e,
+                })?;
                 bar.inc(n);
                 Ok::<(), ClientError>(())
             }

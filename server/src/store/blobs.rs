@@ -11,8 +11,7 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 use stagecache_proto::Digest;
 use std::path::{Path, PathBuf};
@@ -104,23 +103,16 @@ impl BlobStore {
     }
 
     /// Publishes bytes already verified to hash to `d` (one buffer or the chunks as they
-    /// arrived: no copy into one buffer). Present already is success.
+    /// arrived: no copy into one buffer).
+    ///
+    /// A plain (overwriting) put: content addressing makes a racing put of the same blob
+    /// write the same verified bytes, so a conditional create buys nothing. Locally it is
+    /// also cheaper: the staging file is renamed into place rather than hard-linked and
+    /// then deleted, which would free an inode per blob (and ext4 without a journal scans
+    /// past recently freed inodes on every later file creation).
     pub async fn put_verified(&self, d: &Digest, data: PutPayload) -> Result<()> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let location = Self::location(d);
-        match self.store.put_opts(&location, data.clone(), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            // Some backends cannot do conditional puts; content addressing makes an
-            // overwrite with the same verified bytes harmless.
-            Err(object_store::Error::NotImplemented { .. }) => {
-                self.store.put(&location, data).await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.store.put(&Self::location(d), data).await?;
+        Ok(())
     }
 
     /// Starts a multipart upload that publishes the blob only on [`WriteMultipart::finish`].

@@ -99,13 +99,26 @@ impl Store {
             .missing_blobs(blobs.iter().map(|(d, _)| *d).collect())
             .await?;
         let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
-        let outcomes: Vec<Result<()>> = stream::iter(blobs.iter().cloned())
-            .map(|(d, data)| {
+        // Verify every blob first, on a blocking thread: hashing megabytes would stall the
+        // runtime's workers (and every other connection they serve).
+        let check = blobs.clone();
+        let verified: Vec<Option<Digest>> = tokio::task::spawn_blocking(move || {
+            check
+                .iter()
+                .map(|(d, data)| {
+                    let actual = Digest::of_bytes(data);
+                    (actual != *d).then_some(actual)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ServerError::Internal(format!("verifying task failed: {e}")))?;
+        let outcomes: Vec<Result<()>> = stream::iter(blobs.iter().cloned().zip(verified))
+            .map(|((d, data), mismatch)| {
                 let store = self.clone();
                 let needed = missing.contains(&d);
                 async move {
-                    let actual = Digest::of_bytes(&data);
-                    if actual != d {
+                    if let Some(actual) = mismatch {
                         return Err(ServerError::InvalidArgument(format!(
                             "upload of {d}: content is {actual}; nothing was stored"
                         )));
