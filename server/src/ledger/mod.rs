@@ -67,16 +67,32 @@ pub fn describe(r: &StageResultRecord) -> String {
     } else {
         r.started_at_ms
     };
-    let mut s = format!("in attempt {} at {}", r.attempt, format_time(at));
-    let mut ids = Vec::new();
-    if !r.bar_build_id.is_empty() {
-        ids.push(format!("BAR build {}", r.bar_build_id));
+    // One buffer, no format!: a plan describes every stage of the graph on every call.
+    let mut s = String::with_capacity(64 + r.bar_build_id.len() + r.build_id.len());
+    {
+        use std::fmt::Write;
+        let _ = write!(s, "in attempt {} at ", r.attempt);
     }
-    if !r.build_id.is_empty() {
-        ids.push(format!("build {}", r.build_id));
-    }
-    if !ids.is_empty() {
-        s.push_str(&format!(" ({})", ids.join(", ")));
+    stagecache_proto::time::push_time(&mut s, at);
+    match (r.bar_build_id.is_empty(), r.build_id.is_empty()) {
+        (true, true) => {}
+        (false, true) => {
+            s.push_str(" (BAR build ");
+            s.push_str(&r.bar_build_id);
+            s.push(')');
+        }
+        (true, false) => {
+            s.push_str(" (build ");
+            s.push_str(&r.build_id);
+            s.push(')');
+        }
+        (false, false) => {
+            s.push_str(" (BAR build ");
+            s.push_str(&r.bar_build_id);
+            s.push_str(", build ");
+            s.push_str(&r.build_id);
+            s.push(')');
+        }
     }
     s
 }

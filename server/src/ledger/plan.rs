@@ -65,7 +65,10 @@ impl Graph {
         }
         let mut by_name = HashMap::new();
         for (i, (name, _, _)) in defs.iter().enumerate() {
-            validate_stage_name(&format!("graph.stages[{i}].name"), name, false)?;
+            // The field's name is built only for the error (a plan validates every stage).
+            if validate_stage_name("", name, false).is_err() {
+                validate_stage_name(&format!("graph.stages[{i}].name"), name, false)?;
+            }
             if let Some(j) = by_name.insert(name.clone(), i) {
                 return Err(ServerError::InvalidArgument(format!(
                     "graph.stages[{i}]: stage {name:?} is defined twice (also graph.stages[{j}])"
