@@ -210,9 +210,10 @@ impl Bench {
         truncate_all(path).map_err(|e| format!("clearing {}: {e}", path.display()))?;
         let trash = self.work.join("trash");
         std::fs::create_dir_all(&trash)?;
+        // Unique across runs sharing a --work-dir (a kept or failed run leaves its trash).
         let n = self.discarded.get();
         self.discarded.set(n + 1);
-        std::fs::rename(path, trash.join(n.to_string()))
+        std::fs::rename(path, trash.join(format!("{}-{n}", std::process::id())))
             .map_err(|e| format!("moving {} to {}: {e}", path.display(), trash.display()))?;
         Ok(())
     }
@@ -513,6 +514,9 @@ impl Bench {
             &self.work,
         )?;
         let server_rss = server.peak_rss()?;
+        if reg.peak_rss == 0 || fetch.peak_rss == 0 {
+            return Err("the CLI exited before its memory could be sampled".into());
+        }
         server.stop()?;
         if tree::hash_tree(&out)? != tree::hash_tree(&src)? {
             return Err("the fetched big file differs from the registered one".into());
@@ -565,9 +569,14 @@ async fn run(args: Args) -> Result<()> {
     } else {
         0
     };
-    // Tree, copy or output, server blobs: three copies of the tree at once at most; the big
-    // file: source, server blob, fetched copy.
-    let needed = (transfer * 3).max(big * 3) + 256 * 1024 * 1024;
+    // The transfer phase holds up to four copies of the tree at once (tree, server blobs,
+    // fetched copy, and the second `cp -r` baseline); the memory phase three of the big
+    // file (source, server blob, fetched copy). With --keep the phases' files add up.
+    let needed = if bench.args.keep {
+        transfer * 4 + big * 3
+    } else {
+        (transfer * 4).max(big * 3)
+    } + 256 * 1024 * 1024;
     let free = free_bytes(&bench.work)?;
     if free < needed {
         return Err(format!(

@@ -61,7 +61,13 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", &listen])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?)
+            // Appended: a phase restarts its server per run and keeps every run's log.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?,
+            )
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bins.server.display()))?;
         let mut server = Server {
@@ -123,7 +129,18 @@ impl Server {
     pub fn stop(mut self) -> Result<()> {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = self.child.wait()?;
+        // A graceful stop flushes RocksDB; a server that has not exited after a minute is
+        // killed (by Drop) and reported.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                return Err("stagecache-server did not exit within 60 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if !status.success() {
             return Err(format!("stagecache-server exited with {status} on SIGTERM").into());
         }

@@ -117,8 +117,9 @@ impl Client {
             .http2_adaptive_window(false)
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024))
-            // 1 MiB frames: a 1 MiB blob chunk crosses as one DATA frame, not 64 of 16 KiB.
-            .max_frame_size(stagecache_proto::CHUNK_BYTES as u32)
+            // Frames that hold a whole 1 MiB blob chunk with its message framing: one DATA
+            // frame per chunk, not 64 of the default 16 KiB.
+            .max_frame_size(stagecache_proto::CHUNK_BYTES as u32 + 64 * 1024)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         let mut last = String::new();
@@ -234,7 +235,11 @@ impl Client {
         progress: &indicatif::ProgressBar,
         read_error: std::sync::Arc<std::sync::Mutex<Option<std::io::Error>>>,
     ) -> Result<bool, tonic::Status> {
-        let file = match std::fs::File::open(path) {
+        let open = path.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(open))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let file = match opened {
             Ok(f) => f,
             Err(e) => {
                 let msg = e.to_string();
@@ -250,8 +255,8 @@ impl Client {
             data: Default::default(),
         };
         let progress = progress.clone();
-        // Reads stay one chunk ahead of the network, each on a blocking thread straight
-        // into the buffer that is sent (no intermediate copy). A read error ends the
+        // Reads stay one chunk ahead of the network, each chunk read on a blocking thread
+        // straight into the buffer that is sent (no intermediate copy). A read error ends the
         // stream short (the server then refuses the upload) and is reported as the
         // file's error.
         let chunks = futures::stream::unfold(Some(file), move |file| {

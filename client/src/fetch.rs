@@ -341,7 +341,13 @@ impl Client {
                     verifier
                         .update(&msg.data)
                         .map_err(|m| tonic::Status::data_loss(m.to_string()))?;
-                    let mut f = file.take().expect("the file is back after each write");
+                    // `file` is back after every write; only a failed writing task loses it.
+                    let Some(mut f) = file.take() else {
+                        return Err(tonic::Status::internal(format!(
+                            "{}: a failed write left no file to resume",
+                            t.partial.display()
+                        )));
+                    };
                     let data = msg.data.clone();
                     let (f, written) = tokio::task::spawn_blocking(move || {
                         let r = f.write_all(&data);

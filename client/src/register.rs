@@ -132,14 +132,17 @@ impl Client {
                 .map_err(|e| ClientError::Invalid(format!("reading task failed: {e}")))??;
                 let n: u64 = items.iter().map(|(d, _)| d.size()).sum();
                 client.batch_upload(items).await.map_err(|e| match &e {
+                    // The server's verdict on an item whose bytes do not hash to its
+                    // digest: "<digest>: upload of <digest>: content is <actual>; ...".
                     ClientError::Status { status, .. }
-                        if status.code() == tonic::Code::InvalidArgument =>
+                        if status.code() == tonic::Code::InvalidArgument
+                            && status.message().contains(": content is ") =>
                     {
                         match batch
                             .iter()
                             .find(|h| status.message().starts_with(&h.digest.to_string()))
                         {
-                            Some(h) => changed(&h.file.abs, status.message()),
+                            Some(h) => changed(&h.file.abs, "its content changed"),
                             None => e,
                         }
                     }

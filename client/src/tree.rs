@@ -116,8 +116,9 @@ pub fn hash_file(path: &Path, size_hint: u64) -> Result<Digest> {
         let mut offset = 0;
         while offset < len {
             let n = (len - offset).min(MMAP_WINDOW_BYTES);
-            // SAFETY: the map is read-only and dropped before the next one; a file that
-            // changes meanwhile shows up as a digest or size mismatch, which callers check.
+            // SAFETY: the map is read-only and dropped before the next one. A file
+            // rewritten meanwhile yields a digest the server refuses; one truncated while
+            // mapped faults (SIGBUS), as with any memory map of a file.
             let map = unsafe {
                 memmap2::MmapOptions::new()
                     .offset(offset)

@@ -119,8 +119,9 @@ pub async fn serve(
         // Large windows keep a single stream's throughput near the link's on fat pipes.
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024))
-        // 1 MiB frames: a 1 MiB blob chunk crosses as one DATA frame, not 64 of 16 KiB.
-        .max_frame_size(Some(stagecache_proto::CHUNK_BYTES as u32))
+        // Frames that hold a whole 1 MiB blob chunk with its message framing: one DATA
+        // frame per chunk, not 64 of the default 16 KiB.
+        .max_frame_size(Some(stagecache_proto::CHUNK_BYTES as u32 + 64 * 1024))
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)

@@ -106,10 +106,9 @@ impl BlobStore {
     /// arrived: no copy into one buffer).
     ///
     /// A plain (overwriting) put: content addressing makes a racing put of the same blob
-    /// write the same verified bytes, so a conditional create buys nothing. Locally it is
-    /// also cheaper: the staging file is renamed into place rather than hard-linked and
-    /// then deleted, which would free an inode per blob (and ext4 without a journal scans
-    /// past recently freed inodes on every later file creation).
+    /// write the same verified bytes, so a conditional create buys nothing, and backends
+    /// need no conditional-put support. Locally the staging file is renamed into place
+    /// (one directory change) rather than hard-linked and then unlinked (two).
     pub async fn put_verified(&self, d: &Digest, data: PutPayload) -> Result<()> {
         self.store.put(&Self::location(d), data).await?;
         Ok(())
@@ -138,8 +137,8 @@ impl BlobStore {
             return Ok(futures::stream::empty().boxed());
         }
         if let Some(root) = &self.local_root {
-            // Local files: read straight into each chunk's buffer on a blocking thread,
-            // rather than through object_store's 8 KiB reads or tokio's copying `File`.
+            // Local files: read on a blocking thread straight into each chunk's buffer,
+            // rather than through object_store's 8 KiB pieces or tokio's copying `File`.
             let path = root.join(Self::location(d).as_ref());
             return read_local(path, *d, offset, len, chunk).await;
         }
@@ -182,8 +181,8 @@ impl BlobStore {
     }
 }
 
-/// Reads `[offset, offset + len)` of a local blob file, one blocking read per chunk into a
-/// buffer that becomes the chunk (no further copy). A missing file is object_store's
+/// Reads `[offset, offset + len)` of a local blob file: one blocking task per chunk reads
+/// into a buffer that becomes the chunk (no further copy). A missing file is object_store's
 /// `NotFound`, as from any other backend.
 async fn read_local(
     path: PathBuf,

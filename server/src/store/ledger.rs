@@ -26,7 +26,6 @@ pub struct StageKey {
     pub target: String,
 }
 
-/// `namespace \0 subject-hash(32)`: the prefix of every key about one subject.
 /// The first key after every key starting with `prefix` (`None`: no such key).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -39,6 +38,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// `namespace \0 subject-hash(32)`: the prefix of every key about one subject.
 fn subject_prefix(ns: &Namespace, subject: &Digest) -> Vec<u8> {
     let mut k = Vec::with_capacity(ns.as_str().len() + 33);
     k.extend_from_slice(ns.as_str().as_bytes());
