@@ -45,6 +45,9 @@ struct Target {
     partial: PathBuf,
 }
 
+/// Chunks received ahead of the writer of a large file (1 MiB each).
+const WRITE_AHEAD_CHUNKS: usize = 8;
+
 fn partial_path(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
@@ -272,7 +275,7 @@ impl Client {
         let digest = t.entry.digest;
         let partial = t.partial.clone();
         // Hash what an earlier, interrupted fetch left, so the verifier covers every byte.
-        let (mut verifier, mut file, resumed) = tokio::task::spawn_blocking(move || {
+        let (verifier, mut file, resumed) = tokio::task::spawn_blocking(move || {
             let mut verifier = Verifier::new(digest);
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -316,14 +319,28 @@ impl Client {
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(resumed))
             .map_err(|e| ClientError::io(&t.partial, e))?;
-        // Chunks are written by the blocking pool, one at a time and in order, straight
-        // from the received buffer (tokio's `File` would copy each into its own).
-        let mut file = Some(file);
+        // A writer on the blocking pool hashes and writes each chunk, in order, straight
+        // from the received buffer, while the next chunks arrive: receiving overlaps
+        // hashing and writing (tokio's `File` would also copy every chunk).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_AHEAD_CHUNKS);
+        let partial = t.partial.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let (mut verifier, mut file) = (verifier, file);
+            while let Some(data) = rx.blocking_recv() {
+                verifier.update(&data).map_err(|m| m.to_string())?;
+                file.write_all(&data)
+                    .map_err(|e| format!("{}: {e}", partial.display()))?;
+            }
+            drop(file);
+            Ok::<_, String>(verifier.finish().map(|_| ()))
+        });
 
         let policy = self.config().retry;
         let mut retry = 0;
-        while verifier.seen() < digest.size() {
-            let offset = verifier.seen();
+        let mut received = resumed;
+        let mut writer_gone = false;
+        while received < digest.size() && !writer_gone {
+            let offset = received;
             let outcome: Result<(), tonic::Status> = async {
                 let mut s = self.download_stream(digest, offset, 0).await?;
                 loop {
@@ -331,48 +348,38 @@ impl Client {
                         .await
                         .map_err(|_| tonic::Status::unavailable("download stalled"))??;
                     let Some(msg) = msg else { return Ok(()) };
-                    if msg.offset != verifier.seen() {
+                    if msg.offset != received {
                         return Err(tonic::Status::data_loss(format!(
-                            "chunk at offset {} where {} was expected",
-                            msg.offset,
-                            verifier.seen()
+                            "chunk at offset {} where {received} was expected",
+                            msg.offset
                         )));
                     }
-                    verifier
-                        .update(&msg.data)
-                        .map_err(|m| tonic::Status::data_loss(m.to_string()))?;
-                    // `file` is back after every write; only a failed writing task loses it.
-                    let Some(mut f) = file.take() else {
-                        return Err(tonic::Status::internal(format!(
-                            "{}: a failed write left no file to resume",
-                            t.partial.display()
+                    let n = msg.data.len() as u64;
+                    if received + n > digest.size() {
+                        return Err(tonic::Status::data_loss(format!(
+                            "more than the blob's {} bytes",
+                            digest.size()
                         )));
-                    };
-                    let data = msg.data.clone();
-                    let (f, written) = tokio::task::spawn_blocking(move || {
-                        let r = f.write_all(&data);
-                        (f, r)
-                    })
-                    .await
-                    .map_err(|e| tonic::Status::internal(format!("writing task failed: {e}")))?;
-                    file = Some(f);
-                    written.map_err(|e| {
-                        tonic::Status::internal(format!("{}: {e}", t.partial.display()))
-                    })?;
-                    bar.inc(msg.data.len() as u64);
+                    }
+                    if tx.send(msg.data).await.is_err() {
+                        // The writer stopped on an error; it is reported below.
+                        writer_gone = true;
+                        return Ok(());
+                    }
+                    received += n;
+                    bar.inc(n);
                 }
             }
             .await;
             match outcome {
-                Ok(()) if verifier.seen() < digest.size() => {
+                Ok(()) if received < digest.size() && !writer_gone => {
                     return Err(ClientError::Verify(format!(
-                        "blob {digest}: stream ended after {} bytes",
-                        verifier.seen()
+                        "blob {digest}: stream ended after {received} bytes"
                     )))
                 }
                 Ok(()) => {}
                 Err(s) if crate::retry::retryable(&s) && retry + 1 < policy.attempts => {
-                    tracing::warn!(path = %t.dest.display(), at = verifier.seen(), "download interrupted; resuming");
+                    tracing::warn!(path = %t.dest.display(), at = received, "download interrupted; resuming");
                     tokio::time::sleep(policy.backoff(retry)).await;
                     retry += 1;
                 }
@@ -390,8 +397,12 @@ impl Client {
                 }
             }
         }
-        drop(file);
-        if let Err(m) = verifier.finish() {
+        drop(tx);
+        let verdict = writer
+            .await
+            .map_err(|e| ClientError::Invalid(format!("writing task failed: {e}")))?
+            .map_err(ClientError::Invalid)?;
+        if let Err(m) = verdict {
             return Ok((resumed, Err(m)));
         }
         publish(t)?;
