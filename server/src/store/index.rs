@@ -109,6 +109,10 @@ impl Index {
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Index and filter blocks live in the cache; pinning the hot ones spares every
+        // ledger iterator and MultiGet an LRU lookup for them.
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_pin_top_level_index_and_filter(true);
         let mut point = Options::default();
         point.set_block_based_table_factory(&table);
         point.set_compression_type(rocksdb::DBCompressionType::Lz4);
