@@ -201,9 +201,10 @@ impl Client {
                 digests: chunk.iter().map(Digest::to_proto).collect(),
             };
             let resp = retrying!(self, self.cas.clone(), find_missing, req, "FindMissing")?;
-            for (i, d) in resp.into_inner().missing.iter().enumerate() {
-                missing.push(Digest::from_proto_in(|| format!("missing[{i}]"), d)?);
-            }
+            missing.extend(Digest::list_from_proto(
+                "missing",
+                &resp.into_inner().missing,
+            )?);
         }
         Ok(missing)
     }

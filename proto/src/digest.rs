@@ -101,8 +101,8 @@ impl Digest {
         Self::from_proto_in(|| field.to_string(), d)
     }
 
-    /// [`Self::from_proto`] for list items: `field` is called only on error, e.g.
-    /// `Digest::from_proto_in(|| format!("digests[{i}]"), d)`.
+    /// [`Self::from_proto`] with the field's name built only on error (lists of 100,000
+    /// digests pay no formatting for the valid ones; see [`Self::list_from_proto`]).
     pub fn from_proto_in(
         field: impl FnOnce() -> String,
         d: &v1::Digest,
@@ -114,13 +114,28 @@ impl Digest {
         })
     }
 
+    /// Validates a list of wire digests; an error names the item (`digests[17].hash`).
+    pub fn list_from_proto(field: &str, items: &[v1::Digest]) -> Result<Vec<Self>, RuleError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Self::from_proto_in(|| format!("{field}[{i}]"), d))
+            .collect()
+    }
+
     /// Validates an optional wire digest that the call requires.
     pub fn from_required(field: &str, d: Option<&v1::Digest>) -> Result<Self, RuleError> {
+        Self::from_required_in(|| field.to_string(), d)
+    }
+
+    /// [`Self::from_required`] with the field's name built only on error (list items).
+    pub fn from_required_in(
+        field: impl FnOnce() -> String,
+        d: Option<&v1::Digest>,
+    ) -> Result<Self, RuleError> {
         match d {
-            Some(d) => Self::from_proto(field, d),
-            None => Err(RuleError::Missing {
-                field: field.to_string(),
-            }),
+            Some(d) => Self::from_proto_in(field, d),
+            None => Err(RuleError::Missing { field: field() }),
         }
     }
 

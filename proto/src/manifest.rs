@@ -89,7 +89,8 @@ impl Manifest {
     pub fn from_proto(m: &v1::Manifest) -> Result<Self, RuleError> {
         let mut entries = Vec::with_capacity(m.entries.len());
         for (i, e) in m.entries.iter().enumerate() {
-            let digest = Digest::from_required(&format!("entries[{i}].digest"), e.digest.as_ref())?;
+            let digest =
+                Digest::from_required_in(|| format!("entries[{i}].digest"), e.digest.as_ref())?;
             entries.push(ManifestEntry {
                 path: e.path.clone(),
                 digest,

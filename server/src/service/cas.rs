@@ -45,13 +45,8 @@ impl Cas for CasService {
         let req = request.into_inner();
         namespace(&req.namespace)?;
         check_batch_len("digests", req.digests.len(), MAX_FIND_MISSING)?;
-        let digests = req
-            .digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Digest::from_proto_in(|| format!("digests[{i}]"), d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ServerError::from)?;
+        let digests =
+            Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
         let missing = self.state.store.missing_blobs(digests).await?;
         Ok(Response::new(FindMissingResponse {
             missing: missing.iter().map(Digest::to_proto).collect(),
@@ -185,7 +180,7 @@ impl Cas for CasService {
         let mut results = Vec::with_capacity(req.items.len());
         let mut valid = Vec::with_capacity(req.items.len());
         for (i, item) in req.items.into_iter().enumerate() {
-            match Digest::from_required(&format!("items[{i}].digest"), item.digest.as_ref()) {
+            match Digest::from_required_in(|| format!("items[{i}].digest"), item.digest.as_ref()) {
                 Ok(d) => valid.push((i, d, item.data)),
                 Err(e) => results.push((i, item.digest, item_status(Status::from(e)))),
             }
@@ -216,13 +211,8 @@ impl Cas for CasService {
     ) -> Result<Response<BatchDownloadResponse>, Status> {
         let req = request.into_inner();
         namespace(&req.namespace)?;
-        let digests = req
-            .digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Digest::from_proto_in(|| format!("digests[{i}]"), d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ServerError::from)?;
+        let digests =
+            Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
         let total: u64 = digests.iter().map(|d| d.size()).sum();
         if total > BATCH_TOTAL_MAX_BYTES {
             return Err(Status::invalid_argument(format!(

@@ -287,13 +287,8 @@ impl Ledger for LedgerService {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         check_batch_len("subjects", req.subjects.len(), MAX_BATCH)?;
-        let subjects = req
-            .subjects
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Digest::from_proto_in(|| format!("subjects[{i}]"), d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ServerError::from)?;
+        let subjects =
+            Digest::list_from_proto("subjects", &req.subjects).map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;
         validate_stage_name("target", &req.target, true)?;
         let (stage, target, fingerprint) = (req.stage, req.target, req.fingerprint);
