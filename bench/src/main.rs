@@ -153,6 +153,25 @@ fn json_field(stdout: &str, field: &str) -> Result<u64> {
         .ok_or_else(|| format!("CLI JSON has no {field}: {stdout}").into())
 }
 
+/// Runs the CLI and checks that one counter of its JSON report has the value the run must
+/// produce (everything uploaded cold, nothing warm, ...): a figure is only kept for a run
+/// that did the work it claims to measure.
+fn cli_expecting(
+    bench: &Bench,
+    server: &Server,
+    args: &[&str],
+    field: &str,
+    expected: u64,
+    what: &str,
+) -> Result<process::CliRun> {
+    let r = cli(&bench.bins, server, args, &bench.work)?;
+    let n = json_field(&r.stdout, field)?;
+    if n != expected {
+        return Err(format!("{what}: {field} was {n}, expected {expected}").into());
+    }
+    Ok(r)
+}
+
 fn free_bytes(dir: &Path) -> Result<u64> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: statvfs fills a plain struct for a NUL-terminated path.
@@ -306,16 +325,14 @@ impl Bench {
                 self.discard(&data)?;
                 sync_disks();
                 let s = Server::start(&self.bins, &data, &self.log("server-transfer")).await?;
-                let r = cli(
-                    &self.bins,
+                let r = cli_expecting(
+                    self,
                     &s,
                     &["register", tree_arg, "--ref", REF],
-                    &self.work,
+                    "uploaded_bytes",
+                    bytes,
+                    "cold register",
                 )?;
-                let up = json_field(&r.stdout, "uploaded_bytes")?;
-                if up != bytes {
-                    return Err(format!("cold register uploaded {up} of {bytes} bytes").into());
-                }
                 server = Some(s);
                 if i > 0 {
                     runs_out.push(r.sample());
@@ -330,16 +347,8 @@ impl Bench {
             runs,
             || Ok(()),
             |_| {
-                let r = cli(
-                    &self.bins,
-                    &server,
-                    &["register", tree_arg, "--ref", REF],
-                    &self.work,
-                )?;
-                let up = json_field(&r.stdout, "uploaded_bytes")?;
-                if up != 0 {
-                    return Err(format!("warm register uploaded {up} bytes").into());
-                }
+                let args = ["register", tree_arg, "--ref", REF];
+                let r = cli_expecting(self, &server, &args, "uploaded_bytes", 0, "warm register")?;
                 Ok(r.sample())
             },
         )?;
@@ -356,13 +365,15 @@ impl Bench {
                 Ok(())
             },
             |_| {
-                let r = cli(&self.bins, &server, &fetch_args, &self.work)?;
-                let n = json_field(&r.stdout, "downloaded_files")?;
-                if n != files.len() as u64 {
-                    return Err(
-                        format!("cold fetch downloaded {n} of {} files", files.len()).into(),
-                    );
-                }
+                let n = files.len() as u64;
+                let r = cli_expecting(
+                    self,
+                    &server,
+                    &fetch_args,
+                    "downloaded_files",
+                    n,
+                    "cold fetch",
+                )?;
                 Ok(r.sample())
             },
         )?;
@@ -379,11 +390,14 @@ impl Bench {
             runs,
             || Ok(()),
             |_| {
-                let r = cli(&self.bins, &server, &fetch_args, &self.work)?;
-                let n = json_field(&r.stdout, "downloaded_files")?;
-                if n != 0 {
-                    return Err(format!("warm fetch downloaded {n} files").into());
-                }
+                let r = cli_expecting(
+                    self,
+                    &server,
+                    &fetch_args,
+                    "downloaded_files",
+                    0,
+                    "warm fetch",
+                )?;
                 Ok(r.sample())
             },
         )?;

@@ -158,10 +158,16 @@ impl Drop for Server {
 /// A process's peak resident memory (`VmHWM` of its address space), in bytes; `None` once
 /// it has exited.
 fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+    proc_bytes(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmHWM",
+    )
+}
+
+/// A `Key:   1234 kB` line of a `/proc` file (`status`, `meminfo`), in bytes.
+pub fn proc_bytes(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
 }
@@ -279,4 +285,17 @@ fn wait4(pid: u32) -> Result<(libc::c_int, libc::rusage)> {
 pub fn sync_disks() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_bytes;
+
+    #[test]
+    fn proc_lines_in_bytes() {
+        let text = "Name:\tx\nVmHWMx:\t1 kB\nVmHWM:\t   10 kB\nMemTotal:       24684084 kB\n";
+        assert_eq!(proc_bytes(text, "VmHWM"), Some(10 * 1024));
+        assert_eq!(proc_bytes(text, "MemTotal"), Some(24_684_084 * 1024));
+        assert_eq!(proc_bytes(text, "VmRSS"), None);
+    }
 }

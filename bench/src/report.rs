@@ -69,13 +69,8 @@ pub struct Machine {
 impl Machine {
     fn detect() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let meminfo = read("/proc/meminfo");
-        let memory_bytes = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
+        let memory_bytes =
+            crate::process::proc_bytes(&read("/proc/meminfo"), "MemTotal").unwrap_or(0);
         let cpu = read("/proc/cpuinfo")
             .lines()
             .find_map(|l| l.strip_prefix("model name"))
