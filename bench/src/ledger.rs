@@ -19,6 +19,10 @@ const GRAPH: &str = include_str!("../../deploy/pipelines/validate-publish.stages
 const LINES_PER_SUBJECT: usize = 20;
 /// started, failed, started, failed, succeeded: three attempts, the last a success.
 const RECORDS_PER_LINE: usize = 5;
+pub const ATTEMPTS_PER_LINE: usize = 3;
+/// Lines and records a subject holds once filled.
+pub const RECORDS_PER_SUBJECT: usize = LINES_PER_SUBJECT * RECORDS_PER_LINE;
+pub const ATTEMPTS_PER_SUBJECT: usize = LINES_PER_SUBJECT * ATTEMPTS_PER_LINE;
 
 pub fn graph() -> StageGraph {
     StageFile::parse(GRAPH)
@@ -30,9 +34,10 @@ fn subject(i: usize) -> Digest {
     Digest::of_bytes(format!("subject {i}").as_bytes())
 }
 
-/// Fills `data_dir` with `records` records: subjects x 20 lines (every stage of the
-/// graph, plus per-account publishing lines) x 5 records. Returns the subject count.
-pub fn fill(data_dir: &Path, records: usize) -> Result<usize> {
+/// Fills `data_dir` with about `attempts` attempts: subjects x 20 lines (every stage of
+/// the graph, plus per-account publishing lines) x 3 attempts (5 records). Returns the
+/// subject count.
+pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
     let graph = graph();
     let mut lines: Vec<(String, String)> = graph
         .stages
@@ -44,7 +49,7 @@ pub fn fill(data_dir: &Path, records: usize) -> Result<usize> {
         account += 1;
         lines.push(("Publish Signed Assets".into(), format!("account-{account}")));
     }
-    let subjects = (records / (LINES_PER_SUBJECT * RECORDS_PER_LINE)).max(1);
+    let subjects = (attempts / ATTEMPTS_PER_SUBJECT).max(1);
     let store = Store::open(data_dir, None)?;
     let ns = Namespace::parse("namespace", crate::NAMESPACE)?;
     for s in 0..subjects {

@@ -9,7 +9,7 @@
 //! 2. register cold (empty server) and warm (everything present);
 //! 3. fetch cold (empty output dir) and warm (every file present and correct);
 //! 4. FindMissing of 100,000 digests;
-//! 5. ledger Status and Plan with 1, 16 and 64 callers on 1,000,000 attempt records;
+//! 5. ledger Status and Plan with 1, 16 and 64 callers on 1,000,000 attempts;
 //! 6. peak RSS of server and CLI moving one 4 GiB file.
 //!
 //! Transfer figures are medians of `--runs` runs after one warm-up run.
@@ -62,9 +62,9 @@ struct Args {
     /// Measured runs per transfer figure (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Attempt records the ledger is pre-filled with.
+    /// Attempts the ledger is pre-filled with (3 attempts, 5 records, per stage line).
     #[arg(long, default_value_t = 1_000_000)]
-    ledger_records: usize,
+    ledger_attempts: usize,
     /// Concurrent ledger callers to measure, comma-separated.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     callers: Vec<usize>,
@@ -461,14 +461,11 @@ impl Bench {
     async fn ledger(&self) -> Result<report::Ledger> {
         let dir = self.work.join("ledger");
         remove(&dir)?;
-        eprintln!(
-            "ledger: filling {} attempt records ...",
-            self.args.ledger_records
-        );
+        eprintln!("ledger: filling {} attempts ...", self.args.ledger_attempts);
         let t = Instant::now();
         let d2 = dir.clone();
-        let records = self.args.ledger_records;
-        let subjects = tokio::task::spawn_blocking(move || ledger::fill(&d2, records))
+        let attempts = self.args.ledger_attempts;
+        let subjects = tokio::task::spawn_blocking(move || ledger::fill(&d2, attempts))
             .await
             .map_err(|e| format!("fill task: {e}"))??;
         let fill = t.elapsed();
@@ -484,7 +481,8 @@ impl Bench {
         server.stop()?;
         self.clean_up(&dir)?;
         Ok(report::Ledger {
-            records: subjects * 100,
+            attempts: subjects * ledger::ATTEMPTS_PER_SUBJECT,
+            records: subjects * ledger::RECORDS_PER_SUBJECT,
             fill_s: fill.as_secs_f64(),
             figures,
         })
@@ -637,7 +635,7 @@ impl Args {
             big_file: self.big_file,
             runs: self.runs,
             seed: self.seed,
-            ledger_records: self.ledger_records,
+            ledger_attempts: self.ledger_attempts,
             ledger_seconds: self.ledger_seconds,
         }
     }

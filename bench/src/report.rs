@@ -54,7 +54,7 @@ pub struct Config {
     pub big_file: u64,
     pub runs: u32,
     pub seed: u64,
-    pub ledger_records: usize,
+    pub ledger_attempts: usize,
     pub ledger_seconds: f64,
 }
 
@@ -177,6 +177,7 @@ impl Transfer {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ledger {
+    pub attempts: usize,
     pub records: usize,
     pub fill_s: f64,
     pub figures: Vec<LoadFigure>,
@@ -403,7 +404,8 @@ impl Results {
         if let Some(l) = &self.ledger {
             let _ = writeln!(
                 out,
-                "ledger: {} attempt records (filled in {:.1} s)",
+                "ledger: {} attempts in {} records (filled in {:.1} s)",
+                thousands(l.attempts as f64),
                 thousands(l.records as f64),
                 l.fill_s
             );
@@ -510,11 +512,12 @@ mod tests {
             big_file: 0,
             runs: 1,
             seed: 1,
-            ledger_records: 0,
+            ledger_attempts: 0,
             ledger_seconds: 1.0,
         });
         r.transfer = Some(t);
         r.ledger = Some(Ledger {
+            attempts: 60,
             records: 100,
             fill_s: 0.1,
             figures: vec![LoadFigure {
