@@ -192,6 +192,21 @@ impl Client {
         r
     }
 
+    /// Whether the server answers the standard health check (`grpc.health.v1`, whole
+    /// server) with SERVING. One attempt, no retries: a health check reports what is.
+    pub async fn health(&self) -> Result<bool> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let mut c = HealthClient::new(self.channel.clone());
+        let resp = c
+            .check(self.request(HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+            .map_err(status("grpc.health.v1.Health.Check"))?;
+        Ok(resp.into_inner().status == ServingStatus::Serving as i32)
+    }
+
     /// The digests the server does not hold, asked in batches of 100,000.
     pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();

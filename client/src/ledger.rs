@@ -138,3 +138,35 @@ impl Client {
             .into_inner())
     }
 }
+
+impl Client {
+    /// The forced re-sign override: invalidates the signing stage's result for `subject`
+    /// (audited with this client's identity and `reason`), so that a plan forcing it
+    /// runs it again. Returns the audit record, or `None` when signing has no result yet.
+    pub async fn force_resign(
+        &self,
+        subject: stagecache_proto::Digest,
+        signing_stage: &str,
+        reason: &str,
+    ) -> Result<Option<StageResult>> {
+        let current = self
+            .stage_status(StatusRequest {
+                subject: Some(subject.to_proto()),
+                stage: signing_stage.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        if current.is_empty() {
+            return Ok(None);
+        }
+        let audit = self
+            .invalidate(InvalidateRequest {
+                subject: Some(subject.to_proto()),
+                stage: signing_stage.to_string(),
+                reason: reason.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Some(audit))
+    }
+}

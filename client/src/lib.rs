@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod command;
 pub mod error;
 pub mod fetch;
 pub mod ledger;
@@ -29,6 +30,8 @@ pub mod register;
 pub mod retry;
 pub mod stages;
 pub mod tree;
+pub mod view;
+pub mod wait;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ClientError, Result};

@@ -25,6 +25,20 @@ pub mod v1 {
     tonic::include_proto!("stagecache.v1");
 }
 
+impl v1::StageStatus {
+    /// The word people read and the CLI's JSON carries: `started`, `succeeded`, ...
+    pub fn word(self) -> &'static str {
+        match self {
+            v1::StageStatus::Unspecified => "unspecified",
+            v1::StageStatus::Started => "started",
+            v1::StageStatus::Succeeded => "succeeded",
+            v1::StageStatus::Failed => "failed",
+            v1::StageStatus::Cancelled => "cancelled",
+            v1::StageStatus::Invalidated => "invalidated",
+        }
+    }
+}
+
 /// Records the server keeps in its index (package `stagecache.store`); not part of the API.
 pub mod records {
     #![allow(clippy::all, missing_docs)]

@@ -43,14 +43,7 @@ pub fn is_final(s: StageStatus) -> bool {
 }
 
 fn status_word(s: StageStatus) -> &'static str {
-    match s {
-        StageStatus::Unspecified => "unspecified",
-        StageStatus::Started => "started",
-        StageStatus::Succeeded => "succeeded",
-        StageStatus::Failed => "failed",
-        StageStatus::Cancelled => "cancelled",
-        StageStatus::Invalidated => "invalidated",
-    }
+    s.word()
 }
 
 /// Whether a head counts as this stage's effective success (for `fingerprint`, when
