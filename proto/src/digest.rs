@@ -84,11 +84,15 @@ impl Digest {
         }
         let reason = if hex_str.len() != 64 {
             format!(
-                "hash {hex_str:?} has {} characters, expected 64 lower-case hex",
-                hex_str.len()
+                "hash {} has {} characters, expected 64 lower-case hex",
+                crate::quote::quote(hex_str),
+                crate::quote::thousands(hex_str.len() as u64)
             )
         } else {
-            format!("hash {hex_str:?} is not 64 lower-case hex characters")
+            format!(
+                "hash {} is not 64 lower-case hex characters",
+                crate::quote::quote(hex_str)
+            )
         };
         Err(RuleError::Digest {
             field: field(),

@@ -7,7 +7,7 @@ pub enum RuleError {
     #[error("{field}: {reason}")]
     Digest { field: String, reason: String },
     /// A manifest path breaks the path rules.
-    #[error("{field}: path {path:?} {reason}")]
+    #[error("{field}: path {} {reason}", crate::quote::quote(.path))]
     Path {
         field: String,
         path: String,
@@ -17,12 +17,15 @@ pub enum RuleError {
     #[error("{field}: {reason}")]
     Order { field: String, reason: String },
     /// A namespace or ref name breaks the naming rules.
-    #[error("{field}: {value:?} {reason}")]
+    #[error("{field}: {} {reason}", crate::quote::quote(.value))]
     Name {
         field: String,
         value: String,
         reason: String,
     },
+    /// A field is over a bound or holds what it may not (free text, batch lengths).
+    #[error("{field}: {reason}")]
+    Bound { field: String, reason: String },
     /// A required field is absent.
     #[error("{field} is required")]
     Missing { field: String },
@@ -66,6 +69,10 @@ impl RuleError {
             } => RuleError::Name {
                 field: join(field),
                 value,
+                reason,
+            },
+            RuleError::Bound { field, reason } => RuleError::Bound {
+                field: join(field),
                 reason,
             },
             RuleError::Missing { field } => RuleError::Missing { field: join(field) },

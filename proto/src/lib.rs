@@ -10,6 +10,7 @@ pub mod error;
 pub mod manifest;
 pub mod names;
 pub mod path;
+pub mod quote;
 pub mod time;
 pub mod verify;
 
@@ -17,6 +18,7 @@ pub use digest::Digest;
 pub use error::RuleError;
 pub use manifest::{Manifest, ManifestEntry};
 pub use names::{Namespace, RefName};
+pub use quote::{cap_message, quote, thousands};
 pub use verify::Verifier;
 
 /// Generated gRPC types and services of package `stagecache.v1`.

@@ -14,6 +14,7 @@
 use crate::digest::Digest;
 use crate::error::RuleError;
 use crate::path::validate_path;
+use crate::quote::quote;
 use crate::v1;
 use std::collections::HashSet;
 
@@ -48,14 +49,16 @@ impl Manifest {
                 std::cmp::Ordering::Equal => {
                     return Err(RuleError::Order {
                         field: format!("entries[{}].path", i + 1),
-                        reason: format!("path {b:?} is a duplicate of entries[{i}]"),
+                        reason: format!("path {} is a duplicate of entries[{i}]", quote(b)),
                     })
                 }
                 std::cmp::Ordering::Greater => {
                     return Err(RuleError::Order {
                         field: format!("entries[{}].path", i + 1),
                         reason: format!(
-                            "path {b:?} sorts before entries[{i}] path {a:?}; entries must be sorted bytewise by path"
+                            "path {} sorts before entries[{i}] path {}; entries must be sorted bytewise by path",
+                            quote(b),
+                            quote(a)
                         ),
                     })
                 }
@@ -70,7 +73,10 @@ impl Manifest {
                     return Err(RuleError::Path {
                         field: format!("entries[{i}].path"),
                         path: e.path.clone(),
-                        reason: format!("lies inside {parent:?}, which is itself a file entry"),
+                        reason: format!(
+                            "lies inside {}, which is itself a file entry",
+                            quote(parent)
+                        ),
                     });
                 }
                 rest = parent;

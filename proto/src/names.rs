@@ -1,6 +1,7 @@
 //! Names: namespaces (`prod`, `test`) and refs (`bar/12345`).
 
 use crate::error::RuleError;
+use crate::quote::{quote, thousands};
 use std::fmt;
 
 /// Longest namespace name, in bytes.
@@ -14,6 +15,42 @@ fn name_error(field: &str, value: &str, reason: impl Into<String>) -> RuleError 
         value: value.to_string(),
         reason: reason.into(),
     }
+}
+
+/// Checks a free-text field (actor, reason, stage name, URL...): at most `max` bytes, no
+/// control characters but tab. The one rule for every text a client sends.
+pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), RuleError> {
+    let bad = |reason: String| RuleError::Bound {
+        field: field.to_string(),
+        reason,
+    };
+    if value.len() > max {
+        return Err(bad(format!(
+            "{} exceeds {} bytes",
+            quote(value),
+            thousands(max as u64)
+        )));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(bad(format!("{} contains control characters", quote(value))));
+    }
+    Ok(())
+}
+
+/// Refuses a repeated field with more than `max` items:
+/// `digests: 100,001 items, at most 100,000 per call`.
+pub fn check_items(field: &str, len: usize, max: usize) -> Result<(), RuleError> {
+    if len > max {
+        return Err(RuleError::Bound {
+            field: field.to_string(),
+            reason: format!(
+                "{} items, at most {} per call",
+                thousands(len as u64),
+                thousands(max as u64)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A validated namespace: 1 to 63 characters of `a-z 0-9 . _ -`, starting with a letter
@@ -34,7 +71,7 @@ impl Namespace {
             return Err(name_error(
                 field,
                 value,
-                format!("is longer than {MAX_NAMESPACE_BYTES} bytes"),
+                format!("exceeds {MAX_NAMESPACE_BYTES} bytes"),
             ));
         }
         let first = value.as_bytes()[0];
@@ -89,7 +126,7 @@ impl RefName {
             return Err(name_error(
                 field,
                 value,
-                format!("is longer than {MAX_REF_BYTES} bytes"),
+                format!("exceeds {MAX_REF_BYTES} bytes"),
             ));
         }
         if let Some(c) = value

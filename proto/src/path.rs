@@ -18,8 +18,8 @@ pub fn validate_path(field: &str, path: &str) -> Result<(), RuleError> {
     }
     if path.len() > MAX_PATH_BYTES {
         return Err(bad(&format!(
-            "is {} bytes long, at most {MAX_PATH_BYTES} are allowed",
-            path.len()
+            "exceeds {} bytes",
+            crate::quote::thousands(MAX_PATH_BYTES as u64)
         )));
     }
     if path.starts_with('/') {

@@ -32,7 +32,9 @@ pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
-        let msg = e.to_string();
+        // Last resort: a message must reach grpc-core clients (16 KiB limit), whatever
+        // input a message builder forgot to quote.
+        let msg = stagecache_proto::cap_message(e.to_string());
         match e {
             ServerError::Rule(_) | ServerError::InvalidArgument(_) => Status::invalid_argument(msg),
             ServerError::NotFound(_) => Status::not_found(msg),

@@ -71,15 +71,15 @@ fn held_by_token(txn: &LedgerTxn, key: &StageKey, token: &str, now_ms: i64) -> R
             key.stage, key.subject
         ))),
         Some(c) if c.token != token => Err(ServerError::FailedPrecondition(format!(
-            "stage {:?} on {} is claimed by {:?} (until {}); the token given is not that claim's",
+            "stage {:?} on {} is claimed by {} (until {}); the token given is not that claim's",
             key.stage,
             key.subject,
-            c.holder,
+            stagecache_proto::quote(&c.holder),
             format_time(c.expires_at_ms)
         ))),
         Some(c) if c.expires_at_ms <= now_ms => Err(ServerError::FailedPrecondition(format!(
-            "the claim of {:?} on stage {:?} expired at {}; claim again",
-            c.holder,
+            "the claim of {} on stage {:?} expired at {}; claim again",
+            stagecache_proto::quote(&c.holder),
             key.stage,
             format_time(c.expires_at_ms)
         ))),

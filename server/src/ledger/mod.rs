@@ -15,20 +15,13 @@ use stagecache_proto::Digest;
 /// Longest free-text field (build ids, URLs, actors, fingerprints), in bytes.
 pub const MAX_TEXT_BYTES: usize = 2048;
 
-/// Checks a free-text field: bounded, no control characters.
+/// Checks a free-text field of the ledger: bounded, no control characters.
 pub fn validate_text(field: &str, value: &str) -> Result<()> {
-    if value.len() > MAX_TEXT_BYTES {
-        return Err(ServerError::InvalidArgument(format!(
-            "{field}: {} bytes, at most {MAX_TEXT_BYTES}",
-            value.len()
-        )));
-    }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ServerError::InvalidArgument(format!(
-            "{field}: {value:?} contains control characters"
-        )));
-    }
-    Ok(())
+    Ok(stagecache_proto::names::validate_text(
+        field,
+        value,
+        MAX_TEXT_BYTES,
+    )?)
 }
 
 pub fn status_of(r: &StageResultRecord) -> StageStatus {
@@ -95,9 +88,10 @@ pub fn describe_other(r: &StageResultRecord, fingerprint: &str) -> String {
     let st = status_of(r);
     if st == StageStatus::Succeeded {
         return format!(
-            "succeeded {} under fingerprint {:?}, not {fingerprint:?}",
+            "succeeded {} under fingerprint {}, not {}",
             describe(r),
-            r.fingerprint
+            stagecache_proto::quote(&r.fingerprint),
+            stagecache_proto::quote(fingerprint)
         );
     }
     if st == StageStatus::Invalidated {
@@ -219,9 +213,9 @@ pub fn record(txn: &mut LedgerTxn, input: &RecordInput, now_ms: i64) -> Result<S
         let live = c.expires_at_ms > now_ms;
         if live && c.token != input.claim_token {
             return Err(ServerError::FailedPrecondition(format!(
-                "{} is claimed by {:?} until {}; record with that claim's token",
+                "{} is claimed by {} until {}; record with that claim's token",
                 line(key),
-                c.holder,
+                stagecache_proto::quote(&c.holder),
                 format_time(c.expires_at_ms)
             )));
         }

@@ -7,10 +7,17 @@
 //! reason says that an upstream stage will run again.
 
 use crate::error::ServerError;
+use stagecache_proto::{quote, thousands};
 use std::collections::{HashMap, HashSet};
 
 /// Longest stage or target name, in bytes.
 pub const MAX_STAGE_NAME_BYTES: usize = 200;
+/// Most stages of one graph.
+pub const MAX_GRAPH_STAGES: usize = 10_000;
+/// Most dependencies of one stage.
+pub const MAX_STAGE_DEPENDENCIES: usize = 1_000;
+/// Stages of a dependency cycle that its message names (then its length).
+const CYCLE_NAMED_STAGES: usize = 4;
 
 /// Checks a stage or target name: printable text without control characters.
 pub fn validate_stage_name(field: &str, name: &str, allow_empty: bool) -> Result<(), ServerError> {
@@ -24,17 +31,20 @@ pub fn validate_stage_name(field: &str, name: &str, allow_empty: bool) -> Result
     }
     if name.len() > MAX_STAGE_NAME_BYTES {
         return Err(ServerError::InvalidArgument(format!(
-            "{field}: {name:?} is longer than {MAX_STAGE_NAME_BYTES} bytes"
+            "{field}: {} exceeds {MAX_STAGE_NAME_BYTES} bytes",
+            quote(name)
         )));
     }
     if name.chars().any(char::is_control) {
         return Err(ServerError::InvalidArgument(format!(
-            "{field}: {name:?} contains control characters"
+            "{field}: {} contains control characters",
+            quote(name)
         )));
     }
     if name.trim() != name {
         return Err(ServerError::InvalidArgument(format!(
-            "{field}: {name:?} has leading or trailing white space"
+            "{field}: {} has leading or trailing white space",
+            quote(name)
         )));
     }
     Ok(())
@@ -63,6 +73,7 @@ impl Graph {
         if defs.is_empty() {
             return Err(ServerError::InvalidArgument("graph: has no stages".into()));
         }
+        stagecache_proto::names::check_items("graph.stages", defs.len(), MAX_GRAPH_STAGES)?;
         let mut by_name = HashMap::new();
         for (i, (name, _, _)) in defs.iter().enumerate() {
             // The field's name is built only for the error (a plan validates every stage).
@@ -71,17 +82,27 @@ impl Graph {
             }
             if let Some(j) = by_name.insert(name.clone(), i) {
                 return Err(ServerError::InvalidArgument(format!(
-                    "graph.stages[{i}]: stage {name:?} is defined twice (also graph.stages[{j}])"
+                    "graph.stages[{i}]: stage {} is defined twice (also graph.stages[{j}])",
+                    quote(name)
                 )));
             }
         }
         let mut stages = Vec::with_capacity(defs.len());
-        for (name, deps, fingerprint) in defs {
+        for (i, (name, deps, fingerprint)) in defs.iter().enumerate() {
+            if deps.len() > MAX_STAGE_DEPENDENCIES {
+                stagecache_proto::names::check_items(
+                    &format!("graph.stages[{i}].depends_on"),
+                    deps.len(),
+                    MAX_STAGE_DEPENDENCIES,
+                )?;
+            }
             let mut depends_on = Vec::new();
             for d in deps {
                 let j = *by_name.get(d).ok_or_else(|| {
                     ServerError::InvalidArgument(format!(
-                        "stage {name:?}: depends_on {d:?}, which is not a stage of the graph"
+                        "stage {}: depends_on {}, which is not a stage of the graph",
+                        quote(name),
+                        quote(d)
                     ))
                 })?;
                 if !depends_on.contains(&j) {
@@ -108,7 +129,10 @@ impl Graph {
 
     fn require(&self, field: &str, name: &str) -> Result<usize, ServerError> {
         self.index_of(name).ok_or_else(|| {
-            ServerError::InvalidArgument(format!("{field}: {name:?} is not a stage of the graph"))
+            ServerError::InvalidArgument(format!(
+                "{field}: {} is not a stage of the graph",
+                quote(name)
+            ))
         })
     }
 
@@ -167,15 +191,22 @@ fn topological_order(stages: &[StageNode]) -> Result<Vec<usize>, ServerError> {
                 .map(|&i| stages[i].name.as_str())
                 .collect();
             cycle.reverse();
-            cycle.push(cycle[0]);
+            // A cycle of 100,000 stages must not become a 1.5 MB message: name a few.
+            let len = cycle.len();
+            let mut shown: Vec<String> = cycle
+                .iter()
+                .take(CYCLE_NAMED_STAGES)
+                .map(|s| quote(s).to_string())
+                .collect();
+            if len > CYCLE_NAMED_STAGES {
+                shown.push("…".into());
+            }
+            shown.push(quote(cycle[0]).to_string());
             return Err(ServerError::InvalidArgument(format!(
-                "stage {:?}: dependency cycle {}",
-                stages[next].name,
-                cycle
-                    .iter()
-                    .map(|s| format!("{s:?}"))
-                    .collect::<Vec<_>>()
-                    .join(" -> ")
+                "stage {}: dependency cycle of {} stage(s): {}",
+                quote(&stages[next].name),
+                thousands(len as u64),
+                shown.join(" -> ")
             )));
         }
         path.push(next);
@@ -386,6 +417,25 @@ mod tests {
         assert!(e.contains("dependency cycle"), "{e}");
         let e = graph(&[("self", &["self"])]).unwrap_err().to_string();
         assert!(e.contains("\"self\" -> \"self\""), "{e}");
+    }
+
+    #[test]
+    fn a_long_cycle_is_named_by_a_few_stages_and_its_length() {
+        let n = MAX_GRAPH_STAGES;
+        let defs: Vec<(String, Vec<String>, String)> = (0..n)
+            .map(|i| {
+                let name = format!("stage {i} {}", "x".repeat(150));
+                let dep = format!("stage {} {}", (i + 1) % n, "x".repeat(150));
+                (name, vec![dep], String::new())
+            })
+            .collect();
+        let e = Graph::new(&defs).unwrap_err().to_string();
+        assert!(e.contains("dependency cycle of 10,000 stage(s)"), "{e}");
+        assert!(e.len() < 1024, "{} bytes: {e}", e.len());
+        let mut over = defs;
+        over.push(("one more".into(), vec![], String::new()));
+        let e = Graph::new(&over).unwrap_err().to_string();
+        assert_eq!(e, "graph.stages: 10,001 items, at most 10,000 per call");
     }
 
     #[test]

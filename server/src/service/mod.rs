@@ -30,12 +30,7 @@ pub(crate) fn namespace(value: &str) -> Result<Namespace, ServerError> {
     Ok(Namespace::parse("namespace", value)?)
 }
 
-/// Refuses a repeated field longer than `max`: `digests: 100001 given, at most 100000 per call`.
+/// Refuses a repeated field longer than `max`: `digests: 100,001 items, at most 100,000 per call`.
 pub(crate) fn check_batch_len(field: &str, len: usize, max: usize) -> Result<(), ServerError> {
-    if len > max {
-        return Err(ServerError::InvalidArgument(format!(
-            "{field}: {len} given, at most {max} per call"
-        )));
-    }
-    Ok(())
+    Ok(stagecache_proto::names::check_items(field, len, max)?)
 }

@@ -55,18 +55,7 @@ pub(crate) fn change_to_proto(name: &str, c: &RefChangeRecord) -> Result<RefChan
 }
 
 fn bounded_text(field: &str, value: &str, max: usize) -> Result<(), ServerError> {
-    if value.len() > max {
-        return Err(ServerError::InvalidArgument(format!(
-            "{field}: {} bytes, at most {max}",
-            value.len()
-        )));
-    }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ServerError::InvalidArgument(format!(
-            "{field}: {value:?} contains control characters"
-        )));
-    }
-    Ok(())
+    Ok(stagecache_proto::names::validate_text(field, value, max)?)
 }
 
 #[tonic::async_trait]
