@@ -247,7 +247,27 @@ impl Client {
 
     /// Streams one large blob into its staging file, resuming from what is there, and
     /// publishes it once verified. Returns the bytes resumed rather than downloaded.
+    ///
+    /// The staging file survives an interrupted download (to resume from), never a failed
+    /// one: after an integrity failure (bytes that do not hash to the digest, or the
+    /// server's DATA_LOSS) no byte of it is left behind.
     async fn fetch_large(&self, t: &Target, bar: &ProgressBar) -> Result<u64> {
+        let outcome = self.fetch_large_verified(t, bar).await;
+        if let Err(e @ ClientError::Verify(_)) = &outcome {
+            match std::fs::remove_file(&t.partial) {
+                Ok(()) => {
+                    tracing::debug!(path = %t.partial.display(), error = %e, "integrity failure: partial file removed")
+                }
+                Err(re) if re.kind() == std::io::ErrorKind::NotFound => {}
+                Err(re) => {
+                    tracing::warn!(path = %t.partial.display(), error = %re, "cannot remove the partial file of a failed download")
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn fetch_large_verified(&self, t: &Target, bar: &ProgressBar) -> Result<u64> {
         match self.fetch_large_once(t, bar, true).await? {
             (resumed, Ok(())) => Ok(resumed),
             // Only the whole file's hash is known, so bad bytes in a resumed prefix show

@@ -66,3 +66,9 @@ pub const BATCH_BLOB_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Most bytes of blob data in one batch call.
 pub const BATCH_TOTAL_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most items of one BatchUpload, BatchDownload, RecordBatch or BatchStatus call.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// Most entries of one manifest.
+pub const MAX_MANIFEST_ENTRIES: usize = 1_000_000;

@@ -39,6 +39,17 @@ impl Manifest {
     /// Validates entries exactly as given: every path must pass the path rules, and the
     /// list must already be sorted bytewise and free of duplicates.
     pub fn from_sorted(entries: Vec<ManifestEntry>) -> Result<Self, RuleError> {
+        crate::names::check_items("entries", entries.len(), crate::MAX_MANIFEST_ENTRIES)?;
+        if entries
+            .iter()
+            .try_fold(0u64, |sum, e| sum.checked_add(e.digest.size()))
+            .is_none()
+        {
+            return Err(RuleError::Bound {
+                field: "entries".into(),
+                reason: "sizes add up to more than 2^64 - 1 bytes".into(),
+            });
+        }
         for (i, e) in entries.iter().enumerate() {
             validate_path(&format!("entries[{i}].path"), &e.path)?;
         }
@@ -124,9 +135,11 @@ impl Manifest {
         &self.entries
     }
 
-    /// Sum of the sizes of all entries.
+    /// Sum of the sizes of all entries (validation guarantees it fits in a u64).
     pub fn total_bytes(&self) -> u64 {
-        self.entries.iter().map(|e| e.digest.size()).sum()
+        self.entries
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.digest.size()))
     }
 
     /// The canonical encoding described in the module documentation.

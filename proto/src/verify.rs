@@ -48,6 +48,11 @@ impl Verifier {
         Ok(())
     }
 
+    /// The digest the bytes must hash to.
+    pub fn expected(&self) -> Digest {
+        self.expected
+    }
+
     /// Bytes seen so far.
     pub fn seen(&self) -> u64 {
         self.seen

@@ -124,6 +124,35 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Runs the `stagecache` CLI binary against `url` in `namespace`, with no
+/// `STAGECACHE_SERVER`/`STAGECACHE_NAMESPACE` from the environment.
+pub async fn run_cli(url: &str, namespace: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(workspace_bin("stagecache"))
+        .args(["--server", url, "--namespace", namespace])
+        .args(args)
+        .env_remove("STAGECACHE_NAMESPACE")
+        .env_remove("STAGECACHE_SERVER")
+        .output()
+        .await
+        .expect("run stagecache")
+}
+
+/// Whether FindMissing (namespace `prod`) reports the blob missing.
+pub async fn blob_missing(
+    cas: &mut stagecache_proto::v1::cas_client::CasClient<tonic::transport::Channel>,
+    d: stagecache_proto::Digest,
+) -> bool {
+    let r = cas
+        .find_missing(stagecache_proto::v1::FindMissingRequest {
+            namespace: "prod".into(),
+            digests: vec![d.to_proto()],
+        })
+        .await
+        .expect("FindMissing")
+        .into_inner();
+    r.missing.len() == 1
+}
+
 /// Writes a file, creating parents.
 pub fn write_file(root: &Path, rel: &str, data: &[u8], executable: bool) {
     let p = root.join(rel);

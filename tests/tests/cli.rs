@@ -1,23 +1,12 @@
 //! The `stagecache` binary against a real server: output, errors and exit codes.
 
 use stagecache_tests::{
-    assert_same_tree, pseudo_random, workspace_bin, write_file, ServerProcess, TestServer,
+    assert_same_tree, pseudo_random, run_cli, workspace_bin, write_file, ServerProcess, TestServer,
 };
 use std::process::Output;
 
 async fn cli(server: &TestServer, args: &[&str]) -> Output {
-    let bin = workspace_bin("stagecache");
-    let url = server.url();
-    let mut all = vec!["--server", url.as_str(), "--namespace", "prod"];
-    all.extend_from_slice(args);
-    let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
-    tokio::process::Command::new(bin)
-        .args(all)
-        .env_remove("STAGECACHE_NAMESPACE")
-        .env_remove("STAGECACHE_SERVER")
-        .output()
-        .await
-        .expect("run stagecache")
+    run_cli(&server.url(), "prod", args).await
 }
 
 fn stdout(o: &Output) -> String {

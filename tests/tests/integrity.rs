@@ -6,7 +6,7 @@ use stagecache_proto::v1::{
     BatchUploadItem, BatchUploadRequest, DownloadRequest, FindMissingRequest, UploadRequest,
 };
 use stagecache_proto::Digest;
-use stagecache_tests::{pseudo_random, TestServer};
+use stagecache_tests::{blob_missing, pseudo_random, TestServer};
 use tonic::Code;
 
 fn chunks(ns: &str, d: Digest, data: &[u8]) -> Vec<UploadRequest> {
@@ -32,18 +32,6 @@ async fn upload(
     cas.upload(tokio_stream::iter(msgs))
         .await
         .map(|r| r.into_inner().already_present)
-}
-
-async fn is_missing(cas: &mut CasClient<tonic::transport::Channel>, d: Digest) -> bool {
-    let r = cas
-        .find_missing(FindMissingRequest {
-            namespace: "prod".into(),
-            digests: vec![d.to_proto()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.missing.len() == 1
 }
 
 /// Only finished blobs may be in the store: `cas/<2 hex>/<64 hex>`, nothing staged.
@@ -81,7 +69,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
             "names expected and actual: {}",
             e.message()
         );
-        assert!(is_missing(&mut cas, wrong_hash).await);
+        assert!(blob_missing(&mut cas, wrong_hash).await);
 
         // Wrong size: more bytes than declared.
         let short = Digest::new(*good.hash(), len as u64 - 1);
@@ -94,7 +82,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
             "{}",
             e.message()
         );
-        assert!(is_missing(&mut cas, short).await);
+        assert!(blob_missing(&mut cas, short).await);
 
         // Truncated stream: fewer bytes than declared.
         let e = upload(&mut cas, chunks("prod", good, &data[..len / 2]))
@@ -107,7 +95,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
             "{}",
             e.message()
         );
-        assert!(is_missing(&mut cas, good).await);
+        assert!(blob_missing(&mut cas, good).await);
         assert_no_temporaries(&server);
 
         // Nothing readable either.
@@ -124,7 +112,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
 
         // The right bytes are then accepted, and a second upload returns at once.
         assert!(!upload(&mut cas, chunks("prod", good, &data)).await.unwrap());
-        assert!(!is_missing(&mut cas, good).await);
+        assert!(!blob_missing(&mut cas, good).await);
         assert!(upload(&mut cas, chunks("prod", good, &data[..1]))
             .await
             .unwrap());
@@ -152,8 +140,8 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
         r.results[1].status.as_ref().unwrap().code,
         Code::InvalidArgument as i32
     );
-    assert!(!is_missing(&mut cas, Digest::of_bytes(b"ok")).await);
-    assert!(is_missing(&mut cas, Digest::of_bytes(b"x")).await);
+    assert!(!blob_missing(&mut cas, Digest::of_bytes(b"ok")).await);
+    assert!(blob_missing(&mut cas, Digest::of_bytes(b"x")).await);
     assert_no_temporaries(&server);
     server.stop().await;
 }
@@ -226,7 +214,7 @@ async fn malformed_requests_get_precise_statuses() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("at most 100000"), "{}", e.message());
+    assert!(e.message().contains("at most 100,000"), "{}", e.message());
 
     let e = upload(&mut cas, vec![]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

@@ -9,7 +9,9 @@ use stagecache_proto::v1::{
     BatchUploadResponse, BatchUploadResult, DownloadRequest, DownloadResponse, FindMissingRequest,
     FindMissingResponse, ItemStatus, UploadRequest, UploadResponse,
 };
-use stagecache_proto::{Digest, BATCH_TOTAL_MAX_BYTES, CHUNK_BYTES, MAX_FIND_MISSING};
+use stagecache_proto::{
+    quote, thousands, Digest, BATCH_TOTAL_MAX_BYTES, CHUNK_BYTES, MAX_BATCH_ITEMS, MAX_FIND_MISSING,
+};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 pub struct CasService {
@@ -27,6 +29,22 @@ fn ok_status() -> Option<ItemStatus> {
         code: Code::Ok as i32,
         message: String::new(),
     })
+}
+
+/// Refuses a batch whose bytes exceed [`BATCH_TOTAL_MAX_BYTES`] (`None`: the sum overflowed).
+fn check_batch_bytes(field: &str, what: &str, total: Option<u64>) -> Result<(), Status> {
+    match total {
+        Some(t) if t <= BATCH_TOTAL_MAX_BYTES => Ok(()),
+        Some(t) => Err(Status::invalid_argument(format!(
+            "{field}: {} {what} in one batch, at most {}",
+            thousands(t),
+            thousands(BATCH_TOTAL_MAX_BYTES)
+        ))),
+        None => Err(Status::invalid_argument(format!(
+            "{field}: {what} add up to more than 2^64 - 1 in one batch, at most {}",
+            thousands(BATCH_TOTAL_MAX_BYTES)
+        ))),
+    }
 }
 
 fn item_status(s: Status) -> Option<ItemStatus> {
@@ -64,6 +82,7 @@ impl Cas for CasService {
             )
         })?;
         namespace(&first.namespace)?;
+        let first_namespace = first.namespace.clone();
         let expected =
             Digest::from_required("digest", first.digest.as_ref()).map_err(ServerError::from)?;
         let store = &self.state.store;
@@ -88,6 +107,14 @@ impl Cas for CasService {
                     }
                 },
             };
+            if !msg.namespace.is_empty() && msg.namespace != first_namespace {
+                writer.abort().await;
+                return Err(Status::invalid_argument(format!(
+                    "namespace: {} in a later message of the upload of {expected}, after {}; the first message fixes the namespace of the stream (later ones leave it empty or repeat it); nothing was stored",
+                    quote(&msg.namespace),
+                    quote(&first_namespace)
+                )));
+            }
             if msg
                 .digest
                 .as_ref()
@@ -136,21 +163,12 @@ impl Cas for CasService {
         } else {
             req.limit.min(available)
         };
-        let bytes = match self
+        // Verified: a damaged blob ends the stream with DATA_LOSS before its last chunk.
+        let bytes = self
             .state
             .store
-            .blobs()
-            .read(&d, req.offset, len, CHUNK_BYTES)
-            .await
-        {
-            Ok(s) => s,
-            Err(ServerError::Blobs(object_store::Error::NotFound { .. })) => {
-                return Err(Status::data_loss(format!(
-                    "blob {d} is indexed but missing from the blob store"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
+            .read_blob(d, req.offset, len, CHUNK_BYTES)
+            .await?;
         let start = req.offset;
         let out = bytes
             .scan(start, |offset, chunk| {
@@ -171,12 +189,12 @@ impl Cas for CasService {
     ) -> Result<Response<BatchUploadResponse>, Status> {
         let req = request.into_inner();
         namespace(&req.namespace)?;
-        let total: u64 = req.items.iter().map(|i| i.data.len() as u64).sum();
-        if total > BATCH_TOTAL_MAX_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "items: {total} bytes of data in one batch, at most {BATCH_TOTAL_MAX_BYTES}"
-            )));
-        }
+        check_batch_len("items", req.items.len(), MAX_BATCH_ITEMS)?;
+        let total = req
+            .items
+            .iter()
+            .try_fold(0u64, |sum, i| sum.checked_add(i.data.len() as u64));
+        check_batch_bytes("items", "bytes of data", total)?;
         let mut results = Vec::with_capacity(req.items.len());
         let mut valid = Vec::with_capacity(req.items.len());
         for (i, item) in req.items.into_iter().enumerate() {
@@ -211,26 +229,50 @@ impl Cas for CasService {
     ) -> Result<Response<BatchDownloadResponse>, Status> {
         let req = request.into_inner();
         namespace(&req.namespace)?;
+        check_batch_len("digests", req.digests.len(), MAX_BATCH_ITEMS)?;
         let digests =
             Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
-        let total: u64 = digests.iter().map(|d| d.size()).sum();
-        if total > BATCH_TOTAL_MAX_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "digests: {total} bytes requested in one batch, at most {BATCH_TOTAL_MAX_BYTES}; download large blobs with Download"
-            )));
-        }
+        // Checked: sizes are client input, and a wrapping sum would let any size through.
+        let total = digests
+            .iter()
+            .try_fold(0u64, |sum, d| sum.checked_add(d.size()));
+        check_batch_bytes("digests", "bytes requested", total).map_err(|s| {
+            Status::invalid_argument(format!(
+                "{}; download large blobs with Download",
+                s.message()
+            ))
+        })?;
         let store = &self.state.store;
         let missing = store.missing_blobs(digests.clone()).await?;
-        let mut results = Vec::with_capacity(digests.len());
-        for d in digests {
-            let result = if missing.contains(&d) {
-                BatchDownloadResult {
-                    digest: Some(d.to_proto()),
-                    status: item_status(Status::not_found(format!("blob {d} is not stored"))),
-                    data: Default::default(),
+        // Read every stored blob, then verify them all in one blocking task; each damaged
+        // one gets its own DATA_LOSS (and is quarantined).
+        let mut outcomes: Vec<Option<Result<bytes::Bytes, ServerError>>> =
+            Vec::with_capacity(digests.len());
+        let mut read = Vec::new();
+        for &d in &digests {
+            if missing.contains(&d) {
+                outcomes.push(Some(Err(ServerError::NotFound(format!(
+                    "blob {d} is not stored"
+                )))));
+                continue;
+            }
+            match read_whole(store, d).await {
+                Ok(data) => {
+                    read.push((d, data));
+                    outcomes.push(None);
                 }
-            } else {
-                match read_whole(store, d).await {
+                Err(e) => outcomes.push(Some(Err(store.damaged_on_failure(d, e).await))),
+            }
+        }
+        let mut verified = store.verify_whole(read).await?.into_iter();
+        let results = digests
+            .iter()
+            .zip(outcomes)
+            .map(|(d, outcome)| {
+                let outcome = outcome
+                    .or_else(|| verified.next())
+                    .unwrap_or_else(|| Err(ServerError::Internal(format!("blob {d}: no outcome"))));
+                match outcome {
                     Ok(data) => BatchDownloadResult {
                         digest: Some(d.to_proto()),
                         status: ok_status(),
@@ -242,9 +284,8 @@ impl Cas for CasService {
                         data: Default::default(),
                     },
                 }
-            };
-            results.push(result);
-        }
+            })
+            .collect();
         Ok(Response::new(BatchDownloadResponse { results }))
     }
 }

@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use tonic::{Request, Response, Status};
 
 /// Most items of one RecordBatch or subjects of one BatchStatus.
-pub const MAX_BATCH: usize = 10_000;
+pub const MAX_BATCH: usize = stagecache_proto::MAX_BATCH_ITEMS;
 
 pub struct LedgerService {
     state: AppState,
@@ -45,6 +45,17 @@ impl LedgerService {
             .store
             .with_index(move |i| i.missing_manifests(&i.missing_blobs(&subjects)?))
             .await
+    }
+
+    /// Refuses a subject that is neither a stored manifest nor a stored blob
+    /// (FAILED_PRECONDITION): Record and Claim apply the same rule.
+    async fn require_stored_subject(&self, subject: Digest) -> Result<(), ServerError> {
+        if self.unknown_subjects(vec![subject]).await?.is_empty() {
+            return Ok(());
+        }
+        Err(ServerError::FailedPrecondition(format!(
+            "subject: {subject} is neither a stored manifest nor a stored blob"
+        )))
     }
 
     async fn missing_manifests(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
@@ -166,16 +177,7 @@ impl Ledger for LedgerService {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         let input = record_input(&ns, "", &req)?;
-        if !self
-            .unknown_subjects(vec![input.key.subject])
-            .await?
-            .is_empty()
-        {
-            return Err(Status::failed_precondition(format!(
-                "subject: {} is neither a stored manifest nor a stored blob",
-                input.key.subject
-            )));
-        }
+        self.require_stored_subject(input.key.subject).await?;
         if let Some(out) = input.outputs {
             if !self.missing_manifests(vec![out]).await?.is_empty() {
                 return Err(Status::failed_precondition(format!(
@@ -440,6 +442,8 @@ impl Ledger for LedgerService {
         let ns = namespace(&req.namespace)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
         validate_text("holder", &req.holder)?;
+        // As Record: a claim on bytes that are not stored could never be recorded.
+        self.require_stored_subject(key.subject).await?;
         let now = self.now();
         let (holder, ttl) = (req.holder, req.ttl_seconds);
         let outcome = self

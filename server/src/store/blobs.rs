@@ -155,6 +155,17 @@ impl BlobStore {
         }
     }
 
+    /// Moves a blob's bytes aside to `quarantine/<64 hex>`, beside `cas/`, for inspection:
+    /// out of the content-addressed layout, so a new upload publishes good bytes in their
+    /// place. Bytes already gone are not an error.
+    pub async fn quarantine(&self, d: &Digest) -> Result<()> {
+        let to = ObjectPath::from(format!("quarantine/{}", d.hash_hex()));
+        match self.store.rename(&Self::location(d), &to).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes staging files that a crash left behind in the local backend.
     pub fn sweep_local_staging(&self) -> usize {
         let Some(root) = &self.local_root else {

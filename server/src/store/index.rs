@@ -193,6 +193,18 @@ impl Index {
         Ok(())
     }
 
+    /// Marks blobs absent, durably: their bytes are damaged or gone, so the next upload
+    /// (FindMissing reports them missing) publishes them again.
+    pub fn remove_blobs(&self, digests: &[Digest]) -> Result<()> {
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        for d in digests {
+            batch.delete_cf(cf, d.hash());
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
     pub fn blob_count(&self) -> Result<u64> {
         Ok(self
             .db

@@ -5,6 +5,7 @@
 pub mod blobs;
 pub mod index;
 pub mod ledger;
+pub mod verified;
 
 use crate::error::{Result, ServerError};
 use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};
@@ -13,6 +14,7 @@ use index::Index;
 use object_store::WriteMultipart;
 use stagecache_proto::{Digest, Manifest, Verifier};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Index and blob bytes together; cheap to clone.
@@ -20,6 +22,9 @@ use std::sync::Arc;
 pub struct Store {
     index: Arc<Index>,
     blobs: Arc<BlobStore>,
+    /// Blobs found damaged (bytes that do not hash to their digest, or missing) and
+    /// quarantined since the server started; see `verified.rs`.
+    damaged_blobs: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -40,6 +45,7 @@ impl Store {
         Ok(Store {
             index: Arc::new(index),
             blobs: Arc::new(blobs),
+            damaged_blobs: Arc::new(AtomicU64::new(0)),
         })
     }
 

@@ -1,0 +1,317 @@
+//! Damaged bytes in the blob store are never served as good: Download and BatchDownload
+//! answer DATA_LOSS before a client could complete the blob, the blob is quarantined
+//! (out of the index, bytes moved to `quarantine/`), the CLI leaves no byte of it behind,
+//! and the next `register` heals it.
+
+use stagecache_proto::v1::cas_client::CasClient;
+use stagecache_proto::v1::{BatchDownloadRequest, DownloadRequest};
+use stagecache_proto::Digest;
+use stagecache_tests::{
+    assert_same_tree, blob_missing, pseudo_random, run_cli, write_file, TestServer,
+};
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const SMALL: usize = 100_000;
+/// The largest blob that goes through BatchDownload.
+const BATCH: usize = 1024 * 1024;
+/// Past the 8 MiB single-put size: a multipart upload, downloaded in many chunks.
+const BIG: usize = 20 * 1024 * 1024 + 7;
+
+fn cas_path(server: &TestServer, d: Digest) -> PathBuf {
+    let hex = d.hash_hex();
+    server.data_dir.join("blobs/cas").join(&hex[..2]).join(&hex)
+}
+
+fn quarantine_path(server: &TestServer, d: Digest) -> PathBuf {
+    server.data_dir.join("blobs/quarantine").join(d.hash_hex())
+}
+
+/// Flips one byte of a stored blob file, as a rotting disk would.
+fn flip(server: &TestServer, d: Digest, at: usize) {
+    let p = cas_path(server, d);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[at] ^= 0x55;
+    std::fs::write(&p, bytes).unwrap();
+}
+
+/// Everything a Download stream sent before it ended, and how it ended.
+async fn download(
+    cas: &mut CasClient<Channel>,
+    d: Digest,
+    offset: u64,
+) -> (Vec<u8>, Result<(), tonic::Status>) {
+    let mut got = Vec::new();
+    let mut s = match cas
+        .download(DownloadRequest {
+            namespace: "prod".into(),
+            digest: Some(d.to_proto()),
+            offset,
+            limit: 0,
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(e) => return (got, Err(e)),
+    };
+    loop {
+        match s.message().await {
+            Ok(Some(m)) => got.extend_from_slice(&m.data),
+            Ok(None) => return (got, Ok(())),
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// The blob is out of the index and its bytes are in `quarantine/`, not `cas/`.
+async fn assert_quarantined(server: &TestServer, cas: &mut CasClient<Channel>, d: Digest) {
+    assert!(blob_missing(cas, d).await, "{d} is still indexed");
+    assert!(!cas_path(server, d).exists(), "{d} is still in cas/");
+    assert!(
+        quarantine_path(server, d).exists(),
+        "{d} is not in quarantine/"
+    );
+}
+
+struct Tree {
+    dir: tempfile::TempDir,
+    small: Digest,
+    batch: Digest,
+    big: Digest,
+    good: Digest,
+}
+
+fn tree() -> Tree {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("small.bin", pseudo_random(1, SMALL)),
+        ("batch.bin", pseudo_random(2, BATCH)),
+        ("big.bin", pseudo_random(3, BIG)),
+        ("good.txt", b"untouched".to_vec()),
+    ];
+    for (name, data) in &files {
+        write_file(dir.path(), name, data, false);
+    }
+    let d = |i: usize| Digest::of_bytes(&files[i].1);
+    Tree {
+        small: d(0),
+        batch: d(1),
+        big: d(2),
+        good: d(3),
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_blobs_end_in_data_loss_are_quarantined_and_heal_on_register() {
+    let server = TestServer::start().await;
+    let client = server.client("prod").await;
+    let t = tree();
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let mut cas = CasClient::new(server.channel().await)
+        .max_decoding_message_size(stagecache_proto::MAX_MESSAGE_BYTES);
+
+    // Download: the stream ends with DATA_LOSS before the blob is complete, wherever
+    // the damaged byte is (in the last chunk, or the first).
+    for (d, at) in [
+        (t.small, SMALL - 1),
+        (t.batch, 0),
+        (t.big, BIG - 3),
+        (t.big, 10),
+    ] {
+        flip(&server, d, at);
+        let (got, end) = download(&mut cas, d, 0).await;
+        let e = end.expect_err("a damaged blob is not served");
+        assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+        assert!(
+            e.message().contains(&d.to_string()) && e.message().contains("quarantined"),
+            "{}",
+            e.message()
+        );
+        assert!(
+            (got.len() as u64) < d.size(),
+            "{d}: the client received all {} bytes",
+            got.len()
+        );
+        assert_quarantined(&server, &mut cas, d).await;
+        // Quarantined: not served at all any more, until uploaded again.
+        let (_, end) = download(&mut cas, d, 0).await;
+        assert_eq!(end.unwrap_err().code(), Code::NotFound);
+
+        // register uploads it again: served whole and verified.
+        client
+            .register(t.dir.path(), "bar/1", &Default::default())
+            .await
+            .unwrap();
+        let (got, end) = download(&mut cas, d, 0).await;
+        end.unwrap();
+        assert_eq!(Digest::of_bytes(&got), d);
+    }
+
+    // A read from an offset (a resumed download) hashes the prefix it does not send.
+    flip(&server, t.big, 5);
+    let (got, end) = download(&mut cas, t.big, 15 * 1024 * 1024).await;
+    assert_eq!(end.unwrap_err().code(), Code::DataLoss);
+    assert!((got.len() as u64) < t.big.size() - 15 * 1024 * 1024);
+    assert_quarantined(&server, &mut cas, t.big).await;
+
+    // BatchDownload: each damaged item gets its own DATA_LOSS; the others are served.
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    flip(&server, t.small, 7);
+    flip(&server, t.batch, BATCH / 2);
+    let r = cas
+        .batch_download(BatchDownloadRequest {
+            namespace: "prod".into(),
+            digests: vec![t.small.to_proto(), t.good.to_proto(), t.batch.to_proto()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = r
+        .results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    let loss = Code::DataLoss as i32;
+    assert_eq!(codes, vec![loss, 0, loss]);
+    assert!(r.results[0].data.is_empty() && r.results[2].data.is_empty());
+    assert_eq!(&r.results[1].data[..], b"untouched");
+    assert_quarantined(&server, &mut cas, t.small).await;
+    assert_quarantined(&server, &mut cas, t.batch).await;
+    assert!(!blob_missing(&mut cas, t.good).await);
+
+    // A blob whose bytes vanished from the store is dropped from the index too.
+    std::fs::remove_file(cas_path(&server, t.big)).unwrap();
+    let (_, end) = download(&mut cas, t.big, 0).await;
+    assert_eq!(end.unwrap_err().code(), Code::DataLoss);
+    assert!(blob_missing(&mut cas, t.big).await);
+
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    client
+        .fetch(
+            client.resolve_ref("bar/1").await.unwrap(),
+            out.path(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_same_tree(t.dir.path(), out.path());
+    server.stop().await;
+}
+
+async fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    run_cli(&server.url(), "prod", args).await
+}
+
+/// `stagecache get` of a damaged blob: exit 6, and no byte of it left in the directory.
+async fn get_leaves_nothing(server: &TestServer, d: Digest) {
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("big.bin");
+    let o = cli(
+        server,
+        &["get", &d.to_string(), "--out", dest.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    assert_eq!(files_under(out.path()), Vec::<String>::new());
+}
+
+/// Every file under `dir`, hidden partial files included.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_leaves_no_damaged_byte_behind() {
+    let server = TestServer::start().await;
+    let client = server.client("prod").await;
+    let t = tree();
+    let reg = client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let manifest = reg.manifest.to_string();
+
+    // `get` of a large blob damaged early in its bytes: exit 6, no file, no partial.
+    flip(&server, t.big, 100);
+    get_leaves_nothing(&server, t.big).await;
+
+    // `fetch` of small and batch-sized blobs, damaged: exit 6, nothing written.
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    flip(&server, t.small, 0);
+    flip(&server, t.batch, 99);
+    let out = tempfile::tempdir().unwrap();
+    let o = cli(
+        &server,
+        &[
+            "fetch",
+            "--manifest",
+            &manifest,
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    let left = files_under(out.path());
+    assert!(
+        !left
+            .iter()
+            .any(|f| f.contains("small.bin") || f.contains("batch.bin")),
+        "{left:?}"
+    );
+
+    // `fetch` of the large one alone, damaged in its last chunk.
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    flip(&server, t.big, BIG - 1);
+    get_leaves_nothing(&server, t.big).await;
+
+    // Healed by register; the CLI fetches the whole tree, verified.
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = cli(
+        &server,
+        &[
+            "fetch",
+            "--ref",
+            "bar/1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_same_tree(t.dir.path(), out.path());
+    server.stop().await;
+}
