@@ -89,6 +89,12 @@ impl Graph {
         }
         let mut stages = Vec::with_capacity(defs.len());
         for (i, (name, deps, fingerprint)) in defs.iter().enumerate() {
+            if crate::ledger::validate_text("", fingerprint).is_err() {
+                crate::ledger::validate_text(
+                    &format!("graph.stages[{i}].fingerprint"),
+                    fingerprint,
+                )?;
+            }
             if deps.len() > MAX_STAGE_DEPENDENCIES {
                 stagecache_proto::names::check_items(
                     &format!("graph.stages[{i}].depends_on"),

@@ -274,6 +274,7 @@ impl Ledger for LedgerService {
             Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;
         validate_stage_name("target", &req.target, true)?;
+        validate_text("fingerprint", &req.fingerprint)?;
         // Point reads of short prefixes: cheap enough to serve on the async workers.
         let heads = self.state.store.index().ledger_heads(&ns, &subject)?;
         let results = effective(heads, &req.stage, &req.target, &req.fingerprint);
@@ -293,6 +294,7 @@ impl Ledger for LedgerService {
             Digest::list_from_proto("subjects", &req.subjects).map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;
         validate_stage_name("target", &req.target, true)?;
+        validate_text("fingerprint", &req.fingerprint)?;
         let (stage, target, fingerprint) = (req.stage, req.target, req.fingerprint);
         let out = self
             .state
@@ -357,6 +359,13 @@ impl Ledger for LedgerService {
             .map(|s| (s.name, s.depends_on, s.fingerprint))
             .collect();
         let graph = Graph::new(&defs)?;
+        for (field, names) in [
+            ("only", &req.only),
+            ("skip", &req.skip),
+            ("force", &req.force),
+        ] {
+            check_batch_len(field, names.len(), plan::MAX_GRAPH_STAGES)?;
+        }
         let heads: HashMap<String, StageResultRecord> = self
             .state
             .store
@@ -477,6 +486,7 @@ impl Ledger for LedgerService {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        validate_text("token", &req.token)?;
         let now = self.now();
         let (token, ttl) = (req.token, req.ttl_seconds);
         let c = self
@@ -498,6 +508,7 @@ impl Ledger for LedgerService {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
+        validate_text("token", &req.token)?;
         let now = self.now();
         let token = req.token;
         self.state

@@ -159,6 +159,11 @@ impl Refs for RefsService {
             0 => DEFAULT_LIST,
             n => n.min(MAX_LIST),
         };
+        bounded_text(
+            "page_token",
+            &req.page_token,
+            stagecache_proto::names::MAX_REF_BYTES,
+        )?;
         let (prefix, token) = (req.prefix, req.page_token);
         // One extra row tells whether another page exists.
         let rows = self
