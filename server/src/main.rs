@@ -30,6 +30,46 @@ struct Args {
     /// Log filter, e.g. `info` or `stagecache_server=debug`.
     #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Re-hash every stored blob (with the server stopped: the index is opened
+    /// exclusively), quarantine damaged ones, list the refs that lost a blob, print a
+    /// JSON report. Exits 0 when nothing was damaged, 3 otherwise.
+    Scrub,
+}
+
+/// `stagecache-server scrub`.
+async fn scrub(args: &Args) -> ExitCode {
+    let store =
+        match stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("stagecache-server: scrub: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    match store.scrub().await {
+        Ok(r) => {
+            let rate = stagecache_server::store::scrub::gib_per_second(&r);
+            println!(
+                "{}",
+                serde_json::json!({"report": r, "gib_per_second": rate})
+            );
+            if r.damaged.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("stagecache-server: scrub: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -66,6 +106,9 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    if let Some(Command::Scrub) = args.command {
+        return scrub(&args).await;
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -315,3 +315,57 @@ async fn the_cli_leaves_no_damaged_byte_behind() {
     assert_same_tree(t.dir.path(), out.path());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
+    let server = TestServer::start().await;
+    let client = server.client("prod").await;
+    let src = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for i in 0..2_000u64 {
+        let data = pseudo_random(i + 100, 200 + i as usize);
+        digests.push(Digest::of_bytes(&data));
+        write_file(src.path(), &format!("d{}/f{i}", i % 20), &data, false);
+    }
+    client
+        .register(src.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let flipped: Vec<Digest> = digests.iter().step_by(300).copied().collect();
+    for d in &flipped {
+        flip(&server, *d, 17);
+    }
+    let data_dir = server.data_dir.clone();
+    let temp = server.stop().await;
+
+    let store = stagecache_server::store::Store::open(&data_dir, None).unwrap();
+    let report = store.scrub().await.unwrap();
+    assert!(report.blobs > 2_000, "{report:?}");
+    let mut found = report.damaged.clone();
+    found.sort();
+    let mut want: Vec<String> = flipped.iter().map(|d| d.to_string()).collect();
+    want.sort();
+    assert_eq!(found, want);
+    assert_eq!(report.damaged_refs.len(), 1, "{report:?}");
+    assert!(report.damaged_refs[0].starts_with("prod/bar/1 -> "));
+    assert_eq!(store.damaged_blobs(), flipped.len() as u64);
+    drop(store);
+
+    // Quarantined: reported missing, and a new register heals them.
+    let server = TestServer::start_on(data_dir).await;
+    let mut cas = CasClient::new(server.channel().await);
+    for d in &flipped {
+        assert!(blob_missing(&mut cas, *d).await);
+        assert!(quarantine_path(&server, *d).exists());
+    }
+    let client = server.client("prod").await;
+    client
+        .register(src.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    for d in &flipped {
+        assert!(!blob_missing(&mut cas, *d).await);
+    }
+    server.stop().await;
+    drop(temp);
+}

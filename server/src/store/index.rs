@@ -193,6 +193,40 @@ impl Index {
         Ok(())
     }
 
+    /// Every indexed blob, in hash order (for scrub).
+    pub fn blob_digests(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let size = <[u8; 8]>::try_from(&*v)
+                .map(u64::from_le_bytes)
+                .map_err(|_| {
+                    ServerError::DataLoss(format!("blob index value of {} bytes, not 8", v.len()))
+                })?;
+            out.push(record_digest(&k, size)?);
+        }
+        Ok(out)
+    }
+
+    /// Every ref of every namespace: (namespace, name, target manifest).
+    pub fn all_refs(&self) -> Result<Vec<(String, String, Digest)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_REFS)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let Some(split) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let r = RefRecord::decode(&*v)
+                .map_err(|e| ServerError::DataLoss(format!("stored ref record: {e}")))?;
+            out.push((
+                String::from_utf8_lossy(&k[..split]).into_owned(),
+                String::from_utf8_lossy(&k[split + 1..]).into_owned(),
+                record_digest(&r.target_hash, r.target_size)?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Marks blobs absent, durably: their bytes are damaged or gone, so the next upload
     /// (FindMissing reports them missing) publishes them again.
     pub fn remove_blobs(&self, digests: &[Digest]) -> Result<()> {

@@ -5,6 +5,7 @@
 pub mod blobs;
 pub mod index;
 pub mod ledger;
+pub mod scrub;
 pub mod verified;
 
 use crate::error::{Result, ServerError};
