@@ -6,7 +6,7 @@
 //! ratios that follow from those medians, and a verdict on every ledger row.
 
 use serde_json::Value;
-use stagecache_tests::{assert_same_tree, workspace_bin};
+use stagecache_tests::{assert_same_tree, output_within, test_timeout, workspace_bin};
 use std::path::Path;
 
 /// Files and bytes under `dir`.
@@ -43,8 +43,8 @@ fn median(runs: &[Value]) -> f64 {
 fn benchmark_smoke_run_on_a_tiny_tree() {
     let work = tempfile::tempdir().unwrap();
     let json = work.path().join("figures.json");
-    let out = std::process::Command::new(workspace_bin("stagecache-bench"))
-        .args([
+    let out = output_within(
+        std::process::Command::new(workspace_bin("stagecache-bench")).args([
             "--size",
             "20MiB",
             "--big-file",
@@ -63,9 +63,10 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             work.path().join("bench").to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run stagecache-bench");
+        ]),
+        test_timeout(),
+        "stagecache-bench",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Exit 0 also means the bench's own checks of every reply passed: cold registers
