@@ -1,6 +1,10 @@
-//! Harness for the end-to-end tests in `tests/`: a real server (in-process, on a free
-//! loopback port, with real RocksDB and a real local blob store in a temp dir) and helpers
-//! to generate trees and inspect what the server stored. No mocks.
+//! Harness for the end-to-end tests in `tests/`: the real `stagecache-server` binary
+//! ([`ServerProcess`]: a port the kernel chose, ready when `grpc.health.v1` says SERVING,
+//! its log kept and printed when a test fails) or, where a test needs an injected clock,
+//! an in-process server ([`TestServer`]); both with real RocksDB and a real local blob
+//! store in a temp dir. No mocks. Every test that starts a server is bounded in time
+//! ([`Watchdog`], [`test_timeout`]), and so is every await on an event ([`within`]) and
+//! every long process ([`output_within`]).
 
 use stagecache_client::{Client, ClientConfig};
 use stagecache_server::{serve, ServerConfig};
