@@ -6,7 +6,9 @@ use crate::process::{Result, Server};
 use serde::Serialize;
 use stagecache_client::stages::StageFile;
 use stagecache_client::Client;
-use stagecache_proto::v1::{PlanRequest, StageGraph, StageStatus, StatusRequest};
+use stagecache_proto::v1::{
+    Decision, PlanRequest, PlanResponse, StageGraph, StageResult, StageStatus, StatusRequest,
+};
 use stagecache_proto::{Digest, Namespace};
 use stagecache_server::ledger::{self, RecordInput};
 use stagecache_server::store::ledger::StageKey;
@@ -17,8 +19,12 @@ use std::time::{Duration, Instant};
 /// The Validate-Publish graph, as shipped in `deploy/pipelines/`.
 const GRAPH: &str = include_str!("../../deploy/pipelines/validate-publish.stages.yaml");
 const LINES_PER_SUBJECT: usize = 20;
-/// started, failed, started, failed, succeeded: three attempts, the last a success.
+/// started, failed, started, failed, succeeded: three attempts, the last a success; on
+/// [`RUNNING_STAGE`]'s line the last record is `started` instead (attempt 3 still running).
 const RECORDS_PER_LINE: usize = 5;
+/// The one stage of the graph whose third attempt is still running in the fill, so that a
+/// plan has a RUN among its SKIPs; it is a leaf of the graph (nothing downstream blocks).
+pub const RUNNING_STAGE: &str = "Handoff Publishing Ring";
 pub const ATTEMPTS_PER_LINE: usize = 3;
 /// Lines and records a subject holds once filled.
 pub const RECORDS_PER_SUBJECT: usize = LINES_PER_SUBJECT * RECORDS_PER_LINE;
@@ -58,7 +64,7 @@ pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
             for (stage, target) in &lines {
                 for r in 0..RECORDS_PER_LINE {
                     let status = if r + 1 == RECORDS_PER_LINE {
-                        StageStatus::Succeeded
+                        final_status(stage, target)
                     } else if r % 2 == 0 {
                         StageStatus::Started
                     } else {
@@ -91,6 +97,83 @@ pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
     Ok(subjects)
 }
 
+/// The status every line of a filled subject ends on.
+fn final_status(stage: &str, target: &str) -> StageStatus {
+    if stage == RUNNING_STAGE && target.is_empty() {
+        StageStatus::Started
+    } else {
+        StageStatus::Succeeded
+    }
+}
+
+/// Checks a Status reply against the fill: every line, each at its third attempt and in
+/// the status the fill left it.
+fn check_status(subject: Digest, lines: &[StageResult]) -> Result<()> {
+    if lines.len() != LINES_PER_SUBJECT {
+        return Err(format!(
+            "status of {subject}: {} lines, expected {LINES_PER_SUBJECT}",
+            lines.len()
+        )
+        .into());
+    }
+    for l in lines {
+        let expected = final_status(&l.stage, &l.target);
+        if l.status != expected as i32 || l.attempt != ATTEMPTS_PER_LINE as u32 {
+            return Err(format!(
+                "status of {subject}: {:?} target {:?} is {:?} at attempt {}, the fill left {:?} at attempt {ATTEMPTS_PER_LINE}",
+                l.stage,
+                l.target,
+                StageStatus::try_from(l.status),
+                l.attempt,
+                expected
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Plan reply against the fill: every stage SKIP (its third attempt succeeded)
+/// except [`RUNNING_STAGE`], which is RUN; in the graph's order.
+fn check_plan(subject: Digest, graph: &StageGraph, plan: &PlanResponse) -> Result<()> {
+    let got: Vec<(&str, i32)> = plan
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.decision))
+        .collect();
+    let expected: Vec<(&str, i32)> = graph
+        .stages
+        .iter()
+        .map(|s| {
+            let d = if s.name == RUNNING_STAGE {
+                Decision::Run
+            } else {
+                Decision::Skip
+            };
+            (s.name.as_str(), d as i32)
+        })
+        .collect();
+    if got != expected {
+        return Err(format!(
+            "plan of {subject}: decisions {got:?}, the fill implies {expected:?} (1 = RUN, 2 = SKIP)"
+        )
+        .into());
+    }
+    let wrong_attempt = plan.stages.iter().find(|s| {
+        s.decision == Decision::Skip as i32
+            && s.succeeded.as_ref().map(|r| r.attempt) != Some(ATTEMPTS_PER_LINE as u32)
+    });
+    if let Some(s) = wrong_attempt {
+        return Err(format!(
+            "plan of {subject}: {:?} skips on {:?}, the fill's success is attempt {ATTEMPTS_PER_LINE}",
+            s.name,
+            s.succeeded.as_ref().map(|r| r.attempt)
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Which call is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,13 +199,7 @@ impl Call {
                         ..Default::default()
                     })
                     .await?;
-                if r.len() != LINES_PER_SUBJECT {
-                    return Err(format!(
-                        "status returned {} lines, expected {LINES_PER_SUBJECT}",
-                        r.len()
-                    )
-                    .into());
-                }
+                check_status(subject, &r)?;
             }
             Call::Plan => {
                 let r = client
@@ -132,9 +209,7 @@ impl Call {
                         ..Default::default()
                     })
                     .await?;
-                if r.stages.len() != graph.stages.len() {
-                    return Err("plan returned the wrong number of stages".into());
-                }
+                check_plan(subject, graph, &r)?;
             }
         }
         Ok(())
@@ -157,8 +232,13 @@ pub struct LoadFigure {
     pub server_cores: f64,
 }
 
+/// The `p` quantile in milliseconds, interpolated between the two nearest ranks (so p50
+/// of an even count is the mean of the two middle values, like the transfer medians).
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+    let rank = (sorted.len() as f64 - 1.0) * p;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    let (a, b) = (sorted[lo].as_secs_f64(), sorted[hi].as_secs_f64());
+    (a + (b - a) * (rank - lo as f64)) * 1e3
 }
 
 /// Runs `callers` concurrent callers, each on its own connection, asking about random
@@ -223,4 +303,61 @@ pub async fn load(
         server_cpu_us_per_call: server_cpu / all.len() as f64 * 1e6,
         server_cores: server_cpu / window.as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagecache_proto::v1::StagePlan;
+
+    #[test]
+    fn percentiles_interpolate_between_ranks() {
+        let ms =
+            |v: &[u64]| -> Vec<Duration> { v.iter().map(|&m| Duration::from_millis(m)).collect() };
+        assert_eq!(percentile(&ms(&[1, 2, 3]), 0.5), 2.0);
+        assert_eq!(percentile(&ms(&[1, 2, 3, 4]), 0.5), 2.5);
+        assert_eq!(percentile(&ms(&[1, 2, 3, 4]), 1.0), 4.0);
+        assert_eq!(percentile(&ms(&[7]), 0.99), 7.0);
+    }
+
+    fn reply(graph: &StageGraph, decide: impl Fn(&str) -> Decision) -> PlanResponse {
+        PlanResponse {
+            stages: graph
+                .stages
+                .iter()
+                .map(|s| {
+                    let decision = decide(&s.name);
+                    StagePlan {
+                        name: s.name.clone(),
+                        decision: decision as i32,
+                        succeeded: (decision == Decision::Skip).then(|| StageResult {
+                            attempt: ATTEMPTS_PER_LINE as u32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_checked_stage_by_stage_against_the_fill() {
+        let g = graph();
+        let s = subject(0);
+        let right = |n: &str| {
+            if n == RUNNING_STAGE {
+                Decision::Run
+            } else {
+                Decision::Skip
+            }
+        };
+        check_plan(s, &g, &reply(&g, right)).unwrap();
+        // The right number of stages is not enough.
+        assert!(check_plan(s, &g, &reply(&g, |_| Decision::Skip)).is_err());
+        assert!(check_plan(s, &g, &reply(&g, |_| Decision::Run)).is_err());
+        let mut wrong_attempt = reply(&g, right);
+        wrong_attempt.stages[0].succeeded.as_mut().unwrap().attempt = 1;
+        assert!(check_plan(s, &g, &wrong_attempt).is_err());
+    }
 }

@@ -470,6 +470,15 @@ impl Bench {
             .map_err(|e| format!("fill task: {e}"))??;
         let fill = t.elapsed();
         let server = Server::start(&self.bins, &dir, &self.log("server-ledger")).await?;
+        // The record count reported is the server's, not the fill's arithmetic.
+        let records = server.client().await?.stats().await?.ledger_records as usize;
+        if records != subjects * ledger::RECORDS_PER_SUBJECT {
+            return Err(format!(
+                "the server holds {records} ledger records; the fill wrote {}",
+                subjects * ledger::RECORDS_PER_SUBJECT
+            )
+            .into());
+        }
         let window = Duration::from_secs_f64(self.args.ledger_seconds);
         let mut figures = Vec::new();
         for &callers in &self.args.callers {
@@ -482,7 +491,7 @@ impl Bench {
         self.clean_up(&dir)?;
         Ok(report::Ledger {
             attempts: subjects * ledger::ATTEMPTS_PER_SUBJECT,
-            records: subjects * ledger::RECORDS_PER_SUBJECT,
+            records,
             fill_s: fill.as_secs_f64(),
             figures,
         })

@@ -43,24 +43,22 @@ impl Bins {
     }
 }
 
-/// A `stagecache-server` process on a free loopback port.
+/// A `stagecache-server` process on a loopback port the kernel chose.
 pub struct Server {
     child: Child,
     pub url: String,
 }
 
 impl Server {
-    /// Starts the server on `data_dir` (its log goes to `log`) and waits until it answers.
+    /// Starts the server on `data_dir` (its log goes to `log`) on a port the kernel
+    /// chooses (read from its ready line: no port picked here that another process could
+    /// take first), and waits until it answers.
     pub async fn start(bins: &Bins, data_dir: &Path, log: &Path) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(&bins.server)
+        let mut child = Command::new(&bins.server)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", &listen])
-            .stdout(Stdio::null())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
             // Appended: a phase restarts its server per run and keeps every run's log.
             .stderr(
                 std::fs::OpenOptions::new()
@@ -70,10 +68,34 @@ impl Server {
             )
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bins.server.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        // The ready line, then whatever else (nothing, today) until the server exits.
+        let first = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next();
+            std::thread::spawn(move || lines.for_each(drop));
+            first
+        });
+        // Killed on drop, whatever goes wrong from here.
         let mut server = Server {
             child,
-            url: format!("http://{listen}"),
+            url: String::new(),
         };
+        let line = match tokio::time::timeout(Duration::from_secs(60), first).await {
+            Ok(Ok(Some(Ok(line)))) => line,
+            _ => {
+                return Err(format!(
+                    "stagecache-server printed no ready line; see {}",
+                    log.display()
+                )
+                .into())
+            }
+        };
+        let listen = line
+            .strip_prefix("stagecache-server listening on ")
+            .ok_or_else(|| format!("stagecache-server printed {line:?}, not its ready line"))?;
+        server.url = format!("http://{listen}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = server.child.try_wait()? {

@@ -361,7 +361,7 @@ async fn main() {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/release-pipeline");
     let temp = tempfile::tempdir().expect("temp dir");
     let work = temp.path().to_path_buf();
-    let server = ServerProcess::start(&work.join("server-data"));
+    let server = ServerProcess::start_unbounded(&work.join("server-data"));
     server.client("prod").await;
     let mut sim = Sim {
         url: server.url(),

@@ -116,6 +116,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The one line on stdout (the log goes to stderr): the address actually bound, so
+    // that `--listen 127.0.0.1:0` lets the kernel choose a free port and the starter
+    // learns it. Bound is not yet serving: readiness is `grpc.health.v1` SERVING.
+    match listener.local_addr() {
+        Ok(addr) => println!("stagecache-server listening on {addr}"),
+        Err(e) => {
+            eprintln!("stagecache-server: cannot read the listening address: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let mut config = ServerConfig::new(args.data_dir);
     config.blob_store = args.blob_store;
     match serve(config, listener, shutdown_signal()).await {

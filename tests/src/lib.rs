@@ -1,11 +1,18 @@
-//! Harness for the end-to-end tests in `tests/`: a real server (in-process, on a free
-//! loopback port, with real RocksDB and a real local blob store in a temp dir) and helpers
-//! to generate trees and inspect what the server stored. No mocks.
+//! Harness for the end-to-end tests in `tests/`: the real `stagecache-server` binary
+//! ([`ServerProcess`]: a port the kernel chose, ready when `grpc.health.v1` says SERVING,
+//! its log kept and printed when a test fails) or, where a test needs an injected clock,
+//! an in-process server ([`TestServer`]); both with real RocksDB and a real local blob
+//! store in a temp dir. No mocks. Every test that starts a server is bounded in time
+//! ([`Watchdog`], [`test_timeout`]), and so is every await on an event ([`within`]) and
+//! every long process ([`output_within`]).
 
 use stagecache_client::{Client, ClientConfig};
 use stagecache_server::{serve, ServerConfig};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -16,6 +23,7 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _temp: Option<tempfile::TempDir>,
+    _watchdog: Watchdog,
 }
 
 impl TestServer {
@@ -52,6 +60,7 @@ impl TestServer {
             shutdown: Some(tx),
             task: Some(task),
             _temp: None,
+            _watchdog: Watchdog::start("test with an in-process server"),
         }
     }
 
@@ -60,18 +69,12 @@ impl TestServer {
     }
 
     pub async fn client(&self, namespace: &str) -> Client {
-        Client::connect(ClientConfig::new(self.url(), namespace).expect("namespace"))
-            .await
-            .expect("connect")
+        client(&self.url(), namespace).await
     }
 
     /// A raw tonic channel, for calls the client library would refuse to make.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect")
+        channel(&self.url()).await
     }
 
     /// Stops gracefully and waits until the index is flushed and closed. Keeps the temp
@@ -88,12 +91,31 @@ impl TestServer {
 
     /// Every file under the blob store, relative to it.
     pub fn blob_files(&self) -> Vec<String> {
-        let root = self.data_dir.join("blobs");
-        let mut out = Vec::new();
-        walk(&root, &root, &mut out);
-        out.sort();
-        out
+        blob_files(&self.data_dir)
     }
+}
+
+async fn client(url: &str, namespace: &str) -> Client {
+    Client::connect(ClientConfig::new(url, namespace).expect("namespace"))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Every file under a data dir's blob store, relative to it.
+fn blob_files(data_dir: &Path) -> Vec<String> {
+    let root = data_dir.join("blobs");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
+    out.sort();
+    out
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -202,68 +224,359 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-/// A `stagecache-server` process (the real binary) on a free loopback port.
+/// How long a test may run before its [`Watchdog`] stops it: `STAGECACHE_TEST_TIMEOUT`
+/// seconds, default 180 (the bound `.config/nextest.toml` sets for nextest runs, so that
+/// `cargo test` runs are bounded the same way).
+pub fn test_timeout() -> Duration {
+    let secs = std::env::var("STAGECACHE_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    Duration::from_secs(secs)
+}
+
+/// Server processes alive in this test process, with their logs: what a watchdog kills
+/// and prints when a test runs out of time (Drop does not run on `abort`).
+static LIVE_SERVERS: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Aborts the test process, after killing its server processes and printing their logs,
+/// if it is still alive [`test_timeout`] after it was started. Every server the harness
+/// starts holds one; tests that run other long processes start their own.
+pub struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    pub fn start(what: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let what = what.to_string();
+        let limit = test_timeout();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{what}: still running after {limit:?} (STAGECACHE_TEST_TIMEOUT): aborting"
+                );
+                let servers = LIVE_SERVERS.lock().map(|l| l.clone()).unwrap_or_default();
+                for (pid, log) in servers {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    print_log(&log);
+                }
+                std::process::abort();
+            }
+        });
+        Watchdog { done: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn print_log(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let _ = writeln!(
+        std::io::stderr(),
+        "---- {} ----\n{text}---- end of server log ----",
+        log.display()
+    );
+}
+
+/// Runs `fut` for at most `limit`, panicking with `what` if it did not finish: for every
+/// await that waits on an event (a stream message, a process, a notification), so that a
+/// missing event fails the test instead of hanging it.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
+}
+
+/// Runs a command to its end, as `Command::output` does, but kills it and fails the test
+/// if it is still running after `limit`, showing what it printed so far.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (o, e) = (
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+            );
+            panic!(
+                "{what}: still running after {limit:?}, killed\n{}\n{}",
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// How long a started server may take to say it serves (`grpc.health.v1`): generous,
+/// because a busy 2-core CI machine can take seconds to open RocksDB.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A `stagecache-server` process (the real binary), listening on a loopback port the
+/// kernel chose. It is ready when `start` returns: the harness reads the address from
+/// the server's one stdout line and then waits until `grpc.health.v1` answers SERVING.
+/// Its log (stderr) goes to a file, printed when the test fails or times out.
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub listen: String,
     pub data_dir: PathBuf,
+    log_dir: Arc<tempfile::TempDir>,
+    _data: Option<Arc<tempfile::TempDir>>,
+    _watchdog: Option<Arc<Watchdog>>,
 }
 
 impl ServerProcess {
-    /// Starts the binary on `data_dir` and a free port.
-    pub fn start(data_dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Self::start_on(data_dir, format!("127.0.0.1:{port}"))
+    /// Starts the binary on a fresh temp data dir (kept as long as the server).
+    pub fn start_fresh() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut s = Self::start(data.path());
+        s._data = Some(Arc::new(data));
+        s
     }
 
-    /// Starts the binary on `data_dir` listening on `listen`.
-    pub fn start_on(data_dir: &Path, listen: String) -> Self {
-        let child = std::process::Command::new(workspace_bin("stagecache-server"))
+    /// Starts the binary on `data_dir` and a port the kernel chooses, for a test: the
+    /// test is stopped if it runs longer than [`test_timeout`].
+    pub fn start(data_dir: &Path) -> Self {
+        let watchdog = Watchdog::start("test with a stagecache-server process");
+        Self::start_with(data_dir, Some(Arc::new(watchdog)))
+    }
+
+    /// Starts the binary without a test's time limit (for the release-pipeline example,
+    /// which runs as long as its `--scale` asks).
+    pub fn start_unbounded(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, None)
+    }
+
+    fn start_with(data_dir: &Path, watchdog: Option<Arc<Watchdog>>) -> Self {
+        let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
+        Self::spawn(data_dir, log_dir, None, watchdog)
+    }
+
+    fn log(log_dir: &tempfile::TempDir) -> PathBuf {
+        log_dir.path().join("stagecache-server.log")
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        log_dir: Arc<tempfile::TempDir>,
+        data: Option<Arc<tempfile::TempDir>>,
+        watchdog: Option<Arc<Watchdog>>,
+    ) -> Self {
+        use std::io::BufRead;
+        let log_path = Self::log(&log_dir);
+        // Appended to: a restarted server's log follows the previous one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log file");
+        let mut child = std::process::Command::new(workspace_bin("stagecache-server"))
             .args([
                 "--data-dir",
                 data_dir.to_str().expect("utf-8 path"),
                 "--listen",
-                &listen,
+                "127.0.0.1:0",
             ])
-            .stderr(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("start stagecache-server");
-        ServerProcess {
+        LIVE_SERVERS
+            .lock()
+            .unwrap()
+            .push((child.id(), log_path.clone()));
+        // The ready line, read on a thread so that a server that never prints it is
+        // noticed at the deadline; the thread then drains stdout until the server exits.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {}
+        });
+        let mut server = ServerProcess {
             child,
-            listen,
+            listen: String::new(),
             data_dir: data_dir.to_path_buf(),
+            log_dir,
+            _data: data,
+            _watchdog: watchdog,
+        };
+        let deadline = Instant::now() + READY_DEADLINE;
+        let line = rx
+            .recv_timeout(READY_DEADLINE)
+            .unwrap_or_else(|_| server.fail("printed no ready line"));
+        server.listen = line
+            .strip_prefix("stagecache-server listening on ")
+            .unwrap_or_else(|| server.fail(&format!("printed {line:?}, not the ready line")))
+            .to_string();
+        server.wait_until_serving(deadline);
+        server
+    }
+
+    /// Waits until the server answers `grpc.health.v1` with SERVING, as a user's script
+    /// would (`stagecache health`), failing early if the process exits.
+    fn wait_until_serving(&mut self, deadline: Instant) {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(&format!("exited ({status}) before serving"));
+            }
+            let ok = std::process::Command::new(workspace_bin("stagecache"))
+                .args(["--server", &self.url(), "health", "--wait", "1"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run stagecache health")
+                .success();
+            if ok {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("not serving after {READY_DEADLINE:?}"));
+            }
         }
+    }
+
+    /// Panics with the server's log.
+    fn fail(&self, what: &str) -> ! {
+        print_log(&Self::log(&self.log_dir));
+        panic!("stagecache-server on {}: {what}", self.data_dir.display())
+    }
+
+    /// What the server has logged so far (stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(Self::log(&self.log_dir)).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.listen)
     }
 
-    /// Connects (the client retries while the process starts).
     pub async fn client(&self, namespace: &str) -> Client {
-        Client::connect(ClientConfig::new(self.url(), namespace).expect("namespace"))
-            .await
-            .expect("server process comes up")
+        client(&self.url(), namespace).await
+    }
+
+    /// A raw tonic channel, for calls the client library would refuse to make.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        channel(&self.url()).await
+    }
+
+    /// Every file under the blob store, relative to it.
+    pub fn blob_files(&self) -> Vec<String> {
+        blob_files(&self.data_dir)
     }
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the process to end.
+    /// Blocks: with `TERM`, only when no client of this test keeps a connection open (or
+    /// on a multi-threaded runtime); [`ServerProcess::stop`] has no such limit.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
+        let status = self.child.wait().expect("wait for server");
+        self.forget_pid();
+        status
+    }
+
+    /// Stops gracefully (SIGTERM) and asserts a clean exit and a flushed index. Async:
+    /// the server waits for open connections to close, and this test's own clients must
+    /// keep running meanwhile (on a single-threaded runtime a blocking wait deadlocks).
+    pub async fn stop(mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + READY_DEADLINE;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Ok(None) => self.fail(&format!("still running {READY_DEADLINE:?} after SIGTERM")),
+                Err(e) => self.fail(&format!("cannot wait for it: {e}")),
+            }
+        };
+        self.forget_pid();
+        if !status.success() || !self.log_text().contains("stopped") {
+            self.fail(&format!("did not stop cleanly ({status})"));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
         let ok = std::process::Command::new("kill")
             .args([format!("-{signal}"), self.child.id().to_string()])
             .status()
             .expect("kill")
             .success();
         assert!(ok, "kill -{signal} failed");
-        self.child.wait().expect("wait for server")
     }
 
-    /// Kills (SIGKILL) and starts again on the same data dir and port.
+    fn forget_pid(&self) {
+        let pid = self.child.id();
+        if let Ok(mut l) = LIVE_SERVERS.lock() {
+            l.retain(|(p, _)| *p != pid);
+        }
+    }
+
+    /// Kills (SIGKILL) and starts again on the same data dir, on a port the kernel
+    /// chooses (never the old one: another test may have it by then). Clients made
+    /// before must be made again (`client`, `url`).
     pub fn crash_and_restart(&mut self) {
         self.signal_and_wait("KILL");
-        *self = Self::start_on(&self.data_dir.clone(), self.listen.clone());
+        self.restart();
+    }
+
+    /// Starts again on the same data dir after the process ended.
+    pub fn restart(&mut self) {
+        *self = Self::spawn(
+            &self.data_dir.clone(),
+            self.log_dir.clone(),
+            self._data.clone(),
+            self._watchdog.clone(),
+        );
     }
 }
 
@@ -271,5 +584,10 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.forget_pid();
+        // A failing test shows what the server said; a passing one stays quiet.
+        if std::thread::panicking() {
+            print_log(&Self::log(&self.log_dir));
+        }
     }
 }

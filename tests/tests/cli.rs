@@ -1,12 +1,32 @@
-//! The `stagecache` binary against a real server: output, errors and exit codes.
+//! The `stagecache` binary against the `stagecache-server` binary: output, errors and
+//! every documented exit code.
 
 use stagecache_tests::{
-    assert_same_tree, pseudo_random, run_cli, workspace_bin, write_file, ServerProcess, TestServer,
+    assert_same_tree, pseudo_random, within, workspace_bin, write_file, ServerProcess,
 };
+use std::collections::BTreeSet;
 use std::process::Output;
+use std::time::Duration;
 
-async fn cli(server: &TestServer, args: &[&str]) -> Output {
-    run_cli(&server.url(), "prod", args).await
+/// The longest a CLI run may take here: its own calls time out sooner (`--rpc-timeout`).
+const CLI_LIMIT: Duration = Duration::from_secs(120);
+
+async fn cli(server: &ServerProcess, args: &[&str]) -> Output {
+    let bin = workspace_bin("stagecache");
+    let url = server.url();
+    let mut all = vec!["--server", url.as_str(), "--namespace", "prod"];
+    all.extend_from_slice(args);
+    let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+    let run = tokio::process::Command::new(bin)
+        .args(all)
+        .env_remove("STAGECACHE_NAMESPACE")
+        .env_remove("STAGECACHE_SERVER")
+        .env_remove("STAGECACHE_CLAIM_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    within(CLI_LIMIT, "stagecache", run)
+        .await
+        .expect("run stagecache")
 }
 
 fn stdout(o: &Output) -> String {
@@ -19,7 +39,7 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_fetch_show_put_get_through_the_cli() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let src = tempfile::tempdir().unwrap();
     write_file(
         src.path(),
@@ -98,19 +118,60 @@ async fn register_fetch_show_put_get_through_the_cli() {
     server.stop().await;
 }
 
+/// Every exit code of the README's table, each from the real CLI against the real server
+/// (5 against none), with its one-line error where the code is an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_are_one_line_with_documented_exit_codes() {
-    let server = TestServer::start().await;
+async fn every_documented_exit_code() {
+    let server = ServerProcess::start_fresh();
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "f", b"x", false);
     let dir = src.path().to_str().unwrap();
     let m = stdout(&cli(&server, &["register", dir, "--ref", "bar/1"]).await);
+    let scratch = tempfile::tempdir().unwrap();
+    let rotten_out = scratch.path().join("rotten");
+    let rotten_out = rotten_out.to_str().unwrap();
 
+    // 6: a blob whose stored bytes rotted (same size, other bytes) is refused by the
+    // client's verification, and nothing is written where it was asked to go.
+    let rotten = pseudo_random(6, 5000);
+    let rotten_path = scratch.path().join("rotten.bin");
+    std::fs::write(&rotten_path, &rotten).unwrap();
+    let o = cli(&server, &["put", rotten_path.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rotten_digest = stdout(&o);
+    let hex = rotten_digest.split('/').next().unwrap().to_string();
+    let stored = server.data_dir.join("blobs/cas").join(&hex[..2]).join(&hex);
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        rotten,
+        "{}",
+        stored.display()
+    );
+    std::fs::write(&stored, pseudo_random(7, 5000)).unwrap();
+
+    // 7 and 8: a stage that succeeded (claim: nothing to do), one that failed (wait).
+    for (stage, status) in [("Publish", "succeeded"), ("Validation", "failed")] {
+        let args = ["record", "--ref", "bar/1", "--stage", stage, "--status"];
+        let o = cli(&server, &[&args[..], &[status]].concat()).await;
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    let expect_m = format!("--expect={m}");
+    let wait_failed = [
+        "wait",
+        "--ref",
+        "bar/1",
+        "--stage",
+        "Validation",
+        "--timeout",
+        "30",
+    ];
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["register", dir, "--ref", "bar/1", &expect_m], 0, ""),
         (
-            vec!["fetch", "--ref", "bar/404", "--out", "/tmp/x"],
-            3,
-            "ref bar/404 does not exist in namespace prod",
+            vec!["register", "/nonexistent/dir", "--ref", "bar/2"],
+            1,
+            "/nonexistent/dir",
         ),
         (
             vec!["fetch", "--ref", "bad name", "--out", "/tmp/x"],
@@ -119,19 +180,31 @@ async fn errors_are_one_line_with_documented_exit_codes() {
         ),
         (vec!["get", "abc/1", "--out", "/tmp/x"], 2, ""),
         (
+            vec!["fetch", "--ref", "bar/404", "--out", "/tmp/x"],
+            3,
+            "ref bar/404 does not exist in namespace prod",
+        ),
+        (
             vec!["register", dir, "--ref", "bar/1", "--expect-absent"],
             4,
             "already exists",
         ),
+        (vec!["get", &rotten_digest, "--out", rotten_out], 6, "hash"),
         (
-            vec!["register", "/nonexistent/dir", "--ref", "bar/2"],
-            1,
-            "/nonexistent/dir",
+            vec![
+                "claim", "--ref", "bar/1", "--stage", "Publish", "--ttl", "60",
+            ],
+            7,
+            "",
         ),
+        (wait_failed.to_vec(), 8, ""),
+        (vec!["wait", "--ref", "bar/never", "--timeout", "1"], 9, ""),
     ];
+    let mut seen = BTreeSet::new();
     for (args, code, want) in cases {
         let o = cli(&server, &args).await;
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        seen.insert(code);
         let err = stderr(&o);
         if !want.is_empty() {
             assert!(err.contains(want), "{args:?}: {err}");
@@ -139,25 +212,32 @@ async fn errors_are_one_line_with_documented_exit_codes() {
             assert!(err.starts_with("stagecache: error: "), "{err}");
         }
     }
-    let o = cli(
-        &server,
-        &["register", dir, "--ref", "bar/1", "--expect", &m],
-    )
-    .await;
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !std::path::Path::new(rotten_out).exists(),
+        "unverified bytes were put in place"
+    );
+    let o = cli(&server, &[&["--json"][..], &wait_failed].concat()).await;
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["done"], false, "{j}");
 
-    // No server: exit 5.
+    // 5: no server.
     let bin = workspace_bin("stagecache");
-    let o = tokio::process::Command::new(bin)
+    let run = tokio::process::Command::new(bin)
         .args(["--server", "http://127.0.0.1:1", "--rpc-timeout", "2", "ls"])
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let o = within(CLI_LIMIT, "stagecache ls", run).await.unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("cannot connect to http://127.0.0.1:1"),
         "{}",
         stderr(&o)
+    );
+    seen.insert(5);
+    assert_eq!(
+        seen,
+        (0..=9).collect(),
+        "the README documents exit codes 0-9"
     );
     server.stop().await;
 }
@@ -165,7 +245,7 @@ async fn errors_are_one_line_with_documented_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_binary_serves_then_shuts_down_gracefully_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(data.path());
+    let server = ServerProcess::start(data.path());
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "a.bin", &pseudo_random(5, 100_000), false);
@@ -188,8 +268,8 @@ async fn server_binary_serves_then_shuts_down_gracefully_on_sigterm() {
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(stderr.contains("lock"), "{stderr}");
 
-    let exit = server.signal_and_wait("TERM");
-    assert!(exit.success(), "server exited with {exit:?}");
+    // SIGTERM: a clean exit, after the index was flushed (the log says "stopped").
+    server.stop().await;
 
     // Restarted on the same data dir, it serves what was registered.
     let server = ServerProcess::start(data.path());

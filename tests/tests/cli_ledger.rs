@@ -1,9 +1,10 @@
 //! Ledger commands of the `stagecache` binary against the real server binary, including a
 //! SIGKILL of the server between an acknowledged record and the next read.
 
-use stagecache_tests::{pseudo_random, workspace_bin, write_file, ServerProcess};
+use stagecache_tests::{pseudo_random, within, workspace_bin, write_file, ServerProcess};
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 fn pipelines(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,7 +26,11 @@ async fn cli(server: &ServerProcess, ns: &str, args: &[&str], envs: &[(&str, &st
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().await.expect("run stagecache")
+    // `wait` runs for as long as its --timeout; anything else returns in seconds.
+    let run = cmd.kill_on_drop(true).output();
+    within(Duration::from_secs(120), "stagecache", run)
+        .await
+        .expect("run stagecache")
 }
 
 fn out(o: &Output) -> String {

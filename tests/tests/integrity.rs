@@ -6,7 +6,7 @@ use stagecache_proto::v1::{
     BatchUploadItem, BatchUploadRequest, DownloadRequest, FindMissingRequest, UploadRequest,
 };
 use stagecache_proto::Digest;
-use stagecache_tests::{blob_missing, pseudo_random, TestServer};
+use stagecache_tests::{blob_missing, pseudo_random, ServerProcess};
 use tonic::Code;
 
 fn chunks(ns: &str, d: Digest, data: &[u8]) -> Vec<UploadRequest> {
@@ -35,7 +35,7 @@ async fn upload(
 }
 
 /// Only finished blobs may be in the store: `cas/<2 hex>/<64 hex>`, nothing staged.
-fn assert_no_temporaries(server: &TestServer) {
+fn assert_no_temporaries(server: &ServerProcess) {
     for f in server.blob_files() {
         let name = f.rsplit('/').next().unwrap();
         assert!(
@@ -49,7 +49,7 @@ fn assert_no_temporaries(server: &TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_uploads_are_refused_and_leave_nothing() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let mut cas = CasClient::new(server.channel().await);
     // Small blobs go through the buffered path, large ones through multipart uploads.
     for len in [100_000usize, 20 * 1024 * 1024] {
@@ -148,7 +148,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_uploads_of_one_blob_both_succeed() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let data = pseudo_random(42, 17 * 1024 * 1024);
     let d = Digest::of_bytes(&data);
     let mut handles = Vec::new();
@@ -170,7 +170,7 @@ async fn concurrent_uploads_of_one_blob_both_succeed() {
 
 #[tokio::test]
 async fn malformed_requests_get_precise_statuses() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let mut cas = CasClient::new(server.channel().await)
         .max_decoding_message_size(stagecache_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(stagecache_proto::MAX_MESSAGE_BYTES);

@@ -11,9 +11,10 @@ use stagecache_proto::v1::{
 use stagecache_proto::Digest;
 use stagecache_server::clock::ManualClock;
 use stagecache_server::ServerConfig;
-use stagecache_tests::{write_file, TestServer};
+use stagecache_tests::{write_file, ServerProcess, TestServer};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 
 fn stage_file(name: &str) -> StageFile {
@@ -69,7 +70,7 @@ async fn plan(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerun_after_publish_failure_skips_what_succeeded() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let signed = asset_set(&client, "bar/12345", b"signed bits").await;
     let graph = stage_file("validate-publish.stages.yaml");
@@ -171,7 +172,7 @@ async fn rerun_after_publish_failure_skips_what_succeeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_is_reused_until_a_forced_resign() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let unsigned = asset_set(&client, "build/67890", b"unsigned bits").await;
     let signed = asset_set(&client, "bar/12345", b"signed bits").await;
@@ -325,20 +326,27 @@ async fn claims_are_exclusive_and_expire() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition));
+    let release = |token: String| ReleaseClaimRequest {
+        subject: Some(signed.to_proto()),
+        stage: "Publish Signed Assets".into(),
+        token,
+        ..Default::default()
+    };
+    let e = client
+        .release_claim(release("not-the-token".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition));
+    // The claim is still the winner's: the loser asking again is refused, naming it.
+    let still = client.claim(claim(loser_name)).await.unwrap();
+    assert!(!still.granted);
+    assert_eq!(still.claim.unwrap().holder, holder);
 
-    // After the TTL the other can claim; the old token is then worthless.
+    // After the TTL the other can claim; the winner's old token is then worthless.
     clock.advance_ms(601_000);
     let again = client.claim(claim(loser_name)).await.unwrap();
     assert!(again.granted);
-    let e = client
-        .release_claim(ReleaseClaimRequest {
-            subject: Some(signed.to_proto()),
-            stage: "Publish Signed Assets".into(),
-            token,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = client.release_claim(release(token)).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition));
 
     // The holder records with its token; the final record releases the claim, and the
@@ -369,7 +377,7 @@ async fn claims_are_exclusive_and_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_namespace_never_marks_prod_done() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let prod = server.client("prod").await;
     let test = server.client("test").await;
     let signed = asset_set(&prod, "bar/5", b"bits").await;
@@ -398,7 +406,7 @@ async fn test_namespace_never_marks_prod_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_records_per_asset_and_batch_status() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let dir = tempfile::tempdir().unwrap();
     for i in 0..2000 {
@@ -493,7 +501,7 @@ async fn next_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_sees_refs_and_results_as_they_happen() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let mut refs = client
         .watch(WatchRequest {
@@ -528,7 +536,12 @@ async fn watch_sees_refs_and_results_as_they_happen() {
         })
         .await
         .unwrap();
-    let e = results.message().await.unwrap().unwrap();
+    let first = stagecache_tests::within(
+        Duration::from_secs(30),
+        "the initial state",
+        results.message(),
+    );
+    let e = first.await.unwrap().expect("stream open");
     assert!(e.initial);
     // Another namespace's results do not reach it; this namespace's do.
     let test = server.client("test").await;
@@ -552,7 +565,7 @@ async fn watch_sees_refs_and_results_as_they_happen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ledger_input_is_refused_and_changes_nothing() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let signed = asset_set(&client, "bar/9", b"bits").await;
     let graph = stage_file("validate-publish.stages.yaml");

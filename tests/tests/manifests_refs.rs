@@ -3,11 +3,11 @@
 use stagecache_proto::v1::manifests_client::ManifestsClient;
 use stagecache_proto::v1::refs_client::RefsClient;
 use stagecache_proto::v1::{
-    GetRefRequest, Manifest as WireManifest, ManifestEntry as WireEntry, PutManifestRequest,
-    SetRefRequest,
+    GetRefRequest, ListRefsRequest, Manifest as WireManifest, ManifestEntry as WireEntry,
+    PutManifestRequest, SetRefRequest,
 };
 use stagecache_proto::Digest;
-use stagecache_tests::{write_file, TestServer};
+use stagecache_tests::{write_file, ServerProcess};
 use tonic::Code;
 
 fn entry(path: &str, d: Digest) -> WireEntry {
@@ -20,7 +20,7 @@ fn entry(path: &str, d: Digest) -> WireEntry {
 
 #[tokio::test]
 async fn bad_manifests_are_refused_naming_the_entry() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "a", b"present", false);
@@ -97,7 +97,7 @@ async fn bad_manifests_are_refused_naming_the_entry() {
 
 #[tokio::test]
 async fn refs_compare_and_swap_history_and_namespaces() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let prod = server.client("prod").await;
     let test = server.client("test").await;
     let src = tempfile::tempdir().unwrap();
@@ -152,7 +152,7 @@ async fn refs_compare_and_swap_history_and_namespaces() {
     assert_eq!(test.resolve_ref("bar/100").await.unwrap(), first);
     assert_eq!(prod.resolve_ref("bar/100").await.unwrap(), second);
 
-    // Listing by prefix, across pages.
+    // Listing by prefix.
     for i in 0..25 {
         prod.set_ref(&format!("build/{i:03}"), first, None, "")
             .await
@@ -164,8 +164,34 @@ async fn refs_compare_and_swap_history_and_namespaces() {
     assert_eq!(few.len(), 10);
     assert_eq!(prod.list_refs("", 1000).await.unwrap().len(), 26);
 
-    // A ref may only point at a stored manifest; names are validated.
+    // Page by page: 25 refs in pages of 10 come back as 10, 10 and 5, in name order, each
+    // once, and only the last page has no next token.
     let mut refs = RefsClient::new(server.channel().await);
+    let (mut names, mut sizes, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = refs
+            .list(ListRefsRequest {
+                namespace: "prod".into(),
+                prefix: "build/".into(),
+                limit: 10,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(page.refs.len());
+        names.extend(page.refs.into_iter().map(|r| r.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        assert!(sizes.len() < 5, "paging does not end: {sizes:?}");
+        token = page.next_page_token;
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    let expected: Vec<String> = (0..25).map(|i| format!("build/{i:03}")).collect();
+    assert_eq!(names, expected);
+
+    // A ref may only point at a stored manifest; names are validated.
     let e = refs
         .set(SetRefRequest {
             namespace: "prod".into(),

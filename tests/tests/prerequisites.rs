@@ -3,8 +3,10 @@
 //! `libclang-cpp*` that Debian machines ship without libclang (the bug that made a fresh
 //! machine fail after minutes of compiling).
 
+use stagecache_tests::output_within;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +35,11 @@ fn find(dirs: &[&Path], libclang_path: Option<&Path>) -> Option<String> {
     if let Some(p) = libclang_path {
         cmd.env("LIBCLANG_PATH", p);
     }
-    let out = cmd.output().expect("run bash");
+    let out = output_within(
+        &mut cmd,
+        Duration::from_secs(60),
+        "stagecache_find_libclang",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match out.status.code() {
         Some(0) => {

@@ -2,7 +2,7 @@
 //! a real server process; this test checks, step by step, what ran and what was skipped.
 
 use serde_json::Value;
-use stagecache_tests::workspace_bin;
+use stagecache_tests::{output_within, test_timeout, workspace_bin};
 use std::collections::HashSet;
 
 fn names(v: &Value) -> Vec<String> {
@@ -26,15 +26,16 @@ const VALIDATIONS: [&str; 7] = [
 #[test]
 fn the_story_runs_only_what_it_must() {
     let report = tempfile::NamedTempFile::new().unwrap();
-    let out = std::process::Command::new(workspace_bin("examples/release-pipeline"))
-        .args([
+    let out = output_within(
+        std::process::Command::new(workspace_bin("examples/release-pipeline")).args([
             "--scale",
             "0.002",
             "--report",
             report.path().to_str().unwrap(),
-        ])
-        .output()
-        .expect("run the simulation");
+        ]),
+        test_timeout(),
+        "the release-pipeline simulation",
+    );
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -94,13 +94,48 @@ fn placeholder(flag: &str) -> String {
     }
 }
 
-/// Arguments of one command line, with CI expressions replaced by values of the right kind.
-fn arguments(line: &str) -> Vec<String> {
+/// What a script adds to its `args` array (`args+=(--only "...")`), group by group: the
+/// words a command line's `"${args[@]}"` stands for.
+fn args_groups(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = script;
+    while let Some(i) = rest.find("args+=(") {
+        let body = &rest[i + "args+=(".len()..];
+        let mut depth = 1;
+        let end = body
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(j, _)| j)
+            .unwrap_or_else(|| panic!("unclosed args+=( in {script}"));
+        out.push(body[..end].to_string());
+        rest = &body[end..];
+    }
+    out
+}
+
+/// Arguments of one command line, with CI expressions replaced by values of the right kind
+/// and `"${args[@]}"` by every group the script adds to `args` (all at once: the line
+/// must parse with each flag the script can insert).
+fn arguments(line: &str, args_added: &[String]) -> Vec<String> {
     let line = line.split(" || ").next().unwrap_or(line);
     let mut args: Vec<String> = Vec::new();
     for (w, quoted) in words(line) {
         if w == "${args[@]}" {
-            continue; // flags assembled by the script; checked where they are written
+            assert!(
+                !args_added.is_empty(),
+                "{line}: uses ${{args[@]}}, but nothing adds to args"
+            );
+            for group in args_added {
+                args.extend(arguments(group, &[]));
+            }
+            continue;
         }
         let dynamic = w.contains("${{") || w.contains("$(") || w.starts_with('$');
         let prev_is_flag = args.last().is_some_and(|p| {
@@ -114,7 +149,7 @@ fn arguments(line: &str) -> Vec<String> {
             // A conditional expression that inserts flags: check the flags it can insert.
             for quoted in w.split('\'').skip(1).step_by(2) {
                 if quoted.starts_with("--") {
-                    args.extend(arguments(&quoted.replace("{0}", "x")));
+                    args.extend(arguments(&quoted.replace("{0}", "x"), &[]));
                 }
             }
         } else if dynamic {
@@ -142,13 +177,14 @@ fn templates_are_yaml_and_call_only_existing_commands() {
             strings(&v, &mut values);
         }
         for s in values {
+            let added = args_groups(&s);
             for line in s.lines() {
                 let line = line.trim();
                 if !line.starts_with("stagecache ") {
                     continue;
                 }
                 let mut argv = vec!["stagecache".to_string()];
-                argv.extend(arguments(&line["stagecache ".len()..]));
+                argv.extend(arguments(&line["stagecache ".len()..], &added));
                 if let Err(e) = Cli::try_parse_from(&argv) {
                     panic!("{}: {line}\n  parsed as {argv:?}\n  {e}", f.display());
                 }
@@ -171,7 +207,7 @@ fn the_checker_catches_unknown_flags_and_commands() {
         "--format yaml status --ref bar/1",
     ] {
         let mut argv = vec!["stagecache".to_string()];
-        argv.extend(arguments(bad));
+        argv.extend(arguments(bad, &[]));
         assert!(
             Cli::try_parse_from(&argv).is_err(),
             "{bad} should not parse"
@@ -179,8 +215,45 @@ fn the_checker_catches_unknown_flags_and_commands() {
     }
     assert_eq!(
         arguments(
-            r#"claim --ref "bar/${{ inputs.id }}" --ttl ${{ parameters.ttl }} || test $? = 7"#
+            r#"claim --ref "bar/${{ inputs.id }}" --ttl ${{ parameters.ttl }} || test $? = 7"#,
+            &[]
         ),
         ["claim", "--ref", "x", "--ttl", "60"]
+    );
+    // Flags a script adds to `args` are parsed where "${args[@]}" inserts them.
+    let script = r#"args=()
+if [ -n "$S" ]; then args+=(--only "$S"); fi
+if [ "$F" = "True" ]; then args+=(--force-resign --reason "by $(Build.RequestedFor)"); fi
+stagecache plan --ref bar/1 --stages f "${args[@]}""#;
+    let added = args_groups(script);
+    assert_eq!(
+        added,
+        [
+            r#"--only "$S""#,
+            r#"--force-resign --reason "by $(Build.RequestedFor)""#
+        ]
+    );
+    assert_eq!(
+        arguments(r#"plan --ref bar/1 "${args[@]}""#, &added),
+        [
+            "plan",
+            "--ref",
+            "bar/1",
+            "--only",
+            "x",
+            "--force-resign",
+            "--reason",
+            "x"
+        ]
+    );
+    let bad = args_groups(r#"args+=(--no-such-flag)"#);
+    let mut argv = vec!["stagecache".to_string()];
+    argv.extend(arguments(
+        r#"plan --ref bar/1 --stages f "${args[@]}""#,
+        &bad,
+    ));
+    assert!(
+        Cli::try_parse_from(&argv).is_err(),
+        "{argv:?} should not parse"
     );
 }

@@ -1,10 +1,10 @@
-//! Register and fetch through the client library against a real server.
+//! Register and fetch through the client library against the `stagecache-server` binary.
 
 use stagecache_client::{FetchOptions, RegisterOptions};
 use stagecache_proto::v1::cas_client::CasClient;
 use stagecache_proto::v1::DownloadRequest;
 use stagecache_proto::Digest;
-use stagecache_tests::{assert_same_tree, pseudo_random, write_file, TestServer};
+use stagecache_tests::{assert_same_tree, pseudo_random, write_file, ServerProcess};
 use std::collections::HashSet;
 
 fn small_tree(root: &std::path::Path, seed: u64) {
@@ -28,7 +28,7 @@ fn small_tree(root: &std::path::Path, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trip_of_a_tree_with_a_200_mib_file() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     small_tree(src.path(), 1);
@@ -78,7 +78,7 @@ async fn round_trip_of_a_tree_with_a_200_mib_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fetch_repairs_a_corrupted_file_and_its_mode() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     small_tree(src.path(), 2);
@@ -113,7 +113,7 @@ async fn fetch_repairs_a_corrupted_file_and_its_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn download_resumes_from_an_offset() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let data = pseudo_random(7, 5 * 1024 * 1024 + 123);
     let src = tempfile::tempdir().unwrap();
@@ -193,8 +193,8 @@ async fn download_resumes_from_an_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn data_survives_a_restart() {
-    let server = TestServer::start().await;
+async fn data_survives_a_sigkill() {
+    let mut server = ServerProcess::start_fresh();
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     small_tree(src.path(), 3);
@@ -208,9 +208,11 @@ async fn data_survives_a_restart() {
         .register(src.path(), "bar/3", &Default::default())
         .await
         .unwrap();
-    let temp = server.stop().await.expect("temp dir kept");
+    drop(client);
 
-    let server = TestServer::start_on(temp.path().to_path_buf()).await;
+    // Killed without a chance to flush anything, then started on the same data dir:
+    // every acknowledged blob, the manifest and the ref are there.
+    server.crash_and_restart();
     let client = server.client("prod").await;
     assert_eq!(client.resolve_ref("bar/3").await.unwrap(), reg.manifest);
     let out = tempfile::tempdir().unwrap();
@@ -225,12 +227,11 @@ async fn data_survives_a_restart() {
         .unwrap()
         .is_empty());
     server.stop().await;
-    drop(temp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_registrations_of_overlapping_trees() {
-    let server = TestServer::start().await;
+    let server = ServerProcess::start_fresh();
     let shared = tempfile::tempdir().unwrap();
     let mut roots = Vec::new();
     let mut all_digests = HashSet::new();
