@@ -59,8 +59,7 @@ pub async fn page(state: WebState, ns_text: &str, name: &str, stage: &str) -> Pa
         let p = to_proto(r)?;
         let _ = write!(
             body,
-            "<tr class=\"result {}\" data-status=\"{}\"><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-            status_name(p.status),
+            "<tr class=\"result\" data-status=\"{}\"><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             status_name(p.status),
             p.seq,
             status_name(p.status),
