@@ -384,3 +384,93 @@ async fn every_page_shows_the_seed_story_escaped() {
         assert!(page.contains("id=\"error\""), "{url}: {page}");
     }
 }
+
+/// The figure of issue 14: a build page with the 18-stage graph whose manifest has 10,000
+/// files, rendered by the server binary. Ignored by default (it is a measurement):
+/// `cargo nextest run --workspace --run-ignored only -E 'test(render_figure)' --no-capture`.
+/// Times are per request as the client sees them over loopback (server time plus a
+/// loopback round trip: an upper bound of the server's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it on purpose"]
+async fn render_figure() {
+    let server = ServerProcess::start_fresh_with_args(&[
+        "--web-listen",
+        "127.0.0.1:0",
+        "--web-stage-files",
+        pipelines().to_str().unwrap(),
+    ]);
+    let web = server.web_url();
+    let client: Client = server.client("prod").await;
+    let mut entries = Vec::new();
+    for chunk in (0..10_000u32).collect::<Vec<_>>().chunks(1000) {
+        let mut items = Vec::new();
+        for &i in chunk {
+            let data = bytes::Bytes::from(format!("file {i} of the release, some bytes"));
+            let d = Digest::of_bytes(&data);
+            entries.push(stagecache_proto::ManifestEntry {
+                path: format!("pkgs/{:03}/Microsoft.Thing.{i:05}.nupkg", i / 100),
+                digest: d,
+                executable: false,
+            });
+            items.push((d, data));
+        }
+        client.batch_upload(items).await.unwrap();
+    }
+    let manifest = stagecache_proto::Manifest::from_entries(entries).unwrap();
+    let digest = client.put_manifest(&manifest).await.unwrap();
+    client
+        .set_ref("bar/big", digest, None, "figure")
+        .await
+        .unwrap();
+    let file = StageFile::load(&pipelines().join("validate-publish.stages.yaml")).unwrap();
+    for (k, s) in file.stages.iter().enumerate() {
+        let status = match k % 4 {
+            0 | 1 => StageStatus::Succeeded,
+            2 => StageStatus::Failed,
+            _ => continue,
+        };
+        client
+            .record(rec(digest, &s.name, status, &format!("{}", 900 + k % 2)))
+            .await
+            .unwrap();
+    }
+    let measure = |url: String| async move {
+        let http = reqwest::Client::new();
+        let mut times = Vec::new();
+        let mut size = 0;
+        for k in 0..53 {
+            let t = std::time::Instant::now();
+            let r = http.get(&url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            size = r.bytes().await.unwrap().len();
+            if k >= 3 {
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        (p(0.5), p(0.9), times[0], times[times.len() - 1], size)
+    };
+    let build = measure(format!("{web}/ns/prod/ref/bar/big")).await;
+    let files = measure(format!(
+        "{web}/manifest/{}/{}",
+        digest.hash_hex(),
+        digest.size()
+    ))
+    .await;
+    for (what, (p50, p90, min, max, size)) in [
+        (
+            format!("build page ({} stages, 10,000 files)", file.stages.len()),
+            build,
+        ),
+        (
+            "manifest page (10,000 files, 5,000 rows shown)".into(),
+            files,
+        ),
+    ] {
+        println!(
+            "figure: {what}: p50 {p50:.1} ms, p90 {p90:.1} ms, min {min:.1}, max {max:.1} (50 requests), HTML {size} bytes"
+        );
+        assert!(size < 2 * 1024 * 1024, "{what}: {size} bytes");
+    }
+}
