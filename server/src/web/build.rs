@@ -170,7 +170,9 @@ async fn page_of_build(state: WebState, ns_text: &str, name: &str, q: Option<&st
                     })
                     .collect();
                 body.push_str("<h2>Stage graph</h2>");
+                body.push_str("<div class=\"graph\">");
                 body.push_str(&stage_graph(&nodes));
+                body.push_str("</div>");
                 body.push_str("<h2>Stages</h2><table id=\"stages\"><tr><th>stage</th><th>state</th><th>attempt</th><th>CI build</th><th>duration</th><th>plan now</th><th>reason</th></tr>");
                 for s in &graph.stages {
                     let st = stage_state(&s.name, &effective, &latest);

@@ -108,7 +108,7 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{display:inline-block;padding:0 6px;border-radius:10px;border:1px solid;font-size:12px}
 .added{background:#dafbe1}.removed{background:#ffebe9}.changed{background:#fff8c5}
 .error{border:1px solid #cf222e;background:#ffebe9;padding:8px 12px}
-form{margin:8px 0}svg{max-width:100%;height:auto;border:1px solid #d8dee4;background:#fff}
+form{margin:8px 0}div.graph{overflow-x:auto;border:1px solid #d8dee4}svg{display:block;background:#fff}
 </style>";
 
 #[cfg(test)]
