@@ -94,14 +94,23 @@ pub fn caller(_headers: &HeaderMap) -> Result<Caller, PageError> {
     Ok(Caller::Anonymous)
 }
 
+/// Runs in front of every page: asks [`caller`], then reports the time the page took
+/// to render in a `Server-Timing` header (pages are rendered whole before they are sent;
+/// a download's time is to its first byte).
 async fn require_caller(mut req: Request, next: Next) -> Response {
-    match caller(req.headers()) {
+    let started = std::time::Instant::now();
+    let mut response = match caller(req.headers()) {
         Ok(c) => {
             req.extensions_mut().insert(c);
             next.run(req).await
         }
         Err(e) => e.into_response(),
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("page;dur={ms:.2}")) {
+        response.headers_mut().insert("server-timing", v);
     }
+    response
 }
 
 /// The router of every page.
