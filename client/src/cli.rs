@@ -119,6 +119,9 @@ pub enum Command {
     Stats,
     /// Recent refs (builds) with time, manifest, size and file count, newest first.
     Builds(command::builds::BuildsArgs),
+    /// What changed between two asset sets, each a ref or a manifest digest: files added,
+    /// removed and changed, with sizes. Exit 0 whether or not they differ.
+    Diff(command::diff::DiffArgs),
     /// A Mermaid flowchart of a stage graph, each stage coloured by its state for a subject.
     Graph(command::graph::GraphArgs),
     /// Make a stage's result no longer count (audited with actor and reason).

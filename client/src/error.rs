@@ -55,6 +55,17 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+impl From<stagecache_view::stages::StageFileError> for ClientError {
+    fn from(e: stagecache_view::stages::StageFileError) -> Self {
+        match e {
+            stagecache_view::stages::StageFileError::Io { path, source } => {
+                ClientError::Io { path, source }
+            }
+            stagecache_view::stages::StageFileError::Invalid(m) => ClientError::Invalid(m),
+        }
+    }
+}
+
 impl ClientError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ClientError::Io {

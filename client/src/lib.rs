@@ -28,9 +28,7 @@ pub mod output;
 pub mod progress;
 pub mod register;
 pub mod retry;
-pub mod stages;
 pub mod tree;
-pub mod view;
 pub mod wait;
 
 pub use client::{Client, ClientConfig};
@@ -38,3 +36,7 @@ pub use error::{ClientError, Result};
 pub use fetch::{FetchOptions, FetchReport};
 pub use register::{RegisterOptions, RegisterReport};
 pub use stagecache_proto::{Digest, Manifest, ManifestEntry};
+/// Views computed once and rendered by the CLI and the web page (crate `stagecache-view`).
+pub use stagecache_view as view;
+/// Stage graph files, shared with the server's web page (crate `stagecache-view`).
+pub use stagecache_view::stages;

@@ -13,5 +13,6 @@ pub mod ledger;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod web;
 
-pub use server::{serve, ServerConfig};
+pub use server::{serve, serve_with_web, ServerConfig};

@@ -7,7 +7,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use stagecache_server::{serve, ServerConfig};
+use stagecache_server::{serve_with_web, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,14 @@ struct Args {
     /// AZURE_*, AWS_* and GOOGLE_* environment variables.
     #[arg(long, env = "STAGECACHE_BLOB_STORE")]
     blob_store: Option<String>,
+    /// Address of the read-only web page (builds, stage graphs, ledger history, diffs),
+    /// e.g. 127.0.0.1:8080. Off unless given.
+    #[arg(long, env = "STAGECACHE_WEB_LISTEN")]
+    web_listen: Option<SocketAddr>,
+    /// Directory of `*.stages.yaml` stage graphs the web page offers for a build
+    /// (default: deploy/pipelines when it exists).
+    #[arg(long, env = "STAGECACHE_WEB_STAGE_FILES")]
+    web_stage_files: Option<PathBuf>,
     /// Log filter, e.g. `info` or `stagecache_server=debug`.
     #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
     log: String,
@@ -126,9 +134,34 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let web = match args.web_listen {
+        None => None,
+        Some(addr) => {
+            let web = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("stagecache-server: cannot listen on {addr} (web): {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // A second line on stdout, after the gRPC one: the web page's bound address.
+            match web.local_addr() {
+                Ok(a) => println!("stagecache-server web on {a}"),
+                Err(e) => {
+                    eprintln!("stagecache-server: cannot read the web address: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            Some(web)
+        }
+    };
     let mut config = ServerConfig::new(args.data_dir);
     config.blob_store = args.blob_store;
-    match serve(config, listener, shutdown_signal()).await {
+    config.web_stage_files = args.web_stage_files.or_else(|| {
+        let default = PathBuf::from("deploy/pipelines");
+        default.is_dir().then_some(default)
+    });
+    match serve_with_web(config, listener, web, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stagecache-server: {e}");

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     /// Blob backend URL; `None` is the local filesystem under `data_dir`.
     pub blob_store: Option<String>,
     pub clock: Arc<dyn Clock>,
+    /// Directory of `*.stages.yaml` files the web page offers for a build's graph.
+    pub web_stage_files: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -38,6 +40,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             blob_store: None,
             clock: Arc::new(SystemClock),
+            web_stage_files: None,
         }
     }
 }
@@ -47,6 +50,16 @@ impl ServerConfig {
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    serve_with_web(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus the read-only web page on `web` when given (its own HTTP listener).
+pub async fn serve_with_web(
+    config: ServerConfig,
+    listener: TcpListener,
+    web: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let data_dir = config.data_dir.clone();
@@ -68,6 +81,27 @@ pub async fn serve(
         events: crate::events::Events::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
+    let web_task = web.map(|web_listener| {
+        let stage_files = config
+            .web_stage_files
+            .as_deref()
+            .map(crate::web::load_stage_files)
+            .unwrap_or_default();
+        tracing::info!(
+            addr = ?web_listener.local_addr().ok(),
+            stage_files = stage_files.len(),
+            "web page listening"
+        );
+        let web_state = crate::web::WebState {
+            store: store.clone(),
+            clock: config.clock.clone(),
+            stage_files: Arc::new(stage_files),
+        };
+        let stop = state.shutdown.clone();
+        tokio::spawn(crate::web::serve_web(web_state, web_listener, async move {
+            stop.cancelled().await
+        }))
+    });
     let stopping = state.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
@@ -134,6 +168,13 @@ pub async fn serve(
         .await
         .map_err(|e| ServerError::Internal(format!("transport: {e}")))?;
 
+    if let Some(task) = web_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "web page stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "web page task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("shutting down: flushing the index");
     store.with_index(|i| i.flush()).await?;
     tracing::info!("stopped");

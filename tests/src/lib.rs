@@ -363,7 +363,11 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub listen: String,
+    /// The web page's address (`--web-listen`), read from the second ready line.
+    pub web: Option<String>,
     pub data_dir: PathBuf,
+    /// Arguments added after the harness's own (kept for a restart).
+    extra_args: Vec<String>,
     log_dir: Arc<tempfile::TempDir>,
     _data: Option<Arc<tempfile::TempDir>>,
     _watchdog: Option<Arc<Watchdog>>,
@@ -376,6 +380,33 @@ impl ServerProcess {
         let mut s = Self::start(data.path());
         s._data = Some(Arc::new(data));
         s
+    }
+
+    /// Starts the binary on a fresh temp data dir with extra arguments, e.g.
+    /// `["--web-listen", "127.0.0.1:0"]` (then [`ServerProcess::web_url`] is known).
+    pub fn start_fresh_with_args(args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let watchdog = Watchdog::start("test with a stagecache-server process");
+        let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
+        let extra = args.iter().map(|a| a.to_string()).collect();
+        let path = data.path().to_path_buf();
+        Self::spawn(
+            &path,
+            log_dir,
+            Some(Arc::new(data)),
+            Some(Arc::new(watchdog)),
+            extra,
+        )
+    }
+
+    /// `http://ADDR` of the web page; panics when the server was started without one.
+    pub fn web_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.web
+                .as_deref()
+                .unwrap_or_else(|| self.fail("was started without --web-listen"))
+        )
     }
 
     /// Starts the binary on `data_dir` and a port the kernel chooses, for a test: the
@@ -393,7 +424,7 @@ impl ServerProcess {
 
     fn start_with(data_dir: &Path, watchdog: Option<Arc<Watchdog>>) -> Self {
         let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
-        Self::spawn(data_dir, log_dir, None, watchdog)
+        Self::spawn(data_dir, log_dir, None, watchdog, Vec::new())
     }
 
     fn log(log_dir: &tempfile::TempDir) -> PathBuf {
@@ -405,8 +436,10 @@ impl ServerProcess {
         log_dir: Arc<tempfile::TempDir>,
         data: Option<Arc<tempfile::TempDir>>,
         watchdog: Option<Arc<Watchdog>>,
+        extra_args: Vec<String>,
     ) -> Self {
         use std::io::BufRead;
+        let with_web = extra_args.iter().any(|a| a == "--web-listen");
         let log_path = Self::log(&log_dir);
         // Appended to: a restarted server's log follows the previous one's.
         let log = std::fs::OpenOptions::new()
@@ -421,6 +454,7 @@ impl ServerProcess {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(&extra_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -436,15 +470,20 @@ impl ServerProcess {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             let mut lines = std::io::BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
+            // The gRPC ready line, then (with --web-listen) the web page's.
+            for _ in 0..if with_web { 2 } else { 1 } {
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = tx.send(line);
+                }
             }
             for _ in lines {}
         });
         let mut server = ServerProcess {
             child,
             listen: String::new(),
+            web: None,
             data_dir: data_dir.to_path_buf(),
+            extra_args,
             log_dir,
             _data: data,
             _watchdog: watchdog,
@@ -457,6 +496,16 @@ impl ServerProcess {
             .strip_prefix("stagecache-server listening on ")
             .unwrap_or_else(|| server.fail(&format!("printed {line:?}, not the ready line")))
             .to_string();
+        if with_web {
+            let line = rx
+                .recv_timeout(READY_DEADLINE)
+                .unwrap_or_else(|_| server.fail("printed no web ready line"));
+            server.web = Some(
+                line.strip_prefix("stagecache-server web on ")
+                    .unwrap_or_else(|| server.fail(&format!("printed {line:?}, not the web line")))
+                    .to_string(),
+            );
+        }
         server.wait_until_serving(deadline);
         server
     }
@@ -576,6 +625,7 @@ impl ServerProcess {
             self.log_dir.clone(),
             self._data.clone(),
             self._watchdog.clone(),
+            self.extra_args.clone(),
         );
     }
 }

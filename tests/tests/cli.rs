@@ -276,3 +276,79 @@ async fn server_binary_serves_then_shuts_down_gracefully_on_sigterm() {
     let client = server.client("prod").await;
     assert_eq!(client.resolve_ref("bar/9").await.unwrap(), reg.manifest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_of_refs_and_digests_as_table_and_json() {
+    let server = ServerProcess::start_fresh();
+    let a = tempfile::tempdir().unwrap();
+    write_file(a.path(), "same.txt", b"same", false);
+    write_file(a.path(), "pkg.nupkg", b"old bits", false);
+    write_file(a.path(), "gone.txt", b"bye", false);
+    write_file(a.path(), "run.sh", b"#!/bin/sh\n", false);
+    let b = tempfile::tempdir().unwrap();
+    write_file(b.path(), "same.txt", b"same", false);
+    write_file(b.path(), "pkg.nupkg", b"new signed bits", false);
+    write_file(b.path(), "new.zip", b"fresh", false);
+    write_file(b.path(), "run.sh", b"#!/bin/sh\n", true);
+    let o = cli(
+        &server,
+        &["register", a.path().to_str().unwrap(), "--ref", "bar/1"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(
+        &server,
+        &["register", b.path().to_str().unwrap(), "--ref", "bar/2"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let new_digest = stdout(&o);
+
+    // A ref against a digest: a value that parses as a digest is one.
+    let o = cli(&server, &["diff", "bar/1", &new_digest]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = stdout(&o);
+    let row = |change: &str, old: &str, new: &str, path: &str| {
+        table.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() >= 4 && w[0] == change && w[1] == old && w[2] == new && w[3] == path
+        })
+    };
+    assert!(row("changed", "8", "15", "pkg.nupkg"), "{table}");
+    assert!(row("removed", "3", "-", "gone.txt"), "{table}");
+    assert!(row("added", "-", "5", "new.zip"), "{table}");
+    assert!(table.contains("run.sh  (executable no -> yes)"), "{table}");
+    assert!(!table.contains("same.txt"), "{table}");
+    assert!(
+        table.contains("1 added, 1 removed, 2 changed, 1 unchanged; 4 -> 4 files"),
+        "{table}"
+    );
+
+    let o = cli(&server, &["--json", "diff", "bar/1", "bar/2"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["new"], new_digest.as_str());
+    assert_eq!(v["old_name"], "bar/1");
+    assert_eq!(
+        (v["added"].as_u64(), v["removed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let paths: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["gone.txt", "new.zip", "pkg.nupkg", "run.sh"]);
+
+    // Identical sets: no rows, still exit 0.
+    let o = cli(&server, &["--json", "diff", "bar/2", &new_digest]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["identical"], true);
+
+    // An unknown ref is "not found", exit 3, as in other commands.
+    let o = cli(&server, &["diff", "bar/1", "bar/404"]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bar/404"), "{}", stderr(&o));
+}

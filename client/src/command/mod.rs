@@ -4,6 +4,7 @@
 
 pub mod builds;
 pub mod claim;
+pub mod diff;
 pub mod fetch;
 pub mod get;
 pub mod graph;
@@ -112,6 +113,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Claim(a) => claim::run(&connect().await?, a).await,
         Command::Stats => stats::run(&connect().await?).await,
         Command::Builds(a) => builds::run(&connect().await?, a).await,
+        Command::Diff(a) => diff::run(&connect().await?, a).await,
         Command::Graph(a) => graph::run(&connect().await?, a).await,
         Command::Invalidate(a) => invalidate::run(&connect().await?, a).await,
         Command::Wait(a) => wait::run(&connect().await?, a).await,

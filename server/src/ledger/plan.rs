@@ -256,6 +256,30 @@ pub struct StagePlan<R> {
     pub blocked_by: Vec<String>,
 }
 
+/// Decides every stage of `graph` for a subject from the heads of its ledger lines (as
+/// `Index::ledger_heads` returns them): what the `Plan` call answers and the web page shows.
+pub fn plan_from_heads(
+    graph: &Graph,
+    selection: &Selection,
+    force: &[String],
+    heads: Vec<stagecache_proto::records::StageResultRecord>,
+) -> Result<Vec<StagePlan<stagecache_proto::records::StageResultRecord>>, ServerError> {
+    let heads: HashMap<String, stagecache_proto::records::StageResultRecord> = heads
+        .into_iter()
+        .filter(|h| h.target.is_empty())
+        .map(|h| (h.stage.clone(), h))
+        .collect();
+    plan(graph, selection, force, |node| {
+        match heads.get(&node.name) {
+            None => Known::Never,
+            Some(h) if super::effective_success(h, &node.fingerprint) => {
+                Known::Succeeded(h.clone(), super::describe(h))
+            }
+            Some(h) => Known::Other(super::describe_other(h, &node.fingerprint)),
+        }
+    })
+}
+
 /// Decides every stage of `graph`. `known(stage)` says what the ledger holds for it.
 /// Returns the plan in the graph's order.
 pub fn plan<R: Clone>(

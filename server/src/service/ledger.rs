@@ -5,8 +5,8 @@ use super::{check_batch_len, namespace, AppState};
 use crate::error::ServerError;
 use crate::events::{Change, Event};
 use crate::ledger::claims::{self, ClaimOutcome};
-use crate::ledger::plan::{self, validate_stage_name, Graph, Known, Selection};
-use crate::ledger::{self, effective_success, status_of, to_proto, validate_text, RecordInput};
+use crate::ledger::plan::{self, validate_stage_name, Graph, Selection};
+use crate::ledger::{self, status_of, to_proto, validate_text, RecordInput};
 use crate::store::ledger::StageKey;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use stagecache_proto::v1::{
     StatusResponse, SubjectStatus, WatchEvent, WatchRequest,
 };
 use stagecache_proto::{Digest, Namespace, RefName};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use tonic::{Request, Response, Status};
 
 /// Most items of one RecordBatch or subjects of one BatchStatus.
@@ -366,29 +366,13 @@ impl Ledger for LedgerService {
         ] {
             check_batch_len(field, names.len(), plan::MAX_GRAPH_STAGES)?;
         }
-        let heads: HashMap<String, StageResultRecord> = self
-            .state
-            .store
-            .index()
-            .ledger_heads(&ns, &subject)?
-            .into_iter()
-            .filter(|h| h.target.is_empty())
-            .map(|h| (h.stage.clone(), h))
-            .collect();
+        let heads = self.state.store.index().ledger_heads(&ns, &subject)?;
         let selection = Selection {
             only: req.only,
             from: req.from,
             skip: req.skip,
         };
-        let decided = plan::plan(&graph, &selection, &req.force, |node| {
-            match heads.get(&node.name) {
-                None => Known::Never,
-                Some(h) if effective_success(h, &node.fingerprint) => {
-                    Known::Succeeded(h.clone(), ledger::describe(h))
-                }
-                Some(h) => Known::Other(ledger::describe_other(h, &node.fingerprint)),
-            }
-        })?;
+        let decided = plan::plan_from_heads(&graph, &selection, &req.force, heads)?;
         let stages = decided
             .into_iter()
             .map(|p| {

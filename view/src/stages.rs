@@ -12,11 +12,40 @@
 //! Unknown keys are errors. The server validates the graph itself (unknown dependency,
 //! duplicate name, cycle); this module only reads the file.
 
-use crate::error::{ClientError, Result};
 use serde::Deserialize;
 use stagecache_proto::v1::{StageDef, StageGraph};
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
+/// A stage file that could not be read or is not a valid stage graph.
+#[derive(Debug)]
+pub enum StageFileError {
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid(String),
+}
+
+impl fmt::Display for StageFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageFileError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StageFileError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StageFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StageFileError::Io { source, .. } => Some(source),
+            StageFileError::Invalid(_) => None,
+        }
+    }
+}
+
+/// A stage graph file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageFile {
@@ -25,6 +54,7 @@ pub struct StageFile {
     pub stages: Vec<StageEntry>,
 }
 
+/// One stage of a stage file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageEntry {
@@ -39,11 +69,16 @@ pub struct StageEntry {
 }
 
 impl StageFile {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ClientError::io(path, e))?;
-        Self::parse(&text).map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))
+    /// Reads and parses a stage file.
+    pub fn load(path: &Path) -> Result<Self, StageFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| StageFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| StageFileError::Invalid(format!("{}: {e}", path.display())))
     }
 
+    /// Parses a stage file's text; the error says which key or stage is wrong.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let file: StageFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         if file.stages.is_empty() {
@@ -57,6 +92,7 @@ impl StageFile {
         Ok(file)
     }
 
+    /// The graph as the `Plan` call takes it.
     pub fn to_proto(&self) -> StageGraph {
         StageGraph {
             stages: self

@@ -1,6 +1,6 @@
 //! Every stage of a graph as a table row: state, attempt, build, duration.
 
-use super::result::status_name;
+use crate::result::status_name;
 use crate::stages::StageFile;
 use stagecache_proto::v1::StageResult;
 
