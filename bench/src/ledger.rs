@@ -84,6 +84,7 @@ pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
                         attempt: 0,
                         run_url: String::new(),
                         actor: "bench".into(),
+                        identity: "anonymous".into(),
                         outputs: None,
                         claim_token: String::new(),
                     };

@@ -54,6 +54,93 @@ pub struct ClientConfig {
     /// Transfers in flight at once.
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// Bearer token sent with every call (`authorization` metadata), when the server
+    /// requires one.
+    pub token: Option<Secret>,
+    /// TLS settings for an `https://` server.
+    pub tls: TlsOptions,
+}
+
+/// A credential: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Trims surrounding white space (a token file usually ends in a newline); refuses an
+    /// empty value, and characters that cannot travel in gRPC metadata.
+    pub fn new(what: &str, value: &str) -> Result<Self> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err(ClientError::Invalid(format!("{what}: the token is empty")));
+        }
+        if !v.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(ClientError::Invalid(format!(
+                "{what}: the token holds spaces or characters outside printable ASCII"
+            )));
+        }
+        Ok(Secret(v.to_string()))
+    }
+
+    /// A private key in PEM form (several lines), kept out of `Debug` output.
+    pub fn from_pem(pem: String) -> Self {
+        Secret(pem)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// PEM material for TLS: the CA that signed the server's certificate (default: the
+/// system's roots) and, for mutual TLS, this client's certificate and key.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub ca_cert_pem: Option<Vec<u8>>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Secret>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_cert", &self.ca_cert_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca_cert_pem.is_some() || self.client_cert_pem.is_some()
+    }
+
+    /// The endpoint's TLS configuration for `server` (an `https://` URL).
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_cert_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(cert, key.expose()));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Invalid(
+                    "client certificate: give both --client-cert and --client-key".into(),
+                ))
+            }
+        }
+        Ok(tls)
+    }
 }
 
 impl ClientConfig {
@@ -68,6 +155,8 @@ impl ClientConfig {
             stream_idle_timeout: Duration::from_secs(120),
             concurrency: 8,
             retry: RetryPolicy::default(),
+            token: None,
+            tls: TlsOptions::default(),
         })
     }
 }
@@ -108,10 +197,20 @@ fn status(call: &'static str) -> impl Fn(tonic::Status) -> ClientError {
 impl Client {
     /// Connects (retrying while the server is unavailable, per the retry policy).
     pub async fn connect(config: ClientConfig) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(|e| {
-                ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
-            })?
+        let mut endpoint = Endpoint::from_shared(config.server.clone()).map_err(|e| {
+            ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
+        })?;
+        if config.server.starts_with("https://") {
+            endpoint = endpoint.tls_config(config.tls.client_config()?).map_err(|e| {
+                ClientError::Invalid(format!("TLS settings for {}: {e}", config.server))
+            })?;
+        } else if config.tls.is_set() {
+            return Err(ClientError::Invalid(format!(
+                "server: {:?}: --ca-cert and --client-cert need an https:// server URL",
+                config.server
+            )));
+        }
+        let endpoint = endpoint
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(false)
@@ -187,8 +286,21 @@ impl Client {
     }
 
     pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
+        let mut r = self.stream_request(msg);
         r.set_timeout(self.config.request_timeout);
+        r
+    }
+
+    /// A request with the credentials but no deadline (streams are bounded by their idle
+    /// timeout instead).
+    pub(crate) fn stream_request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(token) = &self.config.token {
+            // Secret::new admits only printable ASCII, which metadata always accepts.
+            if let Ok(v) = format!("Bearer {}", token.expose()).parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
         r
     }
 
@@ -319,7 +431,7 @@ impl Client {
         });
         let stream = futures::stream::iter([first]).chain(chunks);
         let mut c = self.cas.clone();
-        let resp = c.upload(Request::new(stream)).await?;
+        let resp = c.upload(self.stream_request(stream)).await?;
         Ok(resp.into_inner().already_present)
     }
 
@@ -403,7 +515,7 @@ impl Client {
     ) -> Result<tonic::Streaming<v1::DownloadResponse>, tonic::Status> {
         let mut c = self.cas.clone();
         let resp = c
-            .download(Request::new(DownloadRequest {
+            .download(self.stream_request(DownloadRequest {
                 namespace: self.ns(),
                 digest: Some(digest.to_proto()),
                 offset,
