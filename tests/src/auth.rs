@@ -139,14 +139,15 @@ pub struct AuthDir {
 
 impl AuthDir {
     /// An Ed25519 key pair for minted tokens (`token-private.pem`, `token-public.pem`),
-    /// and `auth.toml` = the `[tokens]` section followed by `rest`.
+    /// and `auth.toml` = `rest` (top-level keys and tables) followed by the `[tokens]`
+    /// section.
     pub fn new(rest: &str) -> Self {
         let dir = tempfile::tempdir().expect("auth dir");
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
         std::fs::write(dir.path().join("token-private.pem"), pair.serialize_pem()).unwrap();
         std::fs::write(dir.path().join("token-public.pem"), pair.public_key_pem()).unwrap();
         let config = format!(
-            "[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"token-private.pem\"\npublic_key_file = \"token-public.pem\"\n\n{rest}"
+            "{rest}\n\n[tokens]\nalgorithm = \"EdDSA\"\nprivate_key_file = \"token-private.pem\"\npublic_key_file = \"token-public.pem\"\n"
         );
         std::fs::write(dir.path().join("auth.toml"), config).unwrap();
         AuthDir { dir }
