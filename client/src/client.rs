@@ -180,6 +180,20 @@ pub fn default_actor() -> String {
     "unknown".into()
 }
 
+/// A failed connection's reason, with what to do when the scheme looks wrong: an
+/// `http://` URL whose server answered (so not "connection refused") but not in plain
+/// HTTP/2 is most often a TLS server.
+fn with_tls_hint(server: &str, reason: String) -> String {
+    let refused = reason.to_lowercase().contains("connection refused");
+    if server.starts_with("http://") && !refused {
+        format!("{reason} (if the server uses TLS, give an https:// URL, with --ca-cert for a private CA)")
+    } else if server.starts_with("https://") && reason.to_lowercase().contains("certificate") {
+        format!("{reason} (give the CA that signed the server's certificate with --ca-cert)")
+    } else {
+        reason
+    }
+}
+
 /// A connected client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -230,9 +244,12 @@ impl Client {
                     break;
                 }
                 Err(e) => {
+                    // The whole chain: the TLS or HTTP/2 reason is at its end.
                     last = format!("{e}");
-                    if let Some(src) = std::error::Error::source(&e) {
-                        last = format!("{e}: {src}");
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(cause) = src {
+                        last = format!("{last}: {cause}");
+                        src = cause.source();
                     }
                     if retry + 1 < config.retry.attempts {
                         tokio::time::sleep(config.retry.backoff(retry)).await;
@@ -242,7 +259,7 @@ impl Client {
         }
         let channel = channel.ok_or_else(|| ClientError::Connect {
             server: config.server.clone(),
-            reason: last,
+            reason: with_tls_hint(&config.server, last),
         })?;
         Ok(Self::with_channel(config, channel))
     }
@@ -276,13 +293,55 @@ impl Client {
         self.channel.clone()
     }
 
+    /// The connection (TLS and all), for calls this library does not wrap. Requests made
+    /// on it directly carry no token.
+    pub fn grpc_channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Runs a unary call under the retry policy.
     pub(crate) async fn unary<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.config.retry.run(call).await
+        self.config
+            .retry
+            .run(call)
+            .await
+            .map_err(|s| self.explain_transport(s))
+    }
+
+    /// A plain-text client talking to a TLS port sees only "h2 protocol error": say what
+    /// is most likely wrong.
+    pub(crate) fn explain_transport(&self, status: tonic::Status) -> tonic::Status {
+        let m = status.message();
+        let mut chain = m.to_string();
+        let mut src = std::error::Error::source(&status);
+        while let Some(cause) = src {
+            chain = format!("{chain}: {cause}");
+            src = cause.source();
+        }
+        let garbled = [
+            "h2 protocol error",
+            "http2 error",
+            "transport error",
+            "operation was canceled",
+            "connection closed",
+            "connection reset",
+        ]
+            .iter()
+            .any(|w| m.contains(w));
+        if self.config.server.starts_with("http://")
+            && garbled
+            && !chain.to_lowercase().contains("refused")
+        {
+            let message = format!(
+                "{m} (if the server uses TLS, give an https:// URL, with --ca-cert for a private CA)"
+            );
+            return tonic::Status::new(status.code(), message);
+        }
+        status
     }
 
     pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
