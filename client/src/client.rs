@@ -215,9 +215,11 @@ impl Client {
             ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
         })?;
         if config.server.starts_with("https://") {
-            endpoint = endpoint.tls_config(config.tls.client_config()?).map_err(|e| {
-                ClientError::Invalid(format!("TLS settings for {}: {e}", config.server))
-            })?;
+            endpoint = endpoint
+                .tls_config(config.tls.client_config()?)
+                .map_err(|e| {
+                    ClientError::Invalid(format!("TLS settings for {}: {e}", config.server))
+                })?;
         } else if config.tls.is_set() {
             return Err(ClientError::Invalid(format!(
                 "server: {:?}: --ca-cert and --client-cert need an https:// server URL",
@@ -330,8 +332,8 @@ impl Client {
             "connection closed",
             "connection reset",
         ]
-            .iter()
-            .any(|w| m.contains(w));
+        .iter()
+        .any(|w| m.contains(w));
         if self.config.server.starts_with("http://")
             && garbled
             && !chain.to_lowercase().contains("refused")

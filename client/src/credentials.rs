@@ -32,7 +32,12 @@ pub struct CredentialArgs {
     #[arg(long, global = true, env = "STAGECACHE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Read the token from FILE (surrounding white space is ignored).
-    #[arg(long, global = true, env = "STAGECACHE_TOKEN_FILE", conflicts_with = "token")]
+    #[arg(
+        long,
+        global = true,
+        env = "STAGECACHE_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
     pub token_file: Option<PathBuf>,
     /// Ask the CI system for this job's identity token (OIDC) and send it.
     #[arg(
@@ -52,10 +57,20 @@ pub struct CredentialArgs {
     #[arg(long, global = true, env = "STAGECACHE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, global = true, env = "STAGECACHE_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "STAGECACHE_CLIENT_CERT",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
     /// Private key (PEM) of --client-cert.
-    #[arg(long, global = true, env = "STAGECACHE_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "STAGECACHE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
 }
 
@@ -194,11 +209,10 @@ pub async fn ci_identity_token(
             .header("content-type", "application/json")
             .body("{}"),
     };
-    let response = request
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .map_err(|e| ClientError::Invalid(format!("--token-from {name}: request failed: {e}")))?;
+    let response =
+        request.bearer_auth(bearer).send().await.map_err(|e| {
+            ClientError::Invalid(format!("--token-from {name}: request failed: {e}"))
+        })?;
     let status = response.status();
     let body = response
         .text()
@@ -240,10 +254,14 @@ mod tests {
     #[test]
     fn github_request_carries_the_audience() {
         let env = env_of(&[
-            ("ACTIONS_ID_TOKEN_REQUEST_URL", "https://gh.example/token?api=1"),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL",
+                "https://gh.example/token?api=1",
+            ),
             ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "req-secret"),
         ]);
-        let (url, bearer) = ci_token_request(TokenSource::GithubActions, "stage cache", env).unwrap();
+        let (url, bearer) =
+            ci_token_request(TokenSource::GithubActions, "stage cache", env).unwrap();
         assert_eq!(url, "https://gh.example/token?api=1&audience=stage%20cache");
         assert_eq!(bearer, "req-secret");
     }
@@ -252,7 +270,10 @@ mod tests {
     fn missing_variables_name_the_fix() {
         let e = ci_token_request(TokenSource::GithubActions, "a", env_of(&[])).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("ACTIONS_ID_TOKEN_REQUEST_URL") && m.contains("id-token: write"), "{m}");
+        assert!(
+            m.contains("ACTIONS_ID_TOKEN_REQUEST_URL") && m.contains("id-token: write"),
+            "{m}"
+        );
         let e = ci_token_request(
             TokenSource::AzurePipelines,
             "a",
@@ -260,13 +281,19 @@ mod tests {
         )
         .unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("SYSTEM_ACCESSTOKEN") && m.contains("$(System.AccessToken)"), "{m}");
+        assert!(
+            m.contains("SYSTEM_ACCESSTOKEN") && m.contains("$(System.AccessToken)"),
+            "{m}"
+        );
     }
 
     #[test]
     fn azure_request_uses_the_oidc_uri() {
         let env = env_of(&[
-            ("SYSTEM_OIDCREQUESTURI", "https://dev.azure.com/o/p/_apis/oidctoken"),
+            (
+                "SYSTEM_OIDCREQUESTURI",
+                "https://dev.azure.com/o/p/_apis/oidctoken",
+            ),
             ("SYSTEM_ACCESSTOKEN", "build-token"),
         ]);
         let (url, bearer) = ci_token_request(TokenSource::AzurePipelines, "x", env).unwrap();

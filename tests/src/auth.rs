@@ -114,7 +114,11 @@ impl LocalIssuer {
 
 /// Standard identity-token claims for `issuer`/`audience`, valid for an hour, plus
 /// `extra` (e.g. `sub`, `repository`, `environment`).
-pub fn identity_claims(issuer: &str, audience: &str, extra: serde_json::Value) -> serde_json::Value {
+pub fn identity_claims(
+    issuer: &str,
+    audience: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let now = now_s();
     let mut claims = serde_json::json!({
         "iss": issuer,
@@ -228,7 +232,9 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().expect("CA key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
@@ -255,7 +261,9 @@ impl TestCa {
         let mut params =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![if client {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth
         } else {

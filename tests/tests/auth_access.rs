@@ -15,7 +15,9 @@ use stagecache_proto::v1::manifests_client::ManifestsClient;
 use stagecache_proto::v1::refs_client::RefsClient;
 use stagecache_proto::v1::*;
 use stagecache_proto::Digest as D;
-use stagecache_tests::auth::{bearer, identity_claims, start_with_auth, AuthDir, LocalIssuer, SigningKey};
+use stagecache_tests::auth::{
+    bearer, identity_claims, start_with_auth, AuthDir, LocalIssuer, SigningKey,
+};
 use stagecache_tests::{pseudo_random, ServerProcess};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -192,7 +194,12 @@ impl Fixture {
         let a = admin.as_deref();
         let stats = self
             .info
-            .stats(bearer(StatsRequest { namespace: "prod".into() }, a))
+            .stats(bearer(
+                StatsRequest {
+                    namespace: "prod".into(),
+                },
+                a,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -622,13 +629,20 @@ async fn every_rpc_by_every_caller() {
                 rpc,
                 "Ledger.Invalidate" | "Ledger.RenewClaim" | "Ledger.ReleaseClaim"
             ) {
-                assert_eq!(before, f.state().await, "{case}: a denied call changed state");
+                assert_eq!(
+                    before,
+                    f.state().await,
+                    "{case}: a denied call changed state"
+                );
             }
             denied += 1;
         }
     }
     assert_eq!(allowed + denied, RPCS.len() * callers.len());
-    assert!(allowed > 40 && denied > 60, "allowed {allowed}, denied {denied}");
+    assert!(
+        allowed > 40 && denied > 60,
+        "allowed {allowed}, denied {denied}"
+    );
     server.stop().await;
 }
 
@@ -760,11 +774,19 @@ grants = [{{ namespaces = "prod", permissions = ["read", "write", "ref", "record
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("github:repo:dotnet/arcade:pull_request"), "{e:?}");
+    assert!(
+        e.message()
+            .contains("github:repo:dotnet/arcade:pull_request"),
+        "{e:?}"
+    );
     let e = f
         .ledger
         .record(bearer(
-            f.record_req("Publish Signed Assets", StageStatus::Succeeded, "release-bot"),
+            f.record_req(
+                "Publish Signed Assets",
+                StageStatus::Succeeded,
+                "release-bot",
+            ),
             Some(&pr),
         ))
         .await
@@ -788,14 +810,21 @@ grants = [{{ namespaces = "prod", permissions = ["read", "write", "ref", "record
     let r = f
         .ledger
         .record(bearer(
-            f.record_req("Publish Signed Assets", StageStatus::Succeeded, "release-bot"),
+            f.record_req(
+                "Publish Signed Assets",
+                StageStatus::Succeeded,
+                "release-bot",
+            ),
             Some(&release),
         ))
         .await
         .unwrap()
         .into_inner();
     let result = r.result.unwrap();
-    assert_eq!(result.identity, "github:repo:dotnet/arcade:environment:release");
+    assert_eq!(
+        result.identity,
+        "github:repo:dotnet/arcade:environment:release"
+    );
     assert_eq!(result.actor, "release-bot");
     // A token for another repository gets no grants at all.
     let other = key.sign(&identity_claims(
@@ -851,7 +880,10 @@ async fn namespaces_resign_and_audit_identity() {
         .result
         .unwrap();
     assert_eq!(r.identity, "token:validate");
-    assert_eq!(r.actor, "mallory", "the client's actor is kept as 'on behalf of'");
+    assert_eq!(
+        r.actor, "mallory",
+        "the client's actor is kept as 'on behalf of'"
+    );
     // ...but cannot void it.
     let invalidate = InvalidateRequest {
         namespace: "prod".into(),
@@ -893,8 +925,15 @@ async fn namespaces_resign_and_audit_identity() {
         .await
         .unwrap()
         .into_inner();
-    let identities: Vec<&str> = history.results.iter().map(|r| r.identity.as_str()).collect();
-    assert!(identities.contains(&"token:release-manager") && identities.contains(&"token:validate"), "{identities:?}");
+    let identities: Vec<&str> = history
+        .results
+        .iter()
+        .map(|r| r.identity.as_str())
+        .collect();
+    assert!(
+        identities.contains(&"token:release-manager") && identities.contains(&"token:validate"),
+        "{identities:?}"
+    );
 
     // Claims and ref changes name their identity too.
     let claim = f
@@ -975,7 +1014,12 @@ async fn the_web_page_behind_the_same_identity() {
     let r = http.get(&url).bearer_auth(&tester).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
     assert!(r.text().await.unwrap().contains("token:tester"));
-    let r = http.get(&url).bearer_auth("not-a-token").send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{reader}"));
     let r = http

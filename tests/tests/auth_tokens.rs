@@ -36,7 +36,11 @@ fn refused(case: &str, r: Result<(), tonic::Status>, code: Code, words: &[&str])
     let e = r.expect_err(case);
     assert_eq!(e.code(), code, "{case}: {e:?}");
     for w in words {
-        assert!(e.message().contains(w), "{case}: {:?} does not say {w:?}", e.message());
+        assert!(
+            e.message().contains(w),
+            "{case}: {:?} does not say {w:?}",
+            e.message()
+        );
     }
 }
 
@@ -97,7 +101,9 @@ async fn identity_tokens_that_must_be_refused_and_a_rotated_key() {
     let main = serde_json::json!({"sub": "repo:dotnet/arcade:ref:refs/heads/main"});
 
     // A good token works (and is cached: the JWKS was fetched once).
-    stats(&server, Some(&k1.sign(&gh(main.clone())))).await.unwrap();
+    stats(&server, Some(&k1.sign(&gh(main.clone()))))
+        .await
+        .unwrap();
     let fetched = github.fetches.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(fetched, 1);
 
@@ -105,31 +111,66 @@ async fn identity_tokens_that_must_be_refused_and_a_rotated_key() {
     expired["exp"] = serde_json::json!(now_s() - 3600);
     expired["iat"] = serde_json::json!(now_s() - 7200);
     expired["nbf"] = serde_json::json!(now_s() - 7200);
-    refused("expired", stats(&server, Some(&k1.sign(&expired))).await, Code::Unauthenticated, &["expired at"]);
+    refused(
+        "expired",
+        stats(&server, Some(&k1.sign(&expired))).await,
+        Code::Unauthenticated,
+        &["expired at"],
+    );
 
     let mut early = gh(main.clone());
     early["nbf"] = serde_json::json!(now_s() + 3600);
-    refused("not yet valid", stats(&server, Some(&k1.sign(&early))).await, Code::Unauthenticated, &["not valid before"]);
+    refused(
+        "not yet valid",
+        stats(&server, Some(&k1.sign(&early))).await,
+        Code::Unauthenticated,
+        &["not valid before"],
+    );
 
     let wrong_iss = identity_claims("https://evil.example", "stagecache", main.clone());
-    refused("wrong issuer", stats(&server, Some(&k1.sign(&wrong_iss))).await, Code::Unauthenticated, &["unknown issuer", "evil.example"]);
+    refused(
+        "wrong issuer",
+        stats(&server, Some(&k1.sign(&wrong_iss))).await,
+        Code::Unauthenticated,
+        &["unknown issuer", "evil.example"],
+    );
 
     let wrong_aud = identity_claims(GITHUB_ISS, "someone-else", main.clone());
-    refused("wrong audience", stats(&server, Some(&k1.sign(&wrong_aud))).await, Code::Unauthenticated, &["audience", "someone-else"]);
+    refused(
+        "wrong audience",
+        stats(&server, Some(&k1.sign(&wrong_aud))).await,
+        Code::Unauthenticated,
+        &["audience", "someone-else"],
+    );
 
     let mut no_exp = gh(main.clone());
     no_exp.as_object_mut().unwrap().remove("exp");
-    refused("no exp", stats(&server, Some(&k1.sign(&no_exp))).await, Code::Unauthenticated, &["exp"]);
+    refused(
+        "no exp",
+        stats(&server, Some(&k1.sign(&no_exp))).await,
+        Code::Unauthenticated,
+        &["exp"],
+    );
 
     // A key the issuer never published: refetched once (rate-limited), still unknown.
     let stranger = SigningKey::rsa("k-unknown");
-    refused("unknown kid", stats(&server, Some(&stranger.sign(&gh(main.clone())))).await, Code::Unauthenticated, &["k-unknown"]);
+    refused(
+        "unknown kid",
+        stats(&server, Some(&stranger.sign(&gh(main.clone())))).await,
+        Code::Unauthenticated,
+        &["k-unknown"],
+    );
 
     // Signed by k1 but naming k2 (which the issuer does not publish yet): bad signature
     // once k2 is known, unknown key before.
     let header_none = b64(&serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"}));
     let alg_none = format!("{header_none}.{}.", b64(&gh(main.clone())));
-    refused("alg none", stats(&server, Some(&alg_none)).await, Code::Unauthenticated, &[]);
+    refused(
+        "alg none",
+        stats(&server, Some(&alg_none)).await,
+        Code::Unauthenticated,
+        &[],
+    );
 
     // HS256 keyed with the issuer's RS256 public key (the classic confusion attack).
     let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -140,14 +181,26 @@ async fn identity_tokens_that_must_be_refused_and_a_rotated_key() {
         &jsonwebtoken::EncodingKey::from_secret(k1.public_pem.as_bytes()),
     )
     .unwrap();
-    refused("HS256 with the RS256 public key", stats(&server, Some(&confused)).await, Code::Unauthenticated, &["HS256"]);
+    refused(
+        "HS256 with the RS256 public key",
+        stats(&server, Some(&confused)).await,
+        Code::Unauthenticated,
+        &["HS256"],
+    );
 
     // A tampered payload (a better subject pasted in): bad signature.
     let good = k1.sign(&gh(main.clone()));
     let parts: Vec<&str> = good.split('.').collect();
-    let forged_payload = b64(&gh(serde_json::json!({"sub": "repo:dotnet/arcade:environment:release"})));
+    let forged_payload = b64(&gh(
+        serde_json::json!({"sub": "repo:dotnet/arcade:environment:release"}),
+    ));
     let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
-    refused("tampered", stats(&server, Some(&forged)).await, Code::Unauthenticated, &["bad signature"]);
+    refused(
+        "tampered",
+        stats(&server, Some(&forged)).await,
+        Code::Unauthenticated,
+        &["bad signature"],
+    );
 
     // Azure Pipelines: this organization's token works; another organization's is from
     // an issuer nobody configured, even signed by the same (shared) key.
@@ -170,13 +223,23 @@ async fn identity_tokens_that_must_be_refused_and_a_rotated_key() {
     // the new key set on the unknown kid (after the 1 s refetch interval) and accepts.
     github.publish(&[&k1, &k2]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    stats(&server, Some(&k2.sign(&gh(main.clone())))).await.expect("rotated key accepted");
+    stats(&server, Some(&k2.sign(&gh(main.clone()))))
+        .await
+        .expect("rotated key accepted");
     // Garbage in the header is an answer, not a crash.
-    refused("not a JWT", stats(&server, Some("abc")).await, Code::Unauthenticated, &[]);
+    refused(
+        "not a JWT",
+        stats(&server, Some("abc")).await,
+        Code::Unauthenticated,
+        &[],
+    );
     let e = InfoClient::new(server.channel().await)
         .stats({
-            let mut r = tonic::Request::new(StatsRequest { namespace: "prod".into() });
-            r.metadata_mut().insert("authorization", "Token abc".parse().unwrap());
+            let mut r = tonic::Request::new(StatsRequest {
+                namespace: "prod".into(),
+            });
+            r.metadata_mut()
+                .insert("authorization", "Token abc".parse().unwrap());
             r
         })
         .await
@@ -196,7 +259,9 @@ async fn minted_tokens_expiry_revocation_and_the_cli() {
     let carol_id = {
         let payload = carol.split('.').nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(v["sub"], "carol");
@@ -210,11 +275,23 @@ async fn minted_tokens_expiry_revocation_and_the_cli() {
     std::fs::write(auth.config(), text).unwrap();
     let server = start_with_auth(&auth.config(), &[]);
     stats(&server, Some(&alice)).await.unwrap();
-    refused("revoked subject", stats(&server, Some(&bob)).await, Code::Unauthenticated, &["revoked"]);
-    refused("revoked id", stats(&server, Some(&carol)).await, Code::Unauthenticated, &["revoked"]);
+    refused(
+        "revoked subject",
+        stats(&server, Some(&bob)).await,
+        Code::Unauthenticated,
+        &["revoked"],
+    );
+    refused(
+        "revoked id",
+        stats(&server, Some(&carol)).await,
+        Code::Unauthenticated,
+        &["revoked"],
+    );
     // Leeway is 60 s by default: a token that expired a second ago is still inside it
     // (the refusal of an expired minted token is shown with leeway 0 below).
-    stats(&server, Some(&short)).await.expect("inside the leeway");
+    stats(&server, Some(&short))
+        .await
+        .expect("inside the leeway");
 
     // The CLI: no token -> exit 2 with UNAUTHENTICATED named; --token, STAGECACHE_TOKEN
     // and --token-file work.
@@ -229,15 +306,33 @@ async fn minted_tokens_expiry_revocation_and_the_cli() {
     let out = cli(&["stats"], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no credentials") && err.contains("--token"), "{err}");
+    assert!(
+        err.contains("no credentials") && err.contains("--token"),
+        "{err}"
+    );
     let out = cli(&["--token", &alice, "stats"], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["stats"], &[("STAGECACHE_TOKEN", &alice)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token_file = auth.path("alice.token");
     std::fs::write(&token_file, format!("{alice}\n")).unwrap();
-    let out = cli(&["--token-file", token_file.to_str().unwrap(), "stats"], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        &["--token-file", token_file.to_str().unwrap(), "stats"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["--token", &bob, "stats"], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("revoked"), "{err}");
@@ -248,10 +343,20 @@ async fn minted_tokens_expiry_revocation_and_the_cli() {
     let token = strict.mint("erin", &["prod:read"], "1");
     std::thread::sleep(Duration::from_millis(2100));
     let server = start_with_auth(&strict.config(), &[]);
-    refused("expired minted", stats(&server, Some(&token)).await, Code::Unauthenticated, &["expired at"]);
+    refused(
+        "expired minted",
+        stats(&server, Some(&token)).await,
+        Code::Unauthenticated,
+        &["expired at"],
+    );
     // A token minted by another server's key: bad signature.
     let other = AuthDir::new("").mint("erin", &["prod:read"], "1h");
-    refused("other key", stats(&server, Some(&other)).await, Code::Unauthenticated, &["bad signature"]);
+    refused(
+        "other key",
+        stats(&server, Some(&other)).await,
+        Code::Unauthenticated,
+        &["bad signature"],
+    );
     server.stop().await;
 }
 
@@ -262,12 +367,23 @@ fn token_create_dump_claims_and_configuration_refusals() {
         .arg("--auth-config")
         .arg(auth.config())
         .args([
-            "token", "create", "--subject", "prep", "--grant", "prod:write,ref:bar/", "--expires", "90d",
+            "token",
+            "create",
+            "--subject",
+            "prep",
+            "--grant",
+            "prod:write,ref:bar/",
+            "--expires",
+            "90d",
             "--dump-claims",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(claims["sub"], "prep");
     let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
@@ -286,26 +402,46 @@ fn token_create_dump_claims_and_configuration_refusals() {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra);
         let out = output_within(&mut cmd, Duration::from_secs(60), "stagecache-server");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let (code, err) = server_with("[tokens]\nalgorithm = \"EdDSA\"\npublic_key_file = \"k.pem\"\nsurprise = 1\n", &[]);
+    let (code, err) = server_with(
+        "[tokens]\nalgorithm = \"EdDSA\"\npublic_key_file = \"k.pem\"\nsurprise = 1\n",
+        &[],
+    );
     assert_eq!(code, Some(2));
-    assert!(err.contains("surprise") && err.contains("auth.toml"), "{err}");
+    assert!(
+        err.contains("surprise") && err.contains("auth.toml"),
+        "{err}"
+    );
     let (code, err) = server_with("[[oidc]]\nname = \"gh\"\nissuer = \"https://x\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\njwks_file = \"j.json\"\n", &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("none"), "{err}");
-    let (code, err) = server_with("[tokens]\nalgorithm = \"EdDSA\"\npublic_key_file = \"missing.pem\"\n", &[]);
+    let (code, err) = server_with(
+        "[tokens]\nalgorithm = \"EdDSA\"\npublic_key_file = \"missing.pem\"\n",
+        &[],
+    );
     assert_eq!(code, Some(2));
     assert!(err.contains("missing.pem"), "{err}");
 
     // No auth configuration: a non-loopback address is refused, naming both ways out.
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(workspace_bin("stagecache-server"));
-    cmd.args(["--data-dir", dir.path().to_str().unwrap(), "--listen", "0.0.0.0:0"]);
+    cmd.args([
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
     let out = output_within(&mut cmd, Duration::from_secs(60), "stagecache-server");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--auth-config FILE") && err.contains("--insecure-open"), "{err}");
+    assert!(
+        err.contains("--auth-config FILE") && err.contains("--insecure-open"),
+        "{err}"
+    );
 }
 
 /// `--token-from github-actions` asks the job's token endpoint (here a local stand-in
@@ -355,26 +491,51 @@ async fn token_from_github_actions() {
     let url = server.url();
     let run = move |secret: &'static str| {
         let mut cmd = std::process::Command::new(workspace_bin("stagecache"));
-        cmd.args(["--server", &url, "--namespace", "prod", "--token-from", "github-actions", "stats"])
-            .env("ACTIONS_ID_TOKEN_REQUEST_URL", format!("http://{addr}/token"))
-            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", secret);
+        cmd.args([
+            "--server",
+            &url,
+            "--namespace",
+            "prod",
+            "--token-from",
+            "github-actions",
+            "stats",
+        ])
+        .env(
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            format!("http://{addr}/token"),
+        )
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", secret);
         cmd
     };
     let out = tokio::task::spawn_blocking(move || {
-        let good = output_within(&mut run("request-secret"), Duration::from_secs(60), "stagecache");
+        let good = output_within(
+            &mut run("request-secret"),
+            Duration::from_secs(60),
+            "stagecache",
+        );
         let bad = output_within(&mut run("wrong"), Duration::from_secs(60), "stagecache");
         (good, bad)
     })
     .await
     .unwrap();
-    assert!(out.0.status.success(), "{}", String::from_utf8_lossy(&out.0.stderr));
+    assert!(
+        out.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
     let err = String::from_utf8_lossy(&out.1.stderr);
     assert!(!out.1.status.success() && err.contains("403"), "{err}");
     // Without the variables the CLI says what the workflow lacks.
     let mut cmd = std::process::Command::new(workspace_bin("stagecache"));
-    cmd.args(["--server", &server.url(), "--token-from", "github-actions", "stats"])
-        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
-        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN");
+    cmd.args([
+        "--server",
+        &server.url(),
+        "--token-from",
+        "github-actions",
+        "stats",
+    ])
+    .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+    .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN");
     let out = output_within(&mut cmd, Duration::from_secs(60), "stagecache");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("id-token: write"), "{err}");

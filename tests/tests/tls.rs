@@ -57,14 +57,31 @@ async fn tls_for_the_library_and_the_cli_and_clear_errors_without_it() {
     c.batch_upload(vec![(d, bytes::Bytes::from_static(b"over TLS"))])
         .await
         .unwrap();
-    assert_eq!(c.batch_download(&[d]).await.unwrap()[0].as_ref(), b"over TLS");
+    assert_eq!(
+        c.batch_download(&[d]).await.unwrap()[0].as_ref(),
+        b"over TLS"
+    );
 
     // The CLI with --ca-cert.
-    let out = cli(&["--server", &server.url(), "--ca-cert", &ca_path, "stats", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[
+        "--server",
+        &server.url(),
+        "--ca-cert",
+        &ca_path,
+        "stats",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Not trusting the CA (system roots only): refused, saying why.
-    let err = client(&server.url(), TlsOptions::default()).await.err().expect("untrusted CA");
+    let err = client(&server.url(), TlsOptions::default())
+        .await
+        .err()
+        .expect("untrusted CA");
     let m = err.to_string();
     assert!(m.to_lowercase().contains("certificate"), "{m}");
 
@@ -72,12 +89,15 @@ async fn tls_for_the_library_and_the_cli_and_clear_errors_without_it() {
     let plain = format!("http://{}", server.listen);
     let err = match client(&plain, TlsOptions::default()).await {
         Err(e) => e,
-        Ok(c) => c.list_refs("", 1).await.err().expect("plain text refused"),
+        Ok(c) => c.list_refs("", 1).await.expect_err("plain text refused"),
     };
     assert!(err.to_string().contains("https://"), "{err}");
     let out = cli(&["--server", &plain, "stats"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("https://"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("https://"),
+        "{stderr}"
+    );
 
     // TLS options with an http:// URL are a mistake, named.
     let err = client(&plain, tls_options(&ca, None)).await.err().unwrap();
@@ -128,9 +148,13 @@ grants = [{ namespaces = "prod", permissions = ["read", "record"] }]
     );
 
     // The agent's certificate: read allowed, record allowed, and the record names it.
-    let c = client(&server.url(), tls_options(&ca, Some(&agent))).await.unwrap();
+    let c = client(&server.url(), tls_options(&ca, Some(&agent)))
+        .await
+        .unwrap();
     let stats = InfoClient::new(c_channel(&c))
-        .stats(StatsRequest { namespace: "prod".into() })
+        .stats(StatsRequest {
+            namespace: "prod".into(),
+        })
         .await;
     assert!(stats.is_ok(), "{stats:?}");
     let d = stagecache_proto::Digest::of_bytes(b"signed bits");
@@ -138,7 +162,7 @@ grants = [{ namespaces = "prod", permissions = ["read", "record"] }]
         .batch_upload(vec![(d, bytes::Bytes::from_static(b"signed bits"))])
         .await;
     // write was not granted: the upload is refused by name
-    let e = upload.err().expect("no write grant");
+    let e = upload.expect_err("no write grant");
     assert!(e.to_string().contains("cert:release-agent-7"), "{e}");
     let record = LedgerClient::new(c_channel(&c))
         .record(RecordRequest {
@@ -154,9 +178,13 @@ grants = [{ namespaces = "prod", permissions = ["read", "record"] }]
     assert_eq!(record.code(), tonic::Code::FailedPrecondition, "{record:?}");
 
     // A certificate no rule names: connected, but allowed nothing, named.
-    let c = client(&server.url(), tls_options(&ca, Some(&laptop))).await.unwrap();
+    let c = client(&server.url(), tls_options(&ca, Some(&laptop)))
+        .await
+        .unwrap();
     let e = InfoClient::new(c_channel(&c))
-        .stats(StatsRequest { namespace: "prod".into() })
+        .stats(StatsRequest {
+            namespace: "prod".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
@@ -165,12 +193,17 @@ grants = [{ namespaces = "prod", permissions = ["read", "record"] }]
     // No certificate, or one from another CA: the handshake fails.
     for (case, tls) in [
         ("no client certificate", tls_options(&ca, None)),
-        ("another CA's certificate", tls_options(&ca, Some(&stranger))),
+        (
+            "another CA's certificate",
+            tls_options(&ca, Some(&stranger)),
+        ),
     ] {
         let outcome = match client(&server.url(), tls).await {
             Err(e) => Err(e.to_string()),
             Ok(c) => InfoClient::new(c_channel(&c))
-                .stats(StatsRequest { namespace: "prod".into() })
+                .stats(StatsRequest {
+                    namespace: "prod".into(),
+                })
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -192,7 +225,11 @@ grants = [{ namespaces = "prod", permissions = ["read", "record"] }]
         "prod",
         "stats",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.stop().await;
 }
 

@@ -39,7 +39,9 @@ pub fn names(der: &[u8]) -> Result<(Vec<String>, i64), String> {
 pub fn principal(der: &[u8], rules: &[CertificateRule]) -> Result<Principal, String> {
     let (names, not_after_ms) = names(der)?;
     let Some(first) = names.first() else {
-        return Err("client certificate: has neither a common name nor a DNS, URI or e-mail name".into());
+        return Err(
+            "client certificate: has neither a common name nor a DNS, URI or e-mail name".into(),
+        );
     };
     let mut identity = None;
     let mut grants = Vec::new();

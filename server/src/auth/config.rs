@@ -236,6 +236,22 @@ impl AuthConfig {
 mod tests {
     use super::*;
 
+    /// The example operators copy (`deploy/auth.example.toml`) is a configuration this
+    /// server accepts, with the sections it documents.
+    #[test]
+    fn the_deploy_example_parses() {
+        let text = include_str!("../../../deploy/auth.example.toml");
+        let c = AuthConfig::parse(text).unwrap_or_else(|e| panic!("deploy/auth.example.toml: {e}"));
+        assert!(c.tokens.is_some());
+        let names: Vec<&str> = c.oidc.iter().map(|o| o.name.as_str()).collect();
+        assert!(
+            names.contains(&"github") && names.contains(&"azure"),
+            "{names:?}"
+        );
+        assert!(c.oidc.iter().all(|o| !o.rules.is_empty()));
+        assert!(!c.certificates.is_empty());
+    }
+
     #[test]
     fn parses_the_documented_example_and_refuses_unknown_keys() {
         let doc = include_str!("config.rs")

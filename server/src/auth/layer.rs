@@ -81,7 +81,9 @@ where
 
 /// The leaf certificate the client presented in the TLS handshake (verified against
 /// `--tls-client-ca` by then), if any.
-pub fn peer_cert(extensions: &http::Extensions) -> Option<rustls::pki_types::CertificateDer<'static>> {
+pub fn peer_cert(
+    extensions: &http::Extensions,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     extensions
         .get::<TlsConnectInfo<TcpConnectInfo>>()?

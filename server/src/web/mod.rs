@@ -91,7 +91,9 @@ fn bearer_of(headers: &HeaderMap) -> Result<Option<Vec<u8>>, PageError> {
     let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let text = v.to_str().map_err(|_| PageError::unauthorized("authorization: not text"))?;
+    let text = v
+        .to_str()
+        .map_err(|_| PageError::unauthorized("authorization: not text"))?;
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(Some(v.as_bytes().to_vec()));
@@ -138,14 +140,19 @@ pub async fn caller(
         .map_err(|s| PageError::unauthorized(s.message()))?;
     let allowed = match page_namespace(uri) {
         Some(ns) => match Namespace::parse("ns", &ns) {
-            Ok(ns) => principal.check(Permission::Read, &ns).map_err(|s| (s, ns.to_string())),
+            Ok(ns) => principal
+                .check(Permission::Read, &ns)
+                .map_err(|s| (s, ns.to_string())),
             // A bad namespace is the page's to report (400), not the gate's.
             Err(_) => Ok(()),
         },
         None if principal.reads_somewhere() => Ok(()),
         None => Err((
             principal
-                .check(Permission::Read, &Namespace::parse("ns", "default").map_err(PageError::from)?)
+                .check(
+                    Permission::Read,
+                    &Namespace::parse("ns", "default").map_err(PageError::from)?,
+                )
                 .err()
                 .unwrap_or_else(|| tonic::Status::permission_denied("read")),
             "any".into(),
@@ -153,9 +160,12 @@ pub async fn caller(
     };
     match allowed {
         Ok(()) => Ok(principal),
-        Err((status, ns)) if status.code() == tonic::Code::Unauthenticated => Err(
-            PageError::unauthorized(format!("sign in to read namespace {ns}: {}", status.message())),
-        ),
+        Err((status, ns)) if status.code() == tonic::Code::Unauthenticated => {
+            Err(PageError::unauthorized(format!(
+                "sign in to read namespace {ns}: {}",
+                status.message()
+            )))
+        }
         Err((_, ns)) => Err(PageError {
             status: StatusCode::FORBIDDEN,
             message: format!("{} may not read namespace {ns}", principal.identity),
