@@ -84,6 +84,7 @@ pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
                         attempt: 0,
                         run_url: String::new(),
                         actor: "bench".into(),
+                        identity: "anonymous".into(),
                         outputs: None,
                         claim_token: String::new(),
                     };
@@ -221,6 +222,8 @@ impl Call {
 pub struct LoadFigure {
     pub call: Call,
     pub callers: usize,
+    /// Against a server with an auth configuration, each call carrying a token.
+    pub auth: bool,
     pub calls: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -296,6 +299,7 @@ pub async fn load(
     Ok(LoadFigure {
         call,
         callers,
+        auth: server.has_token(),
         calls: all.len(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),

@@ -488,6 +488,35 @@ impl Bench {
             }
         }
         server.stop()?;
+        // The same calls against the same ledger with auth on: a token minted by the
+        // server, verified once and then answered from the verdict cache.
+        let (auth_args, token) = self.auth_config(&dir)?;
+        let args: Vec<&str> = auth_args.iter().map(String::as_str).collect();
+        let server = Server::start_with(
+            &self.bins,
+            &dir,
+            &self.log("server-ledger-auth"),
+            &args,
+            Some(token),
+        )
+        .await?;
+        let extremes = [
+            *self.args.callers.iter().min().unwrap_or(&1),
+            *self.args.callers.iter().max().unwrap_or(&64),
+        ];
+        for callers in extremes
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            for call in [ledger::Call::Status, ledger::Call::Plan] {
+                eprintln!(
+                    "ledger: {} with {callers} callers, auth on ...",
+                    call.name()
+                );
+                figures.push(ledger::load(&server, call, callers, subjects, window).await?);
+            }
+        }
+        server.stop()?;
         self.clean_up(&dir)?;
         Ok(report::Ledger {
             attempts: subjects * ledger::ATTEMPTS_PER_SUBJECT,
@@ -495,6 +524,47 @@ impl Bench {
             fill_s: fill.as_secs_f64(),
             figures,
         })
+    }
+
+    /// An auth configuration in `dir` (minted tokens, HS256 with a random secret) and a
+    /// token with `read` in the bench's namespace, minted by the server binary:
+    /// (the server's extra arguments, the token).
+    fn auth_config(&self, dir: &Path) -> Result<(Vec<String>, String)> {
+        // Random enough for a bench's throw-away key: std's per-process hash keys.
+        let secret: String = (0..4)
+            .map(|_| {
+                use std::hash::{BuildHasher, Hasher};
+                let h = std::collections::hash_map::RandomState::new().build_hasher();
+                format!("{:016x}", h.finish())
+            })
+            .collect();
+        std::fs::write(dir.join("bench-secret"), secret)?;
+        let config = dir.join("bench-auth.toml");
+        std::fs::write(
+            &config,
+            "[tokens]\nalgorithm = \"HS256\"\nsecret_file = \"bench-secret\"\n",
+        )?;
+        let config = config.to_str().ok_or("work dir is not UTF-8")?.to_string();
+        let out = std::process::Command::new(&self.bins.server)
+            .args([
+                "--auth-config",
+                &config,
+                "token",
+                "create",
+                "--subject",
+                "bench",
+            ])
+            .args(["--grant", &format!("{NAMESPACE}:read"), "--expires", "1d"])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "token create: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok((vec!["--auth-config".into(), config], token))
     }
 
     async fn memory(&self) -> Result<Memory> {

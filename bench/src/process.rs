@@ -47,6 +47,8 @@ impl Bins {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// Sent with every call of [`Server::client`] (a server started with auth).
+    token: Option<String>,
 }
 
 impl Server {
@@ -54,10 +56,23 @@ impl Server {
     /// chooses (read from its ready line: no port picked here that another process could
     /// take first), and waits until it answers.
     pub async fn start(bins: &Bins, data_dir: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(bins, data_dir, log, &[], None).await
+    }
+
+    /// [`Server::start`] with extra arguments (e.g. `--auth-config FILE`) and the token
+    /// its clients send.
+    pub async fn start_with(
+        bins: &Bins,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+        token: Option<String>,
+    ) -> Result<Self> {
         let mut child = Command::new(&bins.server)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             // Appended: a phase restarts its server per run and keeps every run's log.
             .stderr(
@@ -81,6 +96,7 @@ impl Server {
         let mut server = Server {
             child,
             url: String::new(),
+            token,
         };
         let line = match tokio::time::timeout(Duration::from_secs(60), first).await {
             Ok(Ok(Some(Ok(line)))) => line,
@@ -122,7 +138,15 @@ impl Server {
     }
 
     pub async fn client(&self) -> Result<Client> {
-        Ok(Client::connect(ClientConfig::new(&self.url, crate::NAMESPACE)?).await?)
+        let mut config = ClientConfig::new(&self.url, crate::NAMESPACE)?;
+        if let Some(t) = &self.token {
+            config.token = Some(stagecache_client::Secret::new("token", t)?);
+        }
+        Ok(Client::connect(config).await?)
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     pub fn pid(&self) -> u32 {

@@ -14,6 +14,9 @@ pub const FIND_MISSING_MAX_MS: f64 = 250.0;
 pub const LEDGER_P50_MAX_MS: f64 = 1.0;
 pub const LEDGER_P99_MAX_MS: f64 = 5.0;
 pub const LEDGER_MIN_CALLS_PER_S: f64 = 20_000.0;
+/// Ledger throughput with auth on, as a share of the same call without auth in the same
+/// run (issue 10: at most 10% slower).
+pub const AUTH_MIN_RATIO: f64 = 0.90;
 pub const LEDGER_THROUGHPUT_CALLERS: usize = 64;
 pub const PEAK_RSS_MAX: u64 = 256 * 1024 * 1024;
 
@@ -319,19 +322,33 @@ impl Results {
                     ));
                     met &= f.calls_per_s >= LEDGER_MIN_CALLS_PER_S;
                 }
-                let met = Some(met);
+                let mut ratio = String::new();
+                if f.auth {
+                    // Judged against the same call without auth, in the same run.
+                    if let Some(open) = l
+                        .figures
+                        .iter()
+                        .find(|o| !o.auth && o.call == f.call && o.callers == f.callers)
+                    {
+                        let x = f.calls_per_s / open.calls_per_s;
+                        ratio = format!("{x:.2}x no auth");
+                        target.push_str(&format!(", >= {AUTH_MIN_RATIO:.2}x no auth"));
+                        met &= x >= AUTH_MIN_RATIO;
+                    }
+                }
                 rows.push(Row {
                     figure: format!(
-                        "{}, {} caller{}",
+                        "{}, {} caller{}{}",
                         f.call.name(),
                         f.callers,
-                        if f.callers == 1 { "" } else { "s" }
+                        if f.callers == 1 { "" } else { "s" },
+                        if f.auth { ", auth on" } else { "" }
                     ),
                     time: format!("p50 {:.3} / p99 {:.3} ms", f.p50_ms, f.p99_ms),
                     rate: format!("{} calls/s", thousands(f.calls_per_s)),
-                    ratio: String::new(),
+                    ratio,
                     target,
-                    met,
+                    met: Some(met),
                     cpu: format!(
                         "server {:.0} us/call, {:.2} cores",
                         f.server_cpu_us_per_call, f.server_cores
@@ -510,6 +527,7 @@ mod tests {
         LoadFigure {
             call,
             callers,
+            auth: false,
             calls: 100,
             p50_ms,
             p99_ms,
@@ -519,16 +537,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn latency_is_judged_at_every_caller_count() {
-        let mut r = Results::new(&Config {
+    /// Results of a run that measured only the ledger.
+    fn ledger_only_results() -> Results {
+        Results::new(&Config {
             size: 0,
             big_file: 0,
             runs: 1,
             seed: 1,
             ledger_attempts: 0,
             ledger_seconds: 1.0,
-        });
+        })
+    }
+
+    #[test]
+    fn latency_is_judged_at_every_caller_count() {
+        let mut r = ledger_only_results();
         // No 1-caller figure: the targets must not vanish.
         r.ledger = Some(Ledger {
             attempts: 60,
@@ -564,6 +587,42 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn auth_on_is_judged_against_the_same_call_without_auth() {
+        let mut r = ledger_only_results();
+        let auth = |call, calls_per_s| LoadFigure {
+            auth: true,
+            ..load(call, 1, 0.5, 0.9, calls_per_s)
+        };
+        r.ledger = Some(Ledger {
+            attempts: 60,
+            records: 100,
+            fill_s: 0.1,
+            figures: vec![
+                load(Call::Status, 1, 0.5, 0.9, 2_000.0),
+                load(Call::Plan, 1, 0.5, 0.9, 2_000.0),
+                auth(Call::Status, 1_900.0),
+                auth(Call::Plan, 1_700.0),
+            ],
+        });
+        r.judge();
+        let judged: Vec<(&str, bool)> = r
+            .targets
+            .iter()
+            .map(|t| (t.figure.as_str(), t.met))
+            .collect();
+        assert_eq!(
+            judged,
+            [
+                ("status, 1 caller", true),
+                ("plan, 1 caller", true),
+                ("status, 1 caller, auth on", true),
+                ("plan, 1 caller, auth on", false),
+            ]
+        );
+        assert!(r.targets[3].target.contains(">= 0.90x no auth"));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Cli {
         default_value_t = 300
     )]
     pub rpc_timeout: u64,
+    #[command(flatten)]
+    pub credentials: crate::credentials::CredentialArgs,
     #[command(subcommand)]
     pub command: Command,
 }

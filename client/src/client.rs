@@ -54,6 +54,93 @@ pub struct ClientConfig {
     /// Transfers in flight at once.
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// Bearer token sent with every call (`authorization` metadata), when the server
+    /// requires one.
+    pub token: Option<Secret>,
+    /// TLS settings for an `https://` server.
+    pub tls: TlsOptions,
+}
+
+/// A credential: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Trims surrounding white space (a token file usually ends in a newline); refuses an
+    /// empty value, and characters that cannot travel in gRPC metadata.
+    pub fn new(what: &str, value: &str) -> Result<Self> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err(ClientError::Invalid(format!("{what}: the token is empty")));
+        }
+        if !v.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(ClientError::Invalid(format!(
+                "{what}: the token holds spaces or characters outside printable ASCII"
+            )));
+        }
+        Ok(Secret(v.to_string()))
+    }
+
+    /// A private key in PEM form (several lines), kept out of `Debug` output.
+    pub fn from_pem(pem: String) -> Self {
+        Secret(pem)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// PEM material for TLS: the CA that signed the server's certificate (default: the
+/// system's roots) and, for mutual TLS, this client's certificate and key.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub ca_cert_pem: Option<Vec<u8>>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Secret>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_cert", &self.ca_cert_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca_cert_pem.is_some() || self.client_cert_pem.is_some()
+    }
+
+    /// The endpoint's TLS configuration for `server` (an `https://` URL).
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_cert_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(cert, key.expose()));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Invalid(
+                    "client certificate: give both --client-cert and --client-key".into(),
+                ))
+            }
+        }
+        Ok(tls)
+    }
 }
 
 impl ClientConfig {
@@ -68,6 +155,8 @@ impl ClientConfig {
             stream_idle_timeout: Duration::from_secs(120),
             concurrency: 8,
             retry: RetryPolicy::default(),
+            token: None,
+            tls: TlsOptions::default(),
         })
     }
 }
@@ -91,6 +180,20 @@ pub fn default_actor() -> String {
     "unknown".into()
 }
 
+/// A failed connection's reason, with what to do when the scheme looks wrong: an
+/// `http://` URL whose server answered (so not "connection refused") but not in plain
+/// HTTP/2 is most often a TLS server.
+fn with_tls_hint(server: &str, reason: String) -> String {
+    let refused = reason.to_lowercase().contains("connection refused");
+    if server.starts_with("http://") && !refused {
+        format!("{reason} (if the server uses TLS, give an https:// URL, with --ca-cert for a private CA)")
+    } else if server.starts_with("https://") && reason.to_lowercase().contains("certificate") {
+        format!("{reason} (give the CA that signed the server's certificate with --ca-cert)")
+    } else {
+        reason
+    }
+}
+
 /// A connected client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -108,10 +211,22 @@ fn status(call: &'static str) -> impl Fn(tonic::Status) -> ClientError {
 impl Client {
     /// Connects (retrying while the server is unavailable, per the retry policy).
     pub async fn connect(config: ClientConfig) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(|e| {
-                ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
-            })?
+        let mut endpoint = Endpoint::from_shared(config.server.clone()).map_err(|e| {
+            ClientError::Invalid(format!("server: {:?} is not a URL: {e}", config.server))
+        })?;
+        if config.server.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(config.tls.client_config()?)
+                .map_err(|e| {
+                    ClientError::Invalid(format!("TLS settings for {}: {e}", config.server))
+                })?;
+        } else if config.tls.is_set() {
+            return Err(ClientError::Invalid(format!(
+                "server: {:?}: --ca-cert and --client-cert need an https:// server URL",
+                config.server
+            )));
+        }
+        let endpoint = endpoint
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(false)
@@ -131,9 +246,12 @@ impl Client {
                     break;
                 }
                 Err(e) => {
+                    // The whole chain: the TLS or HTTP/2 reason is at its end.
                     last = format!("{e}");
-                    if let Some(src) = std::error::Error::source(&e) {
-                        last = format!("{e}: {src}");
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(cause) = src {
+                        last = format!("{last}: {cause}");
+                        src = cause.source();
                     }
                     if retry + 1 < config.retry.attempts {
                         tokio::time::sleep(config.retry.backoff(retry)).await;
@@ -143,7 +261,7 @@ impl Client {
         }
         let channel = channel.ok_or_else(|| ClientError::Connect {
             server: config.server.clone(),
-            reason: last,
+            reason: with_tls_hint(&config.server, last),
         })?;
         Ok(Self::with_channel(config, channel))
     }
@@ -177,18 +295,73 @@ impl Client {
         self.channel.clone()
     }
 
+    /// The connection (TLS and all), for calls this library does not wrap. Requests made
+    /// on it directly carry no token.
+    pub fn grpc_channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Runs a unary call under the retry policy.
     pub(crate) async fn unary<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.config.retry.run(call).await
+        self.config
+            .retry
+            .run(call)
+            .await
+            .map_err(|s| self.explain_transport(s))
+    }
+
+    /// A plain-text client talking to a TLS port sees only "h2 protocol error": say what
+    /// is most likely wrong.
+    pub(crate) fn explain_transport(&self, status: tonic::Status) -> tonic::Status {
+        let m = status.message();
+        let mut chain = m.to_string();
+        let mut src = std::error::Error::source(&status);
+        while let Some(cause) = src {
+            chain = format!("{chain}: {cause}");
+            src = cause.source();
+        }
+        let garbled = [
+            "h2 protocol error",
+            "http2 error",
+            "transport error",
+            "operation was canceled",
+            "connection closed",
+            "connection reset",
+        ]
+        .iter()
+        .any(|w| m.contains(w));
+        if self.config.server.starts_with("http://")
+            && garbled
+            && !chain.to_lowercase().contains("refused")
+        {
+            let message = format!(
+                "{m} (if the server uses TLS, give an https:// URL, with --ca-cert for a private CA)"
+            );
+            return tonic::Status::new(status.code(), message);
+        }
+        status
     }
 
     pub(crate) fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
+        let mut r = self.stream_request(msg);
         r.set_timeout(self.config.request_timeout);
+        r
+    }
+
+    /// A request with the credentials but no deadline (streams are bounded by their idle
+    /// timeout instead).
+    pub(crate) fn stream_request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(token) = &self.config.token {
+            // Secret::new admits only printable ASCII, which metadata always accepts.
+            if let Ok(v) = format!("Bearer {}", token.expose()).parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
         r
     }
 
@@ -319,7 +492,7 @@ impl Client {
         });
         let stream = futures::stream::iter([first]).chain(chunks);
         let mut c = self.cas.clone();
-        let resp = c.upload(Request::new(stream)).await?;
+        let resp = c.upload(self.stream_request(stream)).await?;
         Ok(resp.into_inner().already_present)
     }
 
@@ -403,7 +576,7 @@ impl Client {
     ) -> Result<tonic::Streaming<v1::DownloadResponse>, tonic::Status> {
         let mut c = self.cas.clone();
         let resp = c
-            .download(Request::new(DownloadRequest {
+            .download(self.stream_request(DownloadRequest {
                 namespace: self.ns(),
                 digest: Some(digest.to_proto()),
                 offset,

@@ -132,7 +132,7 @@ impl Client {
     pub async fn watch(&self, mut req: WatchRequest) -> Result<tonic::Streaming<WatchEvent>> {
         req.namespace = self.ns();
         let mut c = self.ledger();
-        Ok(c.watch(tonic::Request::new(req))
+        Ok(c.watch(self.stream_request(req))
             .await
             .map_err(status("Ledger.Watch"))?
             .into_inner())

@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod credentials;
 pub mod error;
 pub mod fetch;
 pub mod ledger;
@@ -31,7 +32,7 @@ pub mod retry;
 pub mod tree;
 pub mod wait;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, Secret, TlsOptions};
 pub use error::{ClientError, Result};
 pub use fetch::{FetchOptions, FetchReport};
 pub use register::{RegisterOptions, RegisterReport};

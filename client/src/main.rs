@@ -14,6 +14,9 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider, chosen explicitly: with more than one compiled in, rustls
+    // refuses to pick and its first use panics.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STAGECACHE_LOG")

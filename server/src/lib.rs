@@ -6,6 +6,7 @@
 //! their invariants, knowing nothing of gRPC or pipelines; the rules both sides share
 //! (digests, manifests, names) come from `stagecache-proto`.
 
+pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod events;
@@ -15,4 +16,4 @@ pub mod service;
 pub mod store;
 pub mod web;
 
-pub use server::{serve, serve_with_web, ServerConfig};
+pub use server::{serve, serve_with_web, ServerConfig, TlsSettings};

@@ -6,7 +6,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use stagecache_server::auth::{AuthConfig, Authenticator};
 use stagecache_server::{serve_with_web, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,16 +39,144 @@ struct Args {
     /// Log filter, e.g. `info` or `stagecache_server=debug`.
     #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
     log: String,
+    /// Who may do what: tokens this server mints, CI identity issuers (OIDC) and their
+    /// trust rules (TOML; see deploy/auth.example.toml). Without it the server is open,
+    /// which it allows only on a loopback address.
+    #[arg(long, env = "STAGECACHE_AUTH_CONFIG", global = true)]
+    auth_config: Option<PathBuf>,
+    /// Serve without an auth configuration on a non-loopback address: anyone who reaches
+    /// the port may record results, move refs and force a re-sign.
+    #[arg(long)]
+    insecure_open: bool,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "STAGECACHE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "STAGECACHE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. The
+    /// `[[certificates]]` rules of --auth-config map their names to grants.
+    #[arg(long, env = "STAGECACHE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca, also accept clients without a certificate (tokens or
+    /// anonymous grants then decide).
+    #[arg(long, requires = "tls_client_ca")]
+    tls_client_optional: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Re-hash every stored blob (with the server stopped: the index is opened
     /// exclusively), quarantine damaged ones, list the refs that lost a blob, print a
     /// JSON report. Exits 0 when nothing was damaged, 3 otherwise.
     Scrub,
+    /// Mint tokens with the key in --auth-config.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Print a new token for SUBJECT with the given grants.
+    Create {
+        /// Who the token stands for; audit records name it `token:SUBJECT`.
+        #[arg(long)]
+        subject: String,
+        /// NAMESPACES:PERMISSIONS[:REF-PREFIXES], repeatable, e.g. `prod:read,record` or
+        /// `prod:write,ref:bar/,build/`. Permissions: read, write, ref, record,
+        /// invalidate, admin.
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// Lifetime: `90d`, `12h`, `30m` or seconds.
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        /// Print the claims (unsigned JSON) instead of the token.
+        #[arg(long)]
+        dump_claims: bool,
+    },
+}
+
+/// `90d`, `12h`, `30m`, `45s` or plain seconds.
+fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("--expires {s:?}: expected e.g. 90d, 12h, 30m or seconds"))?;
+    let unit = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(format!("--expires {s:?}: unit must be d, h, m or s")),
+    };
+    if n <= 0 {
+        return Err(format!("--expires {s:?}: must be positive"));
+    }
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("--expires {s:?}: too long"))
+}
+
+fn token_command(auth_config: Option<&std::path::Path>, action: TokenAction) -> Result<(), String> {
+    let TokenAction::Create {
+        subject,
+        grants,
+        expires,
+        dump_claims,
+    } = action;
+    let path =
+        auth_config.ok_or("token create: give --auth-config FILE (it holds the signing key)")?;
+    let config = AuthConfig::load(path)?;
+    let grants = grants
+        .iter()
+        .map(|g| stagecache_server::auth::Grant::parse(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    if subject.trim().is_empty() || subject.chars().any(char::is_control) {
+        return Err(format!(
+            "--subject {subject:?}: give a name without control characters"
+        ));
+    }
+    let minter = stagecache_server::auth::token::Minter::new(&config)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let claims = minter.claims(&subject, grants, now, parse_duration(&expires)?);
+    if dump_claims {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&claims).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", minter.sign(&claims)?);
+    }
+    Ok(())
+}
+
+/// The TLS settings the flags name, the files read now so a wrong path fails at start.
+fn tls_settings(args: &Args) -> Result<Option<stagecache_server::TlsSettings>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+    };
+    Ok(Some(stagecache_server::TlsSettings {
+        cert_pem: read("--tls-cert", cert)?,
+        key_pem: read("--tls-key", key)?,
+        client_ca_pem: match &args.tls_client_ca {
+            Some(p) => Some(read("--tls-client-ca", p)?),
+            None => None,
+        },
+        client_cert_optional: args.tls_client_optional,
+    }))
 }
 
 /// `stagecache-server scrub`.
@@ -105,7 +234,37 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // object_store's cloud backends bring aws-lc-rs and ring into one binary; rustls then
+    // needs one provider chosen explicitly, or its first TLS use panics.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let command = args.command.take();
+    if let Some(Command::Token { action }) = command {
+        return match token_command(args.auth_config.as_deref(), action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stagecache-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let auth = match &args.auth_config {
+        None => Authenticator::open(),
+        Some(path) => match AuthConfig::load(path).and_then(|c| Authenticator::new(&c)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("stagecache-server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let tls = match tls_settings(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("stagecache-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -114,8 +273,20 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    if let Some(Command::Scrub) = args.command {
+    if let Some(Command::Scrub) = command {
         return scrub(&args).await;
+    }
+    if auth.is_open() && !args.insecure_open {
+        for (what, addr) in std::iter::once(("", Some(args.listen)))
+            .chain(std::iter::once((" (web)", args.web_listen)))
+        {
+            if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                eprintln!(
+                    "stagecache-server: refusing to serve {addr}{what} open: give --auth-config FILE, or --insecure-open to let anyone who reaches it record results, move refs and force a re-sign"
+                );
+                return ExitCode::from(2);
+            }
+        }
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
@@ -161,6 +332,9 @@ async fn main() -> ExitCode {
         let default = PathBuf::from("deploy/pipelines");
         default.is_dir().then_some(default)
     });
+    config.auth = std::sync::Arc::new(auth);
+    config.insecure_open = args.insecure_open;
+    config.tls = tls;
     match serve_with_web(config, listener, web, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

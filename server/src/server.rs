@@ -1,6 +1,8 @@
 //! Assembles the services into one tonic server with health, reflection, message limits
 //! and graceful shutdown.
 
+use crate::auth::layer::AuthLayer;
+use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, ServerError};
 use crate::service::cas::CasService;
@@ -32,6 +34,38 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Directory of `*.stages.yaml` files the web page offers for a build's graph.
     pub web_stage_files: Option<PathBuf>,
+    /// Who may do what; [`Authenticator::open`] when there is no auth configuration.
+    pub auth: Arc<Authenticator>,
+    /// Allow an open server on a non-loopback address.
+    pub insecure_open: bool,
+    /// TLS on the gRPC port (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
+/// certificates.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// With a client CA: also accept clients without a certificate (they authenticate
+    /// with a token, or are anonymous).
+    pub client_cert_optional: bool,
+}
+
+impl TlsSettings {
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        if let Some(ca) = &self.client_ca_pem {
+            tls = tls
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(self.client_cert_optional);
+        }
+        tls
+    }
 }
 
 impl ServerConfig {
@@ -41,6 +75,9 @@ impl ServerConfig {
             blob_store: None,
             clock: Arc::new(SystemClock),
             web_stage_files: None,
+            auth: Arc::new(Authenticator::open()),
+            insecure_open: false,
+            tls: None,
         }
     }
 }
@@ -62,13 +99,30 @@ pub async fn serve_with_web(
     web: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;
+    let web_addr = match &web {
+        Some(w) => Some(
+            w.local_addr()
+                .map_err(|e| ServerError::Internal(format!("web listener address: {e}")))?,
+        ),
+        None => None,
+    };
+    if config.auth.is_open() {
+        for a in std::iter::once(addr).chain(web_addr) {
+            if !a.ip().is_loopback() && !config.insecure_open {
+                return Err(ServerError::InvalidArgument(format!(
+                    "refusing to serve {a} open: without --auth-config FILE anyone who reaches it may record results, move refs and force a re-sign; give --auth-config FILE, or --insecure-open to accept that"
+                )));
+            }
+        }
+        tracing::warn!(%addr, "no auth configuration: every caller may do everything (give --auth-config FILE to require tokens)");
+    }
     let data_dir = config.data_dir.clone();
     let blob_url = config.blob_store.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, blob_url.as_deref())).await??;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),
@@ -96,6 +150,7 @@ pub async fn serve_with_web(
             store: store.clone(),
             clock: config.clock.clone(),
             stage_files: Arc::new(stage_files),
+            auth: config.auth.clone(),
         };
         let stop = state.shutdown.clone();
         tokio::spawn(crate::web::serve_web(web_state, web_listener, async move {
@@ -149,7 +204,13 @@ pub async fn serve_with_web(
         })
     });
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config())
+            .map_err(|e| ServerError::InvalidArgument(format!("TLS settings: {e}")))?;
+    }
+    builder
         // Large windows keep a single stream's throughput near the link's on fat pipes.
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024))
@@ -157,6 +218,8 @@ pub async fn serve_with_web(
         // frame per chunk, not 64 of the default 16 KiB.
         .max_frame_size(Some(stagecache_proto::CHUNK_BYTES as u32 + 64 * 1024))
         .tcp_nodelay(true)
+        // Resolves the caller of every request once; the services ask it.
+        .layer(AuthLayer::new(config.auth.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cas)

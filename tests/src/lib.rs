@@ -6,6 +6,8 @@
 //! ([`Watchdog`], [`test_timeout`]), and so is every await on an event ([`within`]) and
 //! every long process ([`output_within`]).
 
+pub mod auth;
+
 use stagecache_client::{Client, ClientConfig};
 use stagecache_server::{serve, ServerConfig};
 use std::io::Write;
@@ -368,6 +370,8 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// Arguments added after the harness's own (kept for a restart).
     extra_args: Vec<String>,
+    /// Environment of the harness's own `stagecache health` calls (TLS files).
+    client_env: Vec<(String, String)>,
     log_dir: Arc<tempfile::TempDir>,
     _data: Option<Arc<tempfile::TempDir>>,
     _watchdog: Option<Arc<Watchdog>>,
@@ -385,17 +389,32 @@ impl ServerProcess {
     /// Starts the binary on a fresh temp data dir with extra arguments, e.g.
     /// `["--web-listen", "127.0.0.1:0"]` (then [`ServerProcess::web_url`] is known).
     pub fn start_fresh_with_args(args: &[&str]) -> Self {
+        Self::start_fresh_with_env(args, &[])
+    }
+
+    /// As [`ServerProcess::start_fresh_with_args`]; `client_env` is the environment the
+    /// harness's readiness check (`stagecache health`) runs with, e.g.
+    /// `STAGECACHE_CA_CERT` for a server started with `--tls-cert` (whose [`url`] is then
+    /// `https://`).
+    ///
+    /// [`url`]: ServerProcess::url
+    pub fn start_fresh_with_env(args: &[&str], client_env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let watchdog = Watchdog::start("test with a stagecache-server process");
         let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
         let extra = args.iter().map(|a| a.to_string()).collect();
         let path = data.path().to_path_buf();
+        let env = client_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::spawn(
             &path,
             log_dir,
             Some(Arc::new(data)),
             Some(Arc::new(watchdog)),
             extra,
+            env,
         )
     }
 
@@ -424,7 +443,7 @@ impl ServerProcess {
 
     fn start_with(data_dir: &Path, watchdog: Option<Arc<Watchdog>>) -> Self {
         let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
-        Self::spawn(data_dir, log_dir, None, watchdog, Vec::new())
+        Self::spawn(data_dir, log_dir, None, watchdog, Vec::new(), Vec::new())
     }
 
     fn log(log_dir: &tempfile::TempDir) -> PathBuf {
@@ -437,6 +456,7 @@ impl ServerProcess {
         data: Option<Arc<tempfile::TempDir>>,
         watchdog: Option<Arc<Watchdog>>,
         extra_args: Vec<String>,
+        client_env: Vec<(String, String)>,
     ) -> Self {
         use std::io::BufRead;
         let with_web = extra_args.iter().any(|a| a == "--web-listen");
@@ -484,6 +504,7 @@ impl ServerProcess {
             web: None,
             data_dir: data_dir.to_path_buf(),
             extra_args,
+            client_env,
             log_dir,
             _data: data,
             _watchdog: watchdog,
@@ -519,6 +540,7 @@ impl ServerProcess {
             }
             let ok = std::process::Command::new(workspace_bin("stagecache"))
                 .args(["--server", &self.url(), "health", "--wait", "1"])
+                .envs(self.client_env.iter().map(|(k, v)| (k, v)))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
@@ -544,8 +566,10 @@ impl ServerProcess {
         std::fs::read_to_string(Self::log(&self.log_dir)).unwrap_or_default()
     }
 
+    /// `http://ADDR`, or `https://ADDR` for a server started with `--tls-cert`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.listen)
+        let tls = self.extra_args.iter().any(|a| a == "--tls-cert");
+        format!("{}://{}", if tls { "https" } else { "http" }, self.listen)
     }
 
     pub async fn client(&self, namespace: &str) -> Client {
@@ -626,6 +650,7 @@ impl ServerProcess {
             self._data.clone(),
             self._watchdog.clone(),
             self.extra_args.clone(),
+            self.client_env.clone(),
         );
     }
 }

@@ -76,16 +76,18 @@ impl Context {
 }
 
 /// The client configuration the global options describe.
-pub fn client_config(cli: &Cli) -> Result<ClientConfig> {
+pub async fn client_config(cli: &Cli) -> Result<ClientConfig> {
     let mut config = ClientConfig::new(cli.server.clone(), &cli.namespace)?;
     config.concurrency = cli.concurrency.max(1);
     config.request_timeout = std::time::Duration::from_secs(cli.rpc_timeout.max(1));
+    config.tls = cli.credentials.tls()?;
+    config.token = cli.credentials.token().await?;
     Ok(config)
 }
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<u8> {
-    let config = client_config(&cli)?;
+    let config = client_config(&cli).await?;
     let format = if cli.json { Format::Json } else { cli.format };
     let namespace = cli.namespace.clone();
     let connect = || async {

@@ -32,6 +32,7 @@ pub fn claim(
     txn: &mut LedgerTxn,
     key: &StageKey,
     holder: &str,
+    identity: &str,
     ttl_seconds: u32,
     now_ms: i64,
 ) -> Result<ClaimOutcome> {
@@ -58,6 +59,7 @@ pub fn claim(
             token: uuid::Uuid::new_v4().simple().to_string(),
             acquired_at_ms: now_ms,
             expires_at_ms,
+            identity: identity.to_string(),
         },
     };
     txn.put_claim(key, record.clone())?;

@@ -128,6 +128,7 @@ pub fn to_proto(r: &StageResultRecord) -> Result<StageResult> {
         finished_at_ms: r.finished_at_ms,
         seq: r.seq,
         reason: r.reason.clone(),
+        identity: r.identity.clone(),
     })
 }
 
@@ -141,7 +142,10 @@ pub struct RecordInput {
     pub build_id: String,
     pub attempt: u32,
     pub run_url: String,
+    /// Who the client says acted ("on behalf of").
     pub actor: String,
+    /// The authenticated identity recording it.
+    pub identity: String,
     pub outputs: Option<Digest>,
     pub claim_token: String,
 }
@@ -241,6 +245,7 @@ pub fn record(txn: &mut LedgerTxn, input: &RecordInput, now_ms: i64) -> Result<S
         finished_at_ms: if is_final(input.status) { now_ms } else { 0 },
         seq: 0,
         reason: String::new(),
+        identity: input.identity.clone(),
     };
     txn.append(key, record)
 }
@@ -250,6 +255,7 @@ pub fn invalidate(
     txn: &mut LedgerTxn,
     key: &StageKey,
     actor: &str,
+    identity: &str,
     reason: &str,
     now_ms: i64,
 ) -> Result<StageResultRecord> {
@@ -265,6 +271,7 @@ pub fn invalidate(
     let audit = StageResultRecord {
         status: StageStatus::Invalidated as i32,
         actor: actor.to_string(),
+        identity: identity.to_string(),
         reason: reason.to_string(),
         finished_at_ms: now_ms,
         ..head

@@ -1,6 +1,6 @@
 //! `stagecache.v1.Cas`: blob upload, download, existence.
 
-use super::{check_batch_len, namespace, AppState};
+use super::{caller, check_batch_len, namespace, AppState, Permission};
 use crate::error::ServerError;
 use futures::stream::{BoxStream, StreamExt};
 use stagecache_proto::v1::cas_server::Cas;
@@ -60,8 +60,9 @@ impl Cas for CasService {
         &self,
         request: Request<FindMissingRequest>,
     ) -> Result<Response<FindMissingResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
         check_batch_len("digests", req.digests.len(), MAX_FIND_MISSING)?;
         let digests =
             Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
@@ -75,13 +76,14 @@ impl Cas for CasService {
         &self,
         request: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadResponse>, Status> {
+        let caller = caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| {
             Status::invalid_argument(
                 "upload stream is empty; the first message must carry namespace and digest",
             )
         })?;
-        namespace(&first.namespace)?;
+        caller.check(Permission::Write, &namespace(&first.namespace)?)?;
         let first_namespace = first.namespace.clone();
         let expected =
             Digest::from_required("digest", first.digest.as_ref()).map_err(ServerError::from)?;
@@ -144,8 +146,9 @@ impl Cas for CasService {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
         let d = Digest::from_required("digest", req.digest.as_ref()).map_err(ServerError::from)?;
         if !self.state.store.has_blob(d).await? {
             return Err(Status::not_found(format!("blob {d} is not stored")));
@@ -187,8 +190,9 @@ impl Cas for CasService {
         &self,
         request: Request<BatchUploadRequest>,
     ) -> Result<Response<BatchUploadResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Write, &namespace(&req.namespace)?)?;
         check_batch_len("items", req.items.len(), MAX_BATCH_ITEMS)?;
         let total = req
             .items
@@ -227,8 +231,9 @@ impl Cas for CasService {
         &self,
         request: Request<BatchDownloadRequest>,
     ) -> Result<Response<BatchDownloadResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
         check_batch_len("digests", req.digests.len(), MAX_BATCH_ITEMS)?;
         let digests =
             Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;

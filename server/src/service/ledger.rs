@@ -1,7 +1,8 @@
 //! `stagecache.v1.Ledger`: decodes and validates requests, runs the ledger rules in one
 //! durable transaction, publishes change events, maps errors to statuses.
 
-use super::{check_batch_len, namespace, AppState};
+use super::{caller, check_batch_len, namespace, AppState, Permission};
+use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::events::{Change, Event};
 use crate::ledger::claims::{self, ClaimOutcome};
@@ -97,6 +98,7 @@ fn record_input(
     ns: &Namespace,
     field: &str,
     r: &RecordRequest,
+    caller: &Principal,
 ) -> Result<RecordInput, ServerError> {
     let key = stage_key(ns, field, r.subject.as_ref(), &r.stage, &r.target)?;
     let status = StageStatus::try_from(r.status).map_err(|_| {
@@ -130,6 +132,7 @@ fn record_input(
         } else {
             r.actor.clone()
         },
+        identity: caller.audit_identity().to_string(),
         outputs,
         claim_token: r.claim_token.clone(),
     })
@@ -165,6 +168,7 @@ fn claim_proto(c: &stagecache_proto::records::ClaimRecord, with_token: bool) -> 
         },
         acquired_at_ms: c.acquired_at_ms,
         expires_at_ms: c.expires_at_ms,
+        identity: c.identity.clone(),
     }
 }
 
@@ -174,9 +178,11 @@ impl Ledger for LedgerService {
         &self,
         request: Request<RecordRequest>,
     ) -> Result<Response<RecordResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
-        let input = record_input(&ns, "", &req)?;
+        caller.check(Permission::Record, &ns)?;
+        let input = record_input(&ns, "", &req, &caller)?;
         self.require_stored_subject(input.key.subject).await?;
         if let Some(out) = input.outputs {
             if !self.missing_manifests(vec![out]).await?.is_empty() {
@@ -201,14 +207,16 @@ impl Ledger for LedgerService {
         &self,
         request: Request<RecordBatchRequest>,
     ) -> Result<Response<RecordBatchResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Record, &ns)?;
         check_batch_len("items", req.items.len(), MAX_BATCH)?;
         let inputs = req
             .items
             .iter()
             .enumerate()
-            .map(|(i, r)| record_input(&ns, &format!("items[{i}]."), r))
+            .map(|(i, r)| record_input(&ns, &format!("items[{i}]."), r, &caller))
             .collect::<Result<Vec<_>, _>>()?;
         let subjects: Vec<Digest> = inputs
             .iter()
@@ -268,8 +276,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let subject =
             Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;
@@ -287,8 +297,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<BatchStatusRequest>,
     ) -> Result<Response<BatchStatusResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         check_batch_len("subjects", req.subjects.len(), MAX_BATCH)?;
         let subjects =
             Digest::list_from_proto("subjects", &req.subjects).map_err(ServerError::from)?;
@@ -319,8 +331,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let subject =
             Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
         validate_stage_name("stage", &req.stage, true)?;
@@ -346,8 +360,10 @@ impl Ledger for LedgerService {
     }
 
     async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let subject =
             Digest::from_required("subject", req.subject.as_ref()).map_err(ServerError::from)?;
         let graph = req
@@ -396,8 +412,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<InvalidateRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Invalidate, &ns)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
         validate_text("actor", &req.actor)?;
         validate_text("reason", &req.reason)?;
@@ -413,11 +431,12 @@ impl Ledger for LedgerService {
         }
         let now = self.now();
         let (actor, reason) = (req.actor, req.reason);
+        let identity = caller.audit_identity().to_string();
         let audit = self
             .state
             .store
             .with_index(move |i| {
-                i.ledger_txn(|t| ledger::invalidate(t, &key, &actor, &reason, now))
+                i.ledger_txn(|t| ledger::invalidate(t, &key, &actor, &identity, &reason, now))
             })
             .await?;
         tracing::info!(namespace = %ns, stage = %audit.stage, actor = %audit.actor, reason = %audit.reason, "stage result invalidated");
@@ -431,18 +450,23 @@ impl Ledger for LedgerService {
         &self,
         request: Request<ClaimRequest>,
     ) -> Result<Response<ClaimResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Record, &ns)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
         validate_text("holder", &req.holder)?;
         // As Record: a claim on bytes that are not stored could never be recorded.
         self.require_stored_subject(key.subject).await?;
         let now = self.now();
         let (holder, ttl) = (req.holder, req.ttl_seconds);
+        let identity = caller.audit_identity().to_string();
         let outcome = self
             .state
             .store
-            .with_index(move |i| i.ledger_txn(|t| claims::claim(t, &key, &holder, ttl, now)))
+            .with_index(move |i| {
+                i.ledger_txn(|t| claims::claim(t, &key, &holder, &identity, ttl, now))
+            })
             .await?;
         Ok(Response::new(match outcome {
             ClaimOutcome::Granted(c) => ClaimResponse {
@@ -467,8 +491,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<RenewClaimRequest>,
     ) -> Result<Response<ClaimResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Record, &ns)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
         validate_text("token", &req.token)?;
         let now = self.now();
@@ -489,8 +515,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<ReleaseClaimRequest>,
     ) -> Result<Response<ReleaseClaimResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Record, &ns)?;
         let key = stage_key(&ns, "", req.subject.as_ref(), &req.stage, &req.target)?;
         validate_text("token", &req.token)?;
         let now = self.now();
@@ -508,8 +536,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let ref_name = if req.r#ref.is_empty() {
             None
         } else {

@@ -1,6 +1,6 @@
 //! `stagecache.v1.Manifests`: asset sets, accepted only when every blob is present.
 
-use super::{namespace, AppState};
+use super::{caller, namespace, AppState, Permission};
 use crate::error::ServerError;
 use stagecache_proto::v1::manifests_server::Manifests;
 use stagecache_proto::v1::{
@@ -25,8 +25,9 @@ impl Manifests for ManifestsService {
         &self,
         request: Request<PutManifestRequest>,
     ) -> Result<Response<PutManifestResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Write, &namespace(&req.namespace)?)?;
         let wire = req.manifest.ok_or_else(|| {
             ServerError::from(RuleError::Missing {
                 field: "manifest".into(),
@@ -49,8 +50,9 @@ impl Manifests for ManifestsService {
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        namespace(&req.namespace)?;
+        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
         let d = Digest::from_required("digest", req.digest.as_ref()).map_err(ServerError::from)?;
         match self.state.store.get_manifest(d).await? {
             Some(m) => Ok(Response::new(GetManifestResponse {

@@ -7,6 +7,8 @@ pub mod ledger;
 pub mod manifests;
 pub mod refs;
 
+pub use crate::auth::layer::caller;
+pub use crate::auth::Permission;
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::events::Events;

@@ -1,6 +1,6 @@
 //! `stagecache.v1.Refs`: named pointers to manifests, per namespace, with history.
 
-use super::{namespace, AppState};
+use super::{caller, namespace, AppState, Permission};
 use crate::error::ServerError;
 use crate::store::index::{record_digest, RefExpectation, RefWrite};
 use stagecache_proto::records::{RefChangeRecord, RefRecord};
@@ -35,6 +35,7 @@ fn ref_to_proto(name: &str, r: &RefRecord) -> Result<Ref, ServerError> {
         version: r.version,
         updated_at_ms: r.updated_at_ms,
         actor: r.actor.clone(),
+        identity: r.identity.clone(),
     })
 }
 
@@ -51,6 +52,7 @@ pub(crate) fn change_to_proto(name: &str, c: &RefChangeRecord) -> Result<RefChan
         changed_at_ms: c.changed_at_ms,
         actor: c.actor.clone(),
         reason: c.reason.clone(),
+        identity: c.identity.clone(),
     })
 }
 
@@ -64,9 +66,11 @@ impl Refs for RefsService {
         &self,
         request: Request<SetRefRequest>,
     ) -> Result<Response<SetRefResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         let name = RefName::parse("name", &req.name).map_err(ServerError::from)?;
+        caller.check_ref(&ns, name.as_str())?;
         let target =
             Digest::from_required("target", req.target.as_ref()).map_err(ServerError::from)?;
         let expect = match (&req.expected, req.expect_absent) {
@@ -96,12 +100,14 @@ impl Refs for RefsService {
         }
         let now = self.state.clock.now_ms();
         let (ns2, name2, reason) = (ns.clone(), name.clone(), req.reason);
+        let identity = caller.audit_identity().to_string();
         let update = store
             .with_index(move |i| {
                 let write = RefWrite {
                     target,
                     expect,
                     actor: &actor,
+                    identity: &identity,
                     reason: &reason,
                     now_ms: now,
                 };
@@ -125,8 +131,10 @@ impl Refs for RefsService {
         &self,
         request: Request<GetRefRequest>,
     ) -> Result<Response<GetRefResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let name = RefName::parse("name", &req.name).map_err(ServerError::from)?;
         let (ns2, name2) = (ns.clone(), name.clone());
         let rec = self
@@ -148,8 +156,10 @@ impl Refs for RefsService {
         &self,
         request: Request<ListRefsRequest>,
     ) -> Result<Response<ListRefsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         bounded_text(
             "prefix",
             &req.prefix,
@@ -199,8 +209,10 @@ impl Refs for RefsService {
         &self,
         request: Request<RefHistoryRequest>,
     ) -> Result<Response<RefHistoryResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let name = RefName::parse("name", &req.name).map_err(ServerError::from)?;
         let limit = match req.limit as usize {
             0 => DEFAULT_HISTORY,
@@ -237,7 +249,9 @@ impl stagecache_proto::v1::info_server::Info for InfoService {
         &self,
         request: Request<stagecache_proto::v1::StatsRequest>,
     ) -> Result<Response<stagecache_proto::v1::StatsResponse>, Status> {
+        let caller = caller(&request)?;
         let ns = namespace(&request.into_inner().namespace)?;
+        caller.check(Permission::Read, &ns)?;
         let now = self.state.clock.now_ms();
         let [blobs, blob_bytes, manifests, refs, ledger_records, active_claims] = self
             .state

@@ -50,7 +50,10 @@ pub enum RefExpectation {
 pub struct RefWrite<'a> {
     pub target: Digest,
     pub expect: RefExpectation,
+    /// Who the client says acted ("on behalf of").
     pub actor: &'a str,
+    /// The authenticated identity making the change.
+    pub identity: &'a str,
     pub reason: &'a str,
     pub now_ms: i64,
 }
@@ -334,6 +337,7 @@ impl Index {
             version,
             updated_at_ms: now_ms,
             actor: actor.to_string(),
+            identity: w.identity.to_string(),
         };
         let change = RefChangeRecord {
             version,
@@ -347,6 +351,7 @@ impl Index {
             changed_at_ms: now_ms,
             actor: actor.to_string(),
             reason: reason.to_string(),
+            identity: w.identity.to_string(),
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
@@ -512,6 +517,7 @@ mod tests {
                     target: a,
                     expect: RefExpectation::Absent,
                     actor: "alice",
+                    identity: "token:alice",
                     reason: "first",
                     now_ms: 10,
                 },
@@ -527,6 +533,7 @@ mod tests {
                     target: b,
                     expect: RefExpectation::Target(b),
                     actor: "bob",
+                    identity: "anonymous",
                     reason: "",
                     now_ms: 11,
                 },
@@ -541,6 +548,7 @@ mod tests {
                     target: b,
                     expect: RefExpectation::Target(a),
                     actor: "bob",
+                    identity: "anonymous",
                     reason: "swap",
                     now_ms: 12,
                 },
@@ -555,6 +563,7 @@ mod tests {
                     target: b,
                     expect: RefExpectation::Any,
                     actor: "c",
+                    identity: "anonymous",
                     reason: "",
                     now_ms: 13
                 }
@@ -576,6 +585,7 @@ mod tests {
                     target: a,
                     expect: RefExpectation::Any,
                     actor: "x",
+                    identity: "anonymous",
                     reason: "",
                     now_ms: 14,
                 },

@@ -23,6 +23,7 @@ mod manifest;
 mod stage;
 pub mod svg;
 
+use crate::auth::{Authenticator, Permission, Principal};
 use crate::clock::Clock;
 use crate::error::ServerError;
 use crate::store::Store;
@@ -54,6 +55,8 @@ pub struct WebState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub stage_files: Arc<Vec<NamedStageFile>>,
+    /// Who may read: the gRPC service's authenticator.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Reads every `*.stages.yaml` in `dir`, in name order. A file that does not parse is
@@ -80,26 +83,102 @@ pub fn load_stage_files(dir: &Path) -> Vec<NamedStageFile> {
     out
 }
 
-/// Who is calling, as the web layer will know it once authentication exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    Anonymous,
+/// The `authorization` a page request carries, as the gRPC layer takes it: `Bearer
+/// TOKEN` as is, and `Basic` (what a browser sends after the 401 below) with the token as
+/// the password (the user name is ignored).
+fn bearer_of(headers: &HeaderMap) -> Result<Option<Vec<u8>>, PageError> {
+    use base64::Engine;
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| PageError::unauthorized("authorization: not text"))?;
+    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(Some(v.as_bytes().to_vec()));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| PageError::unauthorized("authorization: Basic value is not base64 text"))?;
+    let token = decoded.split_once(':').map(|(_, p)| p).unwrap_or("");
+    Ok(Some(format!("Bearer {token}").into_bytes()))
 }
 
-/// THE hook for authentication: every request passes through here (a middleware in front
-/// of all pages) before any page reads anything. It will resolve the caller from the
-/// headers (token, client identity) and refuse with 401/403 when the caller lacks `read`;
-/// for now it lets everyone in.
-pub fn caller(_headers: &HeaderMap) -> Result<Caller, PageError> {
-    Ok(Caller::Anonymous)
+/// The namespace a page reads: `/ns/{ns}/...`, or `?ns=` (the diff); `None` for pages
+/// that are not in one namespace (start page, manifests).
+fn page_namespace(uri: &axum::http::Uri) -> Option<String> {
+    if let Some(rest) = uri.path().strip_prefix("/ns/") {
+        let segment = rest.split('/').next()?;
+        return Some(
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
+    }
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// THE access check of the web page: every request passes through here before any page
+/// reads anything. The caller is resolved as for gRPC (token, or anonymous grants); a page
+/// needs `read` in its namespace, and pages outside one namespace need `read` in some
+/// namespace. No or bad credentials: 401 with a Basic challenge (the token is the
+/// password); not allowed: 403 naming the identity and namespace.
+pub async fn caller(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Arc<Principal>, PageError> {
+    let authorization = bearer_of(headers)?;
+    let principal = auth
+        .resolve(authorization.as_deref(), None)
+        .await
+        .map_err(|s| PageError::unauthorized(s.message()))?;
+    let allowed = match page_namespace(uri) {
+        Some(ns) => match Namespace::parse("ns", &ns) {
+            Ok(ns) => principal
+                .check(Permission::Read, &ns)
+                .map_err(|s| (s, ns.to_string())),
+            // A bad namespace is the page's to report (400), not the gate's.
+            Err(_) => Ok(()),
+        },
+        None if principal.reads_somewhere() => Ok(()),
+        None => Err((
+            principal
+                .check(
+                    Permission::Read,
+                    &Namespace::parse("ns", "default").map_err(PageError::from)?,
+                )
+                .err()
+                .unwrap_or_else(|| tonic::Status::permission_denied("read")),
+            "any".into(),
+        )),
+    };
+    match allowed {
+        Ok(()) => Ok(principal),
+        Err((status, ns)) if status.code() == tonic::Code::Unauthenticated => {
+            Err(PageError::unauthorized(format!(
+                "sign in to read namespace {ns}: {}",
+                status.message()
+            )))
+        }
+        Err((_, ns)) => Err(PageError {
+            status: StatusCode::FORBIDDEN,
+            message: format!("{} may not read namespace {ns}", principal.identity),
+        }),
+    }
 }
 
 /// Runs in front of every page: asks [`caller`], then reports the time the page took
 /// to render in a `Server-Timing` header (pages are rendered whole before they are sent;
 /// a download's time is to its first byte).
-async fn require_caller(mut req: Request, next: Next) -> Response {
+async fn require_caller(State(state): State<WebState>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let mut response = match caller(req.headers()) {
+    let mut response = match caller(&state.auth, req.headers(), req.uri()).await {
         Ok(c) => {
             req.extensions_mut().insert(c);
             next.run(req).await
@@ -127,7 +206,10 @@ pub fn router(state: WebState) -> Router {
         )
         .route("/diff", get(diff::page))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(require_caller))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_caller,
+        ))
         .with_state(state)
 }
 
@@ -154,6 +236,13 @@ impl PageError {
     pub fn not_found(message: impl Into<String>) -> Self {
         PageError {
             status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        PageError {
+            status: StatusCode::UNAUTHORIZED,
             message: message.into(),
         }
     }
@@ -203,7 +292,17 @@ impl IntoResponse for PageError {
             esc(&self.message),
             link("/", "Start page")
         );
-        (self.status, Html(page(title, None, &body))).into_response()
+        let mut response = (self.status, Html(page(title, None, &body))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // Browsers ask for a user name and password; the token is the password.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Basic realm=\"stagecache (user: anything, password: your token)\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+        response
     }
 }
 

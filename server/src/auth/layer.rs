@@ -1,0 +1,102 @@
+//! The layer in front of every service: resolves the caller once per request and puts the
+//! [`Principal`] into the request's extensions, or answers UNAUTHENTICATED. Handlers read
+//! it with [`caller`].
+
+use super::{Authenticator, Principal};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Status;
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone is the one that was made ready: take it, leave a fresh one behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
+            let cert = peer_cert(req.extensions());
+            match auth
+                .resolve(header.as_deref(), cert.as_ref().map(|c| c.as_ref()))
+                .await
+            {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(status) => {
+                    tracing::info!(path = %req.uri().path(), reason = status.message(), "unauthenticated call refused");
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The leaf certificate the client presented in the TLS handshake (verified against
+/// `--tls-client-ca` by then), if any.
+pub fn peer_cert(
+    extensions: &http::Extensions,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?
+        .first()
+        .cloned()
+}
+
+/// The caller of a request, as the layer resolved it. A request that did not pass the
+/// layer has no caller and is refused (fail closed).
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
+    req.extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no caller was resolved for this request"))
+}
