@@ -260,3 +260,102 @@ async fn one_writer_per_blob_store() {
         first.log_text()
     );
 }
+
+/// Nothing acknowledged is lost with the server: four writers record (single records and
+/// batches) and move refs as fast as they can; the server is SIGKILLed under them; a new
+/// server on an empty data dir and the same blob store holds every write that was
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_a_sigkill_and_the_data_dir() {
+    use stagecache_proto::v1::{RecordRequest, StageStatus, StatusRequest};
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().join("blobs").display());
+    let mut first = ServerProcess::start_fresh_with_args(&["--blob-store", &url]);
+    let src = tempfile::tempdir().unwrap();
+    tree(src.path(), 1);
+    cli(
+        &first,
+        &["register", src.path().to_str().unwrap(), "--ref", "bar/1"],
+    );
+    let client = first.client("prod").await;
+    let subject = client.resolve_ref("bar/1").await.unwrap();
+    let req = move |stage: String| RecordRequest {
+        subject: Some(subject.to_proto()),
+        stage,
+        status: StageStatus::Succeeded as i32,
+        ..Default::default()
+    };
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = first.client("prod").await;
+        writers.push(tokio::spawn(async move {
+            let mut acked: Vec<String> = Vec::new();
+            let mut refs: Vec<String> = Vec::new();
+            for i in 0.. {
+                let outcome = match i % 3 {
+                    0 => client.record(req(format!("w{w} s{i}"))).await.map(|_| {
+                        acked.push(format!("w{w} s{i}"));
+                    }),
+                    1 => client
+                        .record_batch(vec![
+                            req(format!("w{w} b{i} 1")),
+                            req(format!("w{w} b{i} 2")),
+                        ])
+                        .await
+                        .map(|_| {
+                            acked.push(format!("w{w} b{i} 1"));
+                            acked.push(format!("w{w} b{i} 2"));
+                        }),
+                    _ => client
+                        .set_ref(&format!("w{w}/{i}"), subject, None, "")
+                        .await
+                        .map(|_| refs.push(format!("w{w}/{i}"))),
+                };
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            (acked, refs)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    first.signal_and_wait("KILL");
+    let mut acked = Vec::new();
+    let mut refs = Vec::new();
+    for w in writers {
+        let (a, r) = w.await.unwrap();
+        acked.extend(a);
+        refs.extend(r);
+    }
+    assert!(
+        acked.len() > 10,
+        "too few writes before the kill: {}",
+        acked.len()
+    );
+    std::fs::remove_dir_all(&first.data_dir).unwrap();
+    let second = ServerProcess::start_fresh_with_args(&["--blob-store", &url, "--take-over"]);
+    let client = second.client("prod").await;
+    let results = client
+        .stage_status(StatusRequest {
+            subject: Some(subject.to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let present: std::collections::HashSet<&str> =
+        results.iter().map(|r| r.stage.as_str()).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|s| !present.contains(s.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    for r in &refs {
+        assert_eq!(client.resolve_ref(r).await.unwrap(), subject, "ref {r}");
+    }
+    second.stop().await;
+}
