@@ -24,6 +24,9 @@ pub enum ServerError {
     Index(#[from] rocksdb::Error),
     #[error("blob store: {0}")]
     Blobs(#[from] object_store::Error),
+    /// The server cannot take writes now (e.g. it lost the blob store's lease).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl From<ServerError> for Status {
             ServerError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ServerError::Aborted(_) => Status::aborted(msg),
             ServerError::DataLoss(_) => Status::data_loss(msg),
+            ServerError::Unavailable(_) => Status::unavailable(msg),
             ServerError::Index(_) | ServerError::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

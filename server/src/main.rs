@@ -62,6 +62,10 @@ struct Args {
     /// anonymous grants then decide).
     #[arg(long, requires = "tls_client_ca")]
     tls_client_optional: bool,
+    /// Take the blob store over from another server that still holds its lease (only when
+    /// you know that server is dead: two writers would fork the history).
+    #[arg(long)]
+    take_over: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +76,10 @@ enum Command {
     /// exclusively), quarantine damaged ones, list the refs that lost a blob, print a
     /// JSON report. Exits 0 when nothing was damaged, 3 otherwise.
     Scrub,
+    /// Rebuild the index from the blob store (its blobs and journal), with the server
+    /// stopped: after the data dir was lost, or to check what the journal holds. Prints
+    /// progress on stderr and a JSON summary on stdout.
+    Rebuild,
     /// Mint tokens with the key in --auth-config.
     Token {
         #[command(subcommand)]
@@ -179,6 +187,28 @@ fn tls_settings(args: &Args) -> Result<Option<stagecache_server::TlsSettings>, S
     }))
 }
 
+/// `stagecache-server rebuild`.
+async fn rebuild(args: &Args) -> ExitCode {
+    let store =
+        match stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("stagecache-server: rebuild: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    match store.rebuild(|p| eprintln!("rebuild: {p}")).await {
+        Ok(r) => {
+            println!("{}", serde_json::json!({ "rebuild": r }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stagecache-server: rebuild: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `stagecache-server scrub`.
 async fn scrub(args: &Args) -> ExitCode {
     let store =
@@ -276,6 +306,9 @@ async fn main() -> ExitCode {
     if let Some(Command::Scrub) = command {
         return scrub(&args).await;
     }
+    if let Some(Command::Rebuild) = command {
+        return rebuild(&args).await;
+    }
     if auth.is_open() && !args.insecure_open {
         for (what, addr) in std::iter::once(("", Some(args.listen)))
             .chain(std::iter::once((" (web)", args.web_listen)))
@@ -335,6 +368,7 @@ async fn main() -> ExitCode {
     config.auth = std::sync::Arc::new(auth);
     config.insecure_open = args.insecure_open;
     config.tls = tls;
+    config.take_over = args.take_over;
     match serve_with_web(config, listener, web, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub insecure_open: bool,
     /// TLS on the gRPC port (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
     pub tls: Option<TlsSettings>,
+    /// Take the blob store's lease even from a server that looks alive.
+    pub take_over: bool,
 }
 
 /// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
@@ -78,6 +80,7 @@ impl ServerConfig {
             auth: Arc::new(Authenticator::open()),
             insecure_open: false,
             tls: None,
+            take_over: false,
         }
     }
 }
@@ -123,6 +126,9 @@ pub async fn serve_with_web(
     let blob_url = config.blob_store.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, blob_url.as_deref())).await??;
+    // The blob store is the system of record: rebuild an empty index from its journal,
+    // then journal every change from here on.
+    let (_, lease) = store.start_journal(config.take_over).await?;
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),
@@ -157,6 +163,7 @@ pub async fn serve_with_web(
             stop.cancelled().await
         }))
     });
+    let lease_task = tokio::spawn(lease.clone().keep(state.shutdown.clone()));
     let stopping = state.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
@@ -240,6 +247,8 @@ pub async fn serve_with_web(
     }
     tracing::info!("shutting down: flushing the index");
     store.with_index(|i| i.flush()).await?;
+    let _ = lease_task.await;
+    lease.release().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -112,10 +112,13 @@ async fn channel(url: &str) -> tonic::transport::Channel {
 }
 
 /// Every file under a data dir's blob store, relative to it.
+/// Every file of the local blob store but `lease.json` (the running server's liveness
+/// marker, not content): `cas/` blobs and `journal/` entries.
 fn blob_files(data_dir: &Path) -> Vec<String> {
     let root = data_dir.join("blobs");
     let mut out = Vec::new();
     walk(&root, &root, &mut out);
+    out.retain(|f| f != "lease.json");
     out.sort();
     out
 }
@@ -433,6 +436,22 @@ impl ServerProcess {
     pub fn start(data_dir: &Path) -> Self {
         let watchdog = Watchdog::start("test with a stagecache-server process");
         Self::start_with(data_dir, Some(Arc::new(watchdog)))
+    }
+
+    /// Starts the binary on an existing `data_dir` with extra arguments (e.g. the
+    /// `--blob-store` a previous server used).
+    pub fn start_on_with_args(data_dir: &Path, args: &[&str]) -> Self {
+        let watchdog = Watchdog::start("test with a stagecache-server process");
+        let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
+        let extra = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(
+            data_dir,
+            log_dir,
+            None,
+            Some(Arc::new(watchdog)),
+            extra,
+            Vec::new(),
+        )
     }
 
     /// Starts the binary without a test's time limit (for the release-pipeline example,

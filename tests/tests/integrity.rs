@@ -34,10 +34,18 @@ async fn upload(
         .map(|r| r.into_inner().already_present)
 }
 
-/// Only finished blobs may be in the store: `cas/<2 hex>/<64 hex>`, nothing staged.
+/// Only finished blobs may be in the store: `cas/<2 hex>/<64 hex>`, nothing staged
+/// (beside the journal's entries, `journal/<20 digits>`).
 fn assert_no_temporaries(server: &ServerProcess) {
     for f in server.blob_files() {
         let name = f.rsplit('/').next().unwrap();
+        if let Some(seq) = f.strip_prefix("journal/") {
+            assert!(
+                seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()),
+                "{f}"
+            );
+            continue;
+        }
         assert!(
             f.starts_with("cas/")
                 && name.len() == 64

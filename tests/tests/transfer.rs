@@ -269,8 +269,13 @@ async fn eight_concurrent_registrations_of_overlapping_trees() {
     }
     assert_eq!(manifests.len(), 8);
     // Each blob is stored exactly once: one file per distinct content, plus the manifests
-    // (whose canonical bytes are blobs too), and nothing else (no staging files).
-    let files = server.blob_files();
+    // (whose canonical bytes are blobs too), and nothing else (no staging files) beside the
+    // journal: one entry per manifest and per ref moved.
+    let (journal, files): (Vec<String>, Vec<String>) = server
+        .blob_files()
+        .into_iter()
+        .partition(|f| f.starts_with("journal/"));
+    assert_eq!(journal.len(), 8 + 8, "{journal:?}");
     let expected: HashSet<String> = all_digests
         .iter()
         .chain(manifests.iter())

@@ -195,7 +195,7 @@ impl Ledger for LedgerService {
         let result = self
             .state
             .store
-            .with_index(move |i| i.ledger_txn(|t| ledger::record(t, &input, now)))
+            .ledger(move |t| ledger::record(t, &input, now))
             .await?;
         self.publish(&ns, &result);
         Ok(Response::new(RecordResponse {
@@ -242,26 +242,22 @@ impl Ledger for LedgerService {
         let results = self
             .state
             .store
-            .with_index(move |i| {
-                i.ledger_txn(|t| {
-                    inputs
-                        .iter()
-                        .enumerate()
-                        .map(|(n, input)| {
-                            ledger::record(t, input, now).map_err(|e| match e {
-                                ServerError::FailedPrecondition(m) => {
-                                    ServerError::FailedPrecondition(format!(
-                                        "items[{n}]: {m}; nothing was recorded"
-                                    ))
-                                }
-                                ServerError::InvalidArgument(m) => ServerError::InvalidArgument(
-                                    format!("items[{n}]: {m}; nothing was recorded"),
-                                ),
-                                other => other,
-                            })
+            .ledger(move |t| {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(n, input)| {
+                        ledger::record(t, input, now).map_err(|e| match e {
+                            ServerError::FailedPrecondition(m) => ServerError::FailedPrecondition(
+                                format!("items[{n}]: {m}; nothing was recorded"),
+                            ),
+                            ServerError::InvalidArgument(m) => ServerError::InvalidArgument(
+                                format!("items[{n}]: {m}; nothing was recorded"),
+                            ),
+                            other => other,
                         })
-                        .collect::<Result<Vec<_>, _>>()
-                })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await?;
         for r in &results {
@@ -435,9 +431,7 @@ impl Ledger for LedgerService {
         let audit = self
             .state
             .store
-            .with_index(move |i| {
-                i.ledger_txn(|t| ledger::invalidate(t, &key, &actor, &identity, &reason, now))
-            })
+            .ledger(move |t| ledger::invalidate(t, &key, &actor, &identity, &reason, now))
             .await?;
         tracing::info!(namespace = %ns, stage = %audit.stage, actor = %audit.actor, reason = %audit.reason, "stage result invalidated");
         self.publish(&ns, &audit);
@@ -464,9 +458,7 @@ impl Ledger for LedgerService {
         let outcome = self
             .state
             .store
-            .with_index(move |i| {
-                i.ledger_txn(|t| claims::claim(t, &key, &holder, &identity, ttl, now))
-            })
+            .ledger(move |t| claims::claim(t, &key, &holder, &identity, ttl, now))
             .await?;
         Ok(Response::new(match outcome {
             ClaimOutcome::Granted(c) => ClaimResponse {
@@ -502,7 +494,7 @@ impl Ledger for LedgerService {
         let c = self
             .state
             .store
-            .with_index(move |i| i.ledger_txn(|t| claims::renew(t, &key, &token, ttl, now)))
+            .ledger(move |t| claims::renew(t, &key, &token, ttl, now))
             .await?;
         Ok(Response::new(ClaimResponse {
             granted: true,
@@ -525,7 +517,7 @@ impl Ledger for LedgerService {
         let token = req.token;
         self.state
             .store
-            .with_index(move |i| i.ledger_txn(|t| claims::release(t, &key, &token, now)))
+            .ledger(move |t| claims::release(t, &key, &token, now))
             .await?;
         Ok(Response::new(ReleaseClaimResponse {}))
     }

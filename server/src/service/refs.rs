@@ -101,6 +101,7 @@ impl Refs for RefsService {
         let now = self.state.clock.now_ms();
         let (ns2, name2, reason) = (ns.clone(), name.clone(), req.reason);
         let identity = caller.audit_identity().to_string();
+        store.check_writable()?;
         let update = store
             .with_index(move |i| {
                 let write = RefWrite {
@@ -115,6 +116,10 @@ impl Refs for RefsService {
             })
             .await?;
         if let Some(change) = &update.change {
+            // Durable in the blob store before the answer: the system of record.
+            store
+                .journal_ref(&ns, &name, &update.record, change)
+                .await?;
             self.state.events.publish(
                 &ns,
                 crate::events::Change::RefSet(change_to_proto(name.as_str(), change)?),

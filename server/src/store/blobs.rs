@@ -155,6 +155,127 @@ impl BlobStore {
         }
     }
 
+    /// Writes a small object that must not exist yet (`PutMode::Create`): the journal's
+    /// entries. `Ok(false)`: something is already there (another writer).
+    pub async fn put_new(&self, path: &str, data: Bytes) -> Result<bool> {
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjectPath::from(path), data.into(), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A small object and its version (for a conditional update), if it exists.
+    pub async fn get_versioned(
+        &self,
+        path: &str,
+    ) -> Result<Option<(Bytes, object_store::UpdateVersion)>> {
+        match self.store.get(&ObjectPath::from(path)).await {
+            Ok(r) => {
+                let version = object_store::UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                Ok(Some((r.bytes().await?, version)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a small object only if it is still at `version` (absent: only if it does not
+    /// exist). `Ok(false)`: someone else wrote it in between. Backends without
+    /// conditional updates (the local file system) overwrite.
+    pub async fn put_conditional(
+        &self,
+        path: &str,
+        data: Bytes,
+        version: Option<object_store::UpdateVersion>,
+    ) -> Result<bool> {
+        let location = ObjectPath::from(path);
+        let mode = match version {
+            None => object_store::PutMode::Create,
+            Some(v) => object_store::PutMode::Update(v),
+        };
+        let opts = object_store::PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&location, data.clone().into(), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.put(&location, data.into()).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a small object; absent is fine.
+    pub async fn delete_object(&self, path: &str) -> Result<()> {
+        match self.store.delete(&ObjectPath::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The whole of a small blob (a manifest's canonical bytes), unverified.
+    pub async fn get_blob(&self, d: &Digest) -> Result<Bytes> {
+        Ok(self.store.get(&Self::location(d)).await?.bytes().await?)
+    }
+
+    /// The whole of a small object.
+    pub async fn get_object(&self, path: &str) -> Result<Bytes> {
+        Ok(self
+            .store
+            .get(&ObjectPath::from(path))
+            .await?
+            .bytes()
+            .await?)
+    }
+
+    /// Every object under `prefix`, in name order: (name, size).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = self
+            .store
+            .list(Some(&ObjectPath::from(prefix)))
+            .map(|m| m.map(|m| (m.location.to_string(), m.size)))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// The digests of every stored blob (`cas/xx/<hex>`), from a listing of the backend.
+    pub async fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for (name, size) in self.list_objects("cas").await? {
+            let Some(hex) = name.rsplit('/').next() else {
+                continue;
+            };
+            if let Ok(hash) = Digest::parse_hash("blob", hex) {
+                out.push(Digest::new(hash, size));
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves a blob's bytes aside to `quarantine/<64 hex>`, beside `cas/`, for inspection:
     /// out of the content-addressed layout, so a new upload publishes good bytes in their
     /// place. Bytes already gone are not an error.

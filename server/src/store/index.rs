@@ -367,6 +367,60 @@ impl Index {
         })
     }
 
+    /// Replays a journaled ref move (a rebuild): the change joins the ref's history, and
+    /// the record becomes the ref unless a later version is there. Idempotent.
+    pub fn apply_ref(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        record: &RefRecord,
+        change: &RefChangeRecord,
+    ) -> Result<()> {
+        let _guard = self
+            .ref_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("ref write lock poisoned".into()))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_REF_HISTORY)?,
+            history_key(ns, name, change.version),
+            change.encode_to_vec(),
+        );
+        if self
+            .get_ref(ns, name)?
+            .is_none_or(|cur| cur.version <= record.version)
+        {
+            batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// A random id made once per index (data dir), naming it in the blob store's lease.
+    pub fn data_dir_id(&self) -> Result<String> {
+        const KEY: &[u8] = b"data_dir_id";
+        if let Some(v) = self.db.get_cf(self.meta_cf()?, KEY)? {
+            return Ok(String::from_utf8_lossy(&v).into_owned());
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        self.db
+            .put_cf_opt(self.meta_cf()?, KEY, id.as_bytes(), &synced())?;
+        Ok(id)
+    }
+
+    /// Whether the index holds nothing at all (a fresh data dir).
+    pub fn is_empty(&self) -> Result<bool> {
+        for cf in [CF_BLOBS, CF_MANIFESTS, CF_REFS, CF_LEDGER_HEAD] {
+            let mut it = self
+                .db
+                .iterator_cf(self.cf(cf)?, rocksdb::IteratorMode::Start);
+            if it.next().transpose()?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Refs of a namespace whose names start with `prefix`, in name order, after `after`.
     pub fn list_refs(
         &self,

@@ -11,7 +11,7 @@ use super::index::{synced, Index, CF_CLAIMS, CF_LEDGER_HEAD, CF_LEDGER_HISTORY};
 use crate::error::{Result, ServerError};
 use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
-use stagecache_proto::records::{ClaimRecord, StageResultRecord};
+use stagecache_proto::records::{ClaimRecord, JournalLedgerRecord, StageResultRecord};
 use stagecache_proto::{Digest, Namespace};
 use std::collections::HashMap;
 
@@ -82,6 +82,8 @@ pub struct LedgerTxn<'a> {
     heads: HashMap<Vec<u8>, StageResultRecord>,
     claims: HashMap<Vec<u8>, Option<ClaimRecord>>,
     next_seq: u64,
+    /// What this transaction appended, for the journal.
+    appended: Vec<JournalLedgerRecord>,
 }
 
 impl LedgerTxn<'_> {
@@ -111,6 +113,14 @@ impl LedgerTxn<'_> {
         self.batch
             .put_cf(self.index.cf(CF_LEDGER_HEAD)?, key.key(), &bytes);
         self.heads.insert(key.key(), record.clone());
+        self.appended.push(JournalLedgerRecord {
+            namespace: key.namespace.as_str().to_string(),
+            subject_hash: key.subject.hash().to_vec(),
+            subject_size: key.subject.size(),
+            stage: key.stage.clone(),
+            target: key.target.clone(),
+            record: Some(record.clone()),
+        });
         Ok(record)
     }
 
@@ -150,6 +160,14 @@ impl Index {
     /// Runs `f` as the only ledger writer; commits what it wrote, durably, if it succeeds
     /// and discards it otherwise.
     pub fn ledger_txn<T>(&self, f: impl FnOnce(&mut LedgerTxn) -> Result<T>) -> Result<T> {
+        self.ledger_txn_journaled(f).map(|(out, _)| out)
+    }
+
+    /// [`Index::ledger_txn`], also returning the records it appended (for the journal).
+    pub fn ledger_txn_journaled<T>(
+        &self,
+        f: impl FnOnce(&mut LedgerTxn) -> Result<T>,
+    ) -> Result<(T, Vec<JournalLedgerRecord>)> {
         let mut seq = self
             .ledger_writes
             .lock()
@@ -160,6 +178,7 @@ impl Index {
             heads: HashMap::new(),
             claims: HashMap::new(),
             next_seq: *seq,
+            appended: Vec::new(),
         };
         let out = f(&mut txn)?;
         if !txn.batch.is_empty() {
@@ -168,7 +187,52 @@ impl Index {
             self.db.write_opt(batch, &synced())?;
             *seq = txn.next_seq;
         }
-        Ok(out)
+        Ok((out, txn.appended))
+    }
+
+    /// Replays journaled ledger records (a rebuild): each joins its line's history, and
+    /// becomes the head unless a later one is there; the sequence continues after the
+    /// highest. Idempotent.
+    pub fn apply_ledger(&self, records: &[JournalLedgerRecord]) -> Result<usize> {
+        let mut seq = self
+            .ledger_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("ledger write lock poisoned".into()))?;
+        let mut batch = WriteBatch::default();
+        let mut heads: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut next = *seq;
+        for (i, r) in records.iter().enumerate() {
+            let bad =
+                |what: &str| ServerError::DataLoss(format!("journal ledger record {i}: {what}"));
+            let record = r.record.as_ref().ok_or_else(|| bad("no record"))?;
+            let key = StageKey {
+                namespace: Namespace::parse("namespace", &r.namespace)
+                    .map_err(|e| bad(&e.to_string()))?,
+                subject: super::index::record_digest(&r.subject_hash, r.subject_size)?,
+                stage: r.stage.clone(),
+                target: r.target.clone(),
+            };
+            let bytes = record.encode_to_vec();
+            batch.put_cf(
+                self.cf(CF_LEDGER_HISTORY)?,
+                key.history_key(record.seq),
+                &bytes,
+            );
+            let k = key.key();
+            let current = match heads.get(&k) {
+                Some(s) => Some(*s),
+                None => self.ledger_head(&key)?.map(|h| h.seq),
+            };
+            if current.is_none_or(|c| c <= record.seq) {
+                batch.put_cf(self.cf(CF_LEDGER_HEAD)?, &k, &bytes);
+                heads.insert(k, record.seq);
+            }
+            next = next.max(record.seq + 1);
+        }
+        batch.put_cf(self.meta_cf()?, SEQ_KEY, next.to_le_bytes());
+        self.db.write_opt(batch, &synced())?;
+        *seq = next;
+        Ok(records.len())
     }
 
     pub fn ledger_head(&self, key: &StageKey) -> Result<Option<StageResultRecord>> {

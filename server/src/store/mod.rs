@@ -4,6 +4,8 @@
 
 pub mod blobs;
 pub mod index;
+pub mod journal;
+pub mod lease;
 pub mod ledger;
 pub mod scrub;
 pub mod verified;
@@ -26,6 +28,9 @@ pub struct Store {
     /// Blobs found damaged (bytes that do not hash to their digest, or missing) and
     /// quarantined since the server started; see `verified.rs`.
     damaged_blobs: Arc<AtomicU64>,
+    /// Where acknowledged changes go before the answer; set by [`Store::start_journal`]
+    /// (a server always does; offline tools that only read need not).
+    journal: Arc<std::sync::OnceLock<journal::Journal>>,
 }
 
 impl Store {
@@ -47,7 +52,101 @@ impl Store {
             index: Arc::new(index),
             blobs: Arc::new(blobs),
             damaged_blobs: Arc::new(AtomicU64::new(0)),
+            journal: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Starts journaling every change (after a rebuild, if the index was empty and the
+    /// blob store holds a journal). Returns the rebuild's report when one ran.
+    /// Takes the blob store's lease first (one writer per store; `take_over`: even from a
+    /// server that looks alive), returned for the server to keep renewing and release.
+    pub async fn start_journal(
+        &self,
+        take_over: bool,
+    ) -> Result<(Option<journal::RebuildReport>, Arc<lease::Lease>)> {
+        let id = self.with_index(|i| i.data_dir_id()).await?;
+        let held = lease::Lease::acquire(self.blobs.clone(), &id, take_over).await?;
+        let index = self.index.clone();
+        let empty = self.with_index(|i| i.is_empty()).await?;
+        let mut report = None;
+        if empty && journal::has_journal(&self.blobs).await? {
+            tracing::info!(
+                blob_store = self.blobs.description(),
+                "empty index and a journal in the blob store: rebuilding"
+            );
+            let r =
+                journal::rebuild(index, &self.blobs, |p| tracing::info!("rebuild: {p}")).await?;
+            tracing::info!(?r, "rebuilt the index from the blob store");
+            report = Some(r);
+        }
+        let j = journal::Journal::open(self.blobs.clone(), held.clone()).await?;
+        let _ = self.journal.set(j);
+        Ok((report, held))
+    }
+
+    /// Rebuilds the index from the blob store (`stagecache-server rebuild`).
+    pub async fn rebuild(&self, progress: impl Fn(&str)) -> Result<journal::RebuildReport> {
+        journal::rebuild(self.index.clone(), &self.blobs, progress).await
+    }
+
+    async fn journal(
+        &self,
+        change: stagecache_proto::records::journal_entry::Change,
+    ) -> Result<()> {
+        match self.journal.get() {
+            Some(j) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                j.append(change, now).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// `Err` when this server must not change anything any more (it lost the blob store
+    /// to another server). Checked before every index write, so that a refused write never
+    /// reaches the index and a retried call cannot be acknowledged from it.
+    pub fn check_writable(&self) -> Result<()> {
+        match self.journal.get() {
+            Some(j) => j.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a ledger transaction ([`index::Index::ledger_txn`]) and journals the records it
+    /// appended before returning.
+    pub async fn ledger<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ledger::LedgerTxn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_writable()?;
+        let (out, appended) = self.with_index(move |i| i.ledger_txn_journaled(f)).await?;
+        if !appended.is_empty() {
+            use stagecache_proto::records::{journal_entry::Change, JournalLedger};
+            self.journal(Change::Ledger(JournalLedger { records: appended }))
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// Journals a ref move the index made ([`index::Index::set_ref`]).
+    pub async fn journal_ref(
+        &self,
+        ns: &stagecache_proto::Namespace,
+        name: &stagecache_proto::RefName,
+        record: &stagecache_proto::records::RefRecord,
+        change: &stagecache_proto::records::RefChangeRecord,
+    ) -> Result<()> {
+        use stagecache_proto::records::{journal_entry::Change, JournalRefSet};
+        self.journal(Change::RefSet(JournalRefSet {
+            namespace: ns.as_str().to_string(),
+            name: name.as_str().to_string(),
+            record: Some(record.clone()),
+            change: Some(change.clone()),
+        }))
+        .await
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -179,9 +278,16 @@ impl Store {
             )));
         }
         if !known {
+            self.check_writable()?;
             self.put_blob(digest, bytes.clone()).await?;
             self.with_index(move |i| i.put_manifest(&digest, &bytes))
                 .await?;
+            use stagecache_proto::records::{journal_entry::Change, JournalManifest};
+            self.journal(Change::Manifest(JournalManifest {
+                hash: digest.hash().to_vec(),
+                size: digest.size(),
+            }))
+            .await?;
         }
         Ok(digest)
     }

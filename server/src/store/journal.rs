@@ -1,0 +1,175 @@
+//! The journal: every acknowledged change to refs, manifests and the ledger, written to
+//! the blob store before the call that made it answers, so that the object store is the
+//! system of record and the index (RocksDB) can be rebuilt from it.
+//!
+//! Layout: `journal/<seq, 20 digits>`, one object per change (a ref move, a manifest, the
+//! ledger records of one call — a whole RecordBatch is one object), each a
+//! `stagecache.store.JournalEntry`. Names sort in sequence order, so a prefix listing
+//! replays them in order. Entries are written create-only (`PutMode::Create`): a second
+//! server writing to the same store finds its sequence numbers taken and stops writing
+//! rather than silently forking the history. Replay is idempotent (heads go to the highest
+//! version or sequence number), so a rebuild may run over a partly rebuilt index.
+//!
+//! Claims are leases and are not journaled: a rebuilt server starts without claims, and a
+//! holder whose claim vanished finds out on its next renew.
+
+use super::blobs::BlobStore;
+use super::index::{record_digest, Index};
+use super::lease::Lease;
+use crate::error::{Result, ServerError};
+use bytes::Bytes;
+use prost::Message;
+use stagecache_proto::records::{journal_entry::Change, JournalEntry};
+use stagecache_proto::{Namespace, RefName};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const PREFIX: &str = "journal";
+
+fn name(seq: u64) -> String {
+    format!("{PREFIX}/{seq:020}")
+}
+
+/// Appends entries; one per server.
+pub struct Journal {
+    blobs: Arc<BlobStore>,
+    next: AtomicU64,
+    /// Writes stop when it is lost.
+    lease: Arc<Lease>,
+}
+
+/// What a rebuild found and restored.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RebuildReport {
+    pub blobs: usize,
+    pub journal_entries: usize,
+    pub manifests: usize,
+    pub ref_changes: usize,
+    pub ledger_records: usize,
+    pub seconds: f64,
+}
+
+impl Journal {
+    /// Continues after the highest entry the store holds.
+    pub async fn open(blobs: Arc<BlobStore>, lease: Arc<Lease>) -> Result<Self> {
+        let last = blobs
+            .list_objects(PREFIX)
+            .await?
+            .iter()
+            .filter_map(|(n, _)| n.rsplit('/').next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(Journal {
+            blobs,
+            next: AtomicU64::new(last + 1),
+            lease,
+        })
+    }
+
+    /// `Err` once this server lost the blob store.
+    pub fn check(&self) -> Result<()> {
+        self.lease.check()
+    }
+
+    /// Writes one entry; returns once it is durable in the blob store.
+    pub async fn append(&self, change: Change, now_ms: i64) -> Result<()> {
+        self.lease.check()?;
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let entry = JournalEntry {
+            seq,
+            written_at_ms: now_ms,
+            change: Some(change),
+        };
+        let written = self
+            .blobs
+            .put_new(&name(seq), Bytes::from(entry.encode_to_vec()))
+            .await?;
+        if !written {
+            // Another server extends this journal: stop, rather than fork the history.
+            self.lease.fence();
+            return Err(ServerError::Unavailable(format!(
+                "this server no longer holds the blob store {}: journal entry {} was written by another server; it acknowledges no writes",
+                self.blobs.description(),
+                name(seq)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the blob store holds a journal (a server's state to rebuild from).
+pub async fn has_journal(blobs: &BlobStore) -> Result<bool> {
+    Ok(!blobs.list_objects(PREFIX).await?.is_empty())
+}
+
+/// Rebuilds the index from the blob store: every blob listed, then every journal entry
+/// replayed in order. `progress` is told each phase and count as it goes.
+pub async fn rebuild(
+    index: Arc<Index>,
+    blobs: &BlobStore,
+    progress: impl Fn(&str),
+) -> Result<RebuildReport> {
+    let started = std::time::Instant::now();
+    let mut report = RebuildReport::default();
+    let digests = blobs.list_blobs().await?;
+    report.blobs = digests.len();
+    progress(&format!("blobs: {} listed", digests.len()));
+    for chunk in digests.chunks(10_000) {
+        let chunk = chunk.to_vec();
+        let i = index.clone();
+        blocking(move || i.add_blobs(&chunk)).await?;
+    }
+    let entries = blobs.list_objects(PREFIX).await?;
+    progress(&format!("journal: {} entries", entries.len()));
+    for (n, (path, _)) in entries.iter().enumerate() {
+        let bytes = blobs.get_object(path).await?;
+        let entry = JournalEntry::decode(bytes.as_ref())
+            .map_err(|e| ServerError::DataLoss(format!("journal entry {path}: {e}")))?;
+        let bad = |what: String| ServerError::DataLoss(format!("journal entry {path}: {what}"));
+        match entry.change {
+            None => return Err(bad("no change".into())),
+            Some(Change::Manifest(m)) => {
+                let digest = record_digest(&m.hash, m.size)?;
+                let canonical = blobs.get_blob(&digest).await?;
+                if stagecache_proto::Digest::of_bytes(&canonical) != digest {
+                    return Err(bad(format!(
+                        "manifest {digest}: its blob does not hash to it"
+                    )));
+                }
+                let i = index.clone();
+                blocking(move || i.put_manifest(&digest, &canonical)).await?;
+                report.manifests += 1;
+            }
+            Some(Change::RefSet(r)) => {
+                let ns =
+                    Namespace::parse("namespace", &r.namespace).map_err(|e| bad(e.to_string()))?;
+                let name = RefName::parse("name", &r.name).map_err(|e| bad(e.to_string()))?;
+                let (record, change) = match (r.record, r.change) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => return Err(bad("ref move without record or change".into())),
+                };
+                let i = index.clone();
+                blocking(move || i.apply_ref(&ns, &name, &record, &change)).await?;
+                report.ref_changes += 1;
+            }
+            Some(Change::Ledger(l)) => {
+                let i = index.clone();
+                report.ledger_records += blocking(move || i.apply_ledger(&l.records)).await?;
+            }
+        }
+        report.journal_entries += 1;
+        if (n + 1) % 10_000 == 0 {
+            progress(&format!("journal: {} of {} replayed", n + 1, entries.len()));
+        }
+    }
+    let i = index.clone();
+    blocking(move || i.flush()).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::Internal(format!("index task: {e}")))?
+}
