@@ -7,6 +7,7 @@
 //! every long process ([`output_within`]).
 
 pub mod auth;
+pub mod azurite;
 
 use stagecache_client::{Client, ClientConfig};
 use stagecache_server::{serve, ServerConfig};
@@ -373,7 +374,8 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// Arguments added after the harness's own (kept for a restart).
     extra_args: Vec<String>,
-    /// Environment of the harness's own `stagecache health` calls (TLS files).
+    /// Environment of the server and of the harness's own `stagecache health` calls (TLS
+    /// files, a cloud emulator's address).
     client_env: Vec<(String, String)>,
     log_dir: Arc<tempfile::TempDir>,
     _data: Option<Arc<tempfile::TempDir>>,
@@ -395,10 +397,10 @@ impl ServerProcess {
         Self::start_fresh_with_env(args, &[])
     }
 
-    /// As [`ServerProcess::start_fresh_with_args`]; `client_env` is the environment the
-    /// harness's readiness check (`stagecache health`) runs with, e.g.
-    /// `STAGECACHE_CA_CERT` for a server started with `--tls-cert` (whose [`url`] is then
-    /// `https://`).
+    /// As [`ServerProcess::start_fresh_with_args`]; `client_env` is added to the
+    /// environment of the server and of the harness's readiness check (`stagecache
+    /// health`), e.g. `STAGECACHE_CA_CERT` for a server started with `--tls-cert` (whose
+    /// [`url`] is then `https://`), or a cloud emulator's settings.
     ///
     /// [`url`]: ServerProcess::url
     pub fn start_fresh_with_env(args: &[&str], client_env: &[(&str, &str)]) -> Self {
@@ -439,18 +441,23 @@ impl ServerProcess {
     }
 
     /// Starts the binary on an existing `data_dir` with extra arguments (e.g. the
-    /// `--blob-store` a previous server used).
-    pub fn start_on_with_args(data_dir: &Path, args: &[&str]) -> Self {
+    /// `--blob-store` a previous server used) and environment (as
+    /// [`ServerProcess::start_fresh_with_env`]).
+    pub fn start_on_with_args(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let watchdog = Watchdog::start("test with a stagecache-server process");
         let log_dir = Arc::new(tempfile::tempdir().expect("log dir"));
         let extra = args.iter().map(|a| a.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::spawn(
             data_dir,
             log_dir,
             None,
             Some(Arc::new(watchdog)),
             extra,
-            Vec::new(),
+            env,
         )
     }
 
@@ -494,6 +501,7 @@ impl ServerProcess {
                 "127.0.0.1:0",
             ])
             .args(&extra_args)
+            .envs(client_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)

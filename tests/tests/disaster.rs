@@ -7,6 +7,7 @@
 //! verifies every byte. `stagecache-server rebuild` restores the same offline and says
 //! what it found.
 
+use stagecache_tests::azurite::Azurite;
 use stagecache_tests::{output_within, workspace_bin, write_file, ServerProcess};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,57 @@ fn pipelines(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
+}
+
+/// Where the blobs and the journal live: a local directory, or a container in Azurite.
+struct Backend {
+    url: String,
+    env: Vec<(&'static str, String)>,
+    _dir: tempfile::TempDir,
+    _azurite: Option<Azurite>,
+}
+
+impl Backend {
+    fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Backend {
+            url: format!("file://{}", dir.path().join("blobs").display()),
+            env: Vec::new(),
+            _dir: dir,
+            _azurite: None,
+        }
+    }
+
+    /// `None` when Azurite is not installed (outside CI).
+    async fn azurite() -> Option<Self> {
+        let azurite = Azurite::start()?;
+        azurite.create_container("stagecache").await;
+        Some(Backend {
+            url: "az://stagecache/release".into(),
+            env: azurite.env(),
+            _dir: tempfile::tempdir().unwrap(),
+            _azurite: Some(azurite),
+        })
+    }
+
+    /// A server on a fresh data dir over this backend, with `extra` arguments.
+    fn server(&self, extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["--blob-store", self.url.as_str()];
+        args.extend_from_slice(extra);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ServerProcess::start_fresh_with_env(&args, &env)
+    }
+
+    fn server_on(&self, data: &Path) -> ServerProcess {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ServerProcess::start_on_with_args(data, &["--blob-store", &self.url], &env)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(workspace_bin(program));
+        cmd.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd
+    }
 }
 
 fn cli(server: &ServerProcess, args: &[&str]) -> String {
@@ -73,11 +125,20 @@ fn reads(server: &ServerProcess) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_on_the_same_blob_store_answers_as_the_lost_one() {
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().join("blobs").display());
-    let args = ["--blob-store", url.as_str()];
-    let mut first = ServerProcess::start_fresh_with_args(&args);
+async fn a_new_server_answers_as_the_lost_one_local_disk() {
+    answers_as_the_lost_one(&Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_answers_as_the_lost_one_azurite() {
+    if let Some(b) = Backend::azurite().await {
+        answers_as_the_lost_one(&b).await;
+    }
+}
+
+async fn answers_as_the_lost_one(backend: &Backend) {
+    let url = backend.url.clone();
+    let mut first = backend.server(&[]);
     let src = tempfile::tempdir().unwrap();
     let (b1, b2) = (src.path().join("b1"), src.path().join("b2"));
     tree(&b1, 1);
@@ -133,7 +194,7 @@ async fn a_new_server_on_the_same_blob_store_answers_as_the_lost_one() {
     std::fs::remove_dir_all(&first.data_dir).unwrap();
     // The lost server's lease is fresh (it was killed a moment ago): the operator, who
     // knows it is dead, takes the store over.
-    let second = ServerProcess::start_fresh_with_args(&[args[0], args[1], "--take-over"]);
+    let second = backend.server(&["--take-over"]);
     assert!(
         second
             .log_text()
@@ -172,7 +233,7 @@ async fn a_new_server_on_the_same_blob_store_answers_as_the_lost_one() {
 
     // Offline: `stagecache-server rebuild` into a new data dir, then serve it.
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(workspace_bin("stagecache-server"));
+    let mut cmd = backend.command("stagecache-server");
     cmd.args([
         "--data-dir",
         data.path().to_str().unwrap(),
@@ -196,7 +257,7 @@ async fn a_new_server_on_the_same_blob_store_answers_as_the_lost_one() {
     assert_eq!(r["ref_changes"], 4, "{report}");
     assert!(r["ledger_records"].as_u64().unwrap() >= 6, "{report}");
     assert!(r["blobs"].as_u64().unwrap() >= 40, "{report}");
-    let third = ServerProcess::start_on_with_args(data.path(), &args);
+    let third = backend.server_on(data.path());
     assert_eq!(cli(&third, &["--json", "status", "--ref", "bar/2"]), status);
 }
 
@@ -204,10 +265,21 @@ async fn a_new_server_on_the_same_blob_store_answers_as_the_lost_one() {
 /// lease, naming it; `--take-over` takes it, and the first, finding its lease gone at its
 /// next renewal, acknowledges no more writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_writer_per_blob_store() {
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().join("blobs").display());
-    let first = ServerProcess::start_fresh_with_args(&["--blob-store", &url]);
+async fn one_writer_per_blob_store_local_disk() {
+    one_writer(&Backend::local()).await;
+}
+
+/// On Azure Blob the lease is written conditionally (`If-Match` on its ETag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writer_per_blob_store_azurite() {
+    if let Some(b) = Backend::azurite().await {
+        one_writer(&b).await;
+    }
+}
+
+async fn one_writer(backend: &Backend) {
+    let url = backend.url.clone();
+    let first = backend.server(&[]);
     let src = tempfile::tempdir().unwrap();
     tree(src.path(), 1);
     cli(
@@ -216,7 +288,7 @@ async fn one_writer_per_blob_store() {
     );
 
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(workspace_bin("stagecache-server"));
+    let mut cmd = backend.command("stagecache-server");
     cmd.args(["--data-dir", data.path().to_str().unwrap()])
         .args(["--listen", "127.0.0.1:0", "--blob-store", &url]);
     let out = output_within(
@@ -231,7 +303,7 @@ async fn one_writer_per_blob_store() {
         "{err}"
     );
 
-    let second = ServerProcess::start_fresh_with_args(&["--blob-store", &url, "--take-over"]);
+    let second = backend.server(&["--take-over"]);
     cli(
         &second,
         &["register", src.path().to_str().unwrap(), "--ref", "bar/2"],
@@ -266,11 +338,20 @@ async fn one_writer_per_blob_store() {
 /// server on an empty data dir and the same blob store holds every write that was
 /// acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_write_survives_a_sigkill_and_the_data_dir() {
+async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_local_disk() {
+    acknowledged_writes_survive(&Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_azurite() {
+    if let Some(b) = Backend::azurite().await {
+        acknowledged_writes_survive(&b).await;
+    }
+}
+
+async fn acknowledged_writes_survive(backend: &Backend) {
     use stagecache_proto::v1::{RecordRequest, StageStatus, StatusRequest};
-    let store = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().join("blobs").display());
-    let mut first = ServerProcess::start_fresh_with_args(&["--blob-store", &url]);
+    let mut first = backend.server(&[]);
     let src = tempfile::tempdir().unwrap();
     tree(src.path(), 1);
     cli(
@@ -333,7 +414,7 @@ async fn every_acknowledged_write_survives_a_sigkill_and_the_data_dir() {
         acked.len()
     );
     std::fs::remove_dir_all(&first.data_dir).unwrap();
-    let second = ServerProcess::start_fresh_with_args(&["--blob-store", &url, "--take-over"]);
+    let second = backend.server(&["--take-over"]);
     let client = second.client("prod").await;
     let results = client
         .stage_status(StatusRequest {

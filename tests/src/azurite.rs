@@ -1,0 +1,180 @@
+//! Azurite, the Azure Blob Storage emulator (npm `azurite`, installed by `scripts/ci-deps`
+//! under `~/.cache/stagecache/tools`), started by a test on a port the kernel chooses, with
+//! a container made for it. The server reaches it through object_store's own emulator
+//! support (`AZURE_STORAGE_USE_EMULATOR`, `AZURITE_BLOB_STORAGE_URL`), as a deployment on
+//! Azure Blob would through its account.
+
+use base64::Engine;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The emulator's well-known development account and key (public; Azurite's defaults).
+const ACCOUNT: &str = "devstoreaccount1";
+const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Where `azurite-blob` is: `STAGECACHE_AZURITE`, else where `scripts/ci-deps` puts it.
+pub fn azurite_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAGECACHE_AZURITE") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".cache/stagecache/tools/node_modules/.bin/azurite-blob");
+    p.exists().then_some(p)
+}
+
+/// A running Azurite blob service (killed on drop).
+pub struct Azurite {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts Azurite, or `None` when it is not installed — which fails the test under CI
+    /// (`CI` set), where `.ci/run` installs it.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = azurite_bin() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "Azurite is not installed (scripts/ci-deps installs it); CI must run the Azure tests"
+            );
+            eprintln!("SKIPPED: Azurite is not installed; run scripts/ci-deps");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("azurite dir");
+        let mut child = Command::new(&bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
+            .arg(dir.path())
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+                "--silent",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(url) = line.split("listens on ").nth(1) {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("Azurite printed no address within 60 s");
+        Some(Azurite {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// The environment a server needs to use this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            ("AZURITE_BLOB_STORAGE_URL", self.url.clone()),
+        ]
+    }
+
+    /// Creates a container (Blob service REST, Shared Key signed).
+    pub async fn create_container(&self, name: &str) {
+        let date = http_date(std::time::SystemTime::now());
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(KEY)
+            .expect("key");
+        let mac = jsonwebtoken::crypto::sign(
+            to_sign.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(&key),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .expect("HMAC");
+        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(mac)
+            .expect("HMAC bytes");
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac);
+        let response = reqwest::Client::new()
+            .put(format!("{}/{ACCOUNT}/{name}?restype=container", self.url))
+            .header("x-ms-date", &date)
+            .header("x-ms-version", version)
+            .header("content-length", "0")
+            .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"))
+            .send()
+            .await
+            .expect("create container");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "create container {name}: {status} {body}"
+        );
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `Sat, 28 Nov 2026 13:22:00 GMT` (RFC 1123, as `x-ms-date` wants it), from the
+/// project's RFC 3339 formatting.
+fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    // `2026-11-28T13:22:00Z`
+    let rfc3339 = stagecache_proto::time::format_time(secs * 1000);
+    let (date, time) = rfc3339.split_once('T').expect("RFC 3339");
+    let mut parts = date.split('-');
+    let (year, month, day) = (
+        parts.next().unwrap_or_default(),
+        parts
+            .next()
+            .and_then(|m| m.parse::<usize>().ok())
+            .unwrap_or(1),
+        parts.next().unwrap_or_default(),
+    );
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
+        [secs.div_euclid(86_400).rem_euclid(7) as usize];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day} {} {year} {} GMT",
+        months[month - 1],
+        time.trim_end_matches('Z')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_872_120);
+        assert_eq!(super::http_date(t), "Sat, 28 Nov 2026 13:22:00 GMT");
+        assert_eq!(
+            super::http_date(std::time::UNIX_EPOCH),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+    }
+}
