@@ -5,10 +5,8 @@
 //! Azure Blob would through its account.
 
 use base64::Engine;
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 /// The emulator's well-known development account and key (public; Azurite's defaults).
 const ACCOUNT: &str = "devstoreaccount1";
@@ -46,35 +44,19 @@ impl Azurite {
             return None;
         };
         let dir = tempfile::tempdir().expect("azurite dir");
-        let mut child = Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
-            .arg(dir.path())
-            .args([
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-                "--silent",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(url) = line.split("listens on ").nth(1) {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("Azurite printed no address within 60 s");
+        let (child, url) = crate::spawn_announcing(
+            Command::new(&bin)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
+                .arg(dir.path())
+                .args([
+                    "--skipApiVersionCheck",
+                    "--loose",
+                    "--disableTelemetry",
+                    "--silent",
+                ]),
+            "listens on ",
+            false,
+        );
         Some(Azurite {
             child,
             url,

@@ -8,6 +8,49 @@
 
 pub mod auth;
 pub mod azurite;
+pub mod moto;
+
+/// Spawns `cmd` (an emulator) and reads the address it announces after `marker` on its
+/// stdout (`on_stderr`: its stderr) within 60 s; the other stream goes nowhere.
+pub(crate) fn spawn_announcing(
+    cmd: &mut std::process::Command,
+    marker: &'static str,
+    on_stderr: bool,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let (out, err) = if on_stderr {
+        (Stdio::null(), Stdio::piped())
+    } else {
+        (Stdio::piped(), Stdio::null())
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let stream: Box<dyn std::io::Read + Send> = if on_stderr {
+        Box::new(child.stderr.take().expect("piped"))
+    } else {
+        Box::new(child.stdout.take().expect("piped"))
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line.split(marker).nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{cmd:?} announced no address within 60 s"));
+    (child, url)
+}
 
 use stagecache_client::{Client, ClientConfig};
 use stagecache_server::{serve, ServerConfig};

@@ -8,6 +8,7 @@
 //! what it found.
 
 use stagecache_tests::azurite::Azurite;
+use stagecache_tests::moto::Moto;
 use stagecache_tests::{output_within, workspace_bin, write_file, ServerProcess};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,7 @@ struct Backend {
     env: Vec<(&'static str, String)>,
     _dir: tempfile::TempDir,
     _azurite: Option<Azurite>,
+    _moto: Option<Moto>,
 }
 
 impl Backend {
@@ -36,6 +38,7 @@ impl Backend {
             env: Vec::new(),
             _dir: dir,
             _azurite: None,
+            _moto: None,
         }
     }
 
@@ -48,6 +51,20 @@ impl Backend {
             env: azurite.env(),
             _dir: tempfile::tempdir().unwrap(),
             _azurite: Some(azurite),
+            _moto: None,
+        })
+    }
+
+    /// `None` when moto is not installed (outside CI).
+    async fn s3() -> Option<Self> {
+        let moto = Moto::start()?;
+        moto.create_bucket("stagecache").await;
+        Some(Backend {
+            url: "s3://stagecache/release".into(),
+            env: moto.env(),
+            _dir: tempfile::tempdir().unwrap(),
+            _azurite: None,
+            _moto: Some(moto),
         })
     }
 
@@ -132,6 +149,13 @@ async fn a_new_server_answers_as_the_lost_one_local_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_server_answers_as_the_lost_one_azurite() {
     if let Some(b) = Backend::azurite().await {
+        answers_as_the_lost_one(&b).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_answers_as_the_lost_one_s3() {
+    if let Some(b) = Backend::s3().await {
         answers_as_the_lost_one(&b).await;
     }
 }
@@ -277,6 +301,13 @@ async fn one_writer_per_blob_store_azurite() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writer_per_blob_store_s3() {
+    if let Some(b) = Backend::s3().await {
+        one_writer(&b).await;
+    }
+}
+
 async fn one_writer(backend: &Backend) {
     let url = backend.url.clone();
     let first = backend.server(&[]);
@@ -345,6 +376,13 @@ async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_local_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_azurite() {
     if let Some(b) = Backend::azurite().await {
+        acknowledged_writes_survive(&b).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_s3() {
+    if let Some(b) = Backend::s3().await {
         acknowledged_writes_survive(&b).await;
     }
 }
