@@ -404,9 +404,13 @@ async fn acknowledged_writes_survive(backend: &Backend) {
         status: StageStatus::Succeeded as i32,
         ..Default::default()
     };
+    // Acknowledged calls so far, across the writers: the kill comes in the middle of
+    // the load, after enough of it whatever the machine's speed.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..4 {
         let client = first.client("prod").await;
+        let calls = calls.clone();
         writers.push(tokio::spawn(async move {
             let mut acked: Vec<String> = Vec::new();
             let mut refs: Vec<String> = Vec::new();
@@ -433,11 +437,17 @@ async fn acknowledged_writes_survive(backend: &Backend) {
                 if outcome.is_err() {
                     break;
                 }
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             (acked, refs)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = std::time::Instant::now();
+    while calls.load(std::sync::atomic::Ordering::SeqCst) < 60
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     first.signal_and_wait("KILL");
     let mut acked = Vec::new();
     let mut refs = Vec::new();
