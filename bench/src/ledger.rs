@@ -7,7 +7,8 @@ use serde::Serialize;
 use stagecache_client::stages::StageFile;
 use stagecache_client::Client;
 use stagecache_proto::v1::{
-    Decision, PlanRequest, PlanResponse, StageGraph, StageResult, StageStatus, StatusRequest,
+    Decision, PlanRequest, PlanResponse, RecordRequest, StageGraph, StageResult, StageStatus,
+    StatusRequest,
 };
 use stagecache_proto::{Digest, Namespace};
 use stagecache_server::ledger::{self, RecordInput};
@@ -181,18 +182,54 @@ fn check_plan(subject: Digest, graph: &StageGraph, plan: &PlanResponse) -> Resul
 pub enum Call {
     Status,
     Plan,
+    /// `Ledger.Record` of one success (journaled to the blob store before it answers).
+    Record,
+    /// `Ledger.RecordBatch` of [`BATCH_ITEMS`] successes (one journal object).
+    #[serde(rename = "record_batch")]
+    RecordBatch,
 }
+
+/// Items of the measured RecordBatch: a release's assets, each its own line.
+pub const BATCH_ITEMS: usize = 2_000;
 
 impl Call {
     pub fn name(self) -> &'static str {
         match self {
             Call::Status => "status",
             Call::Plan => "plan",
+            Call::Record => "record",
+            Call::RecordBatch => "record batch of 2,000",
         }
     }
 
+    /// Whether the call writes (it needs a stored subject).
+    pub fn writes(self) -> bool {
+        matches!(self, Call::Record | Call::RecordBatch)
+    }
+
     async fn once(self, client: &Client, subject: Digest, graph: &StageGraph) -> Result<()> {
+        let success = |stage: String| RecordRequest {
+            subject: Some(subject.to_proto()),
+            stage,
+            status: StageStatus::Succeeded as i32,
+            ..Default::default()
+        };
         match self {
+            Call::Record => {
+                let r = client.record(success("Bench Record".into())).await?;
+                if r.status != StageStatus::Succeeded as i32 || r.stage != "Bench Record" {
+                    return Err(format!("record answered {r:?}").into());
+                }
+            }
+            Call::RecordBatch => {
+                let items = (0..BATCH_ITEMS)
+                    .map(|i| success(format!("asset {i}")))
+                    .collect();
+                let r = client.record_batch(items).await?;
+                if r.len() != BATCH_ITEMS {
+                    return Err(format!("record batch answered {} results", r.len()).into());
+                }
+            }
             Call::Status => {
                 let r = client
                     .stage_status(StatusRequest {
@@ -252,6 +289,7 @@ pub async fn load(
     callers: usize,
     subjects: usize,
     window: Duration,
+    stored: Option<Digest>,
 ) -> Result<LoadFigure> {
     let graph = graph();
     let mut clients = Vec::with_capacity(callers);
@@ -273,7 +311,11 @@ pub async fn load(
                     if now >= end {
                         break;
                     }
-                    let subj = subject((c * 104_729 + i * 7_919) % subjects);
+                    // Writes go to a subject the server stores; reads to the fill's.
+                    let subj = match stored {
+                        Some(d) if call.writes() => d,
+                        _ => subject((c * 104_729 + i * 7_919) % subjects),
+                    };
                     i += 1;
                     call.once(&client, subj, &graph).await?;
                     if now >= warm_until {

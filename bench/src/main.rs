@@ -484,9 +484,50 @@ impl Bench {
         for &callers in &self.args.callers {
             for call in [ledger::Call::Status, ledger::Call::Plan] {
                 eprintln!("ledger: {} with {callers} callers ...", call.name());
-                figures.push(ledger::load(&server, call, callers, subjects, window).await?);
+                figures.push(ledger::load(&server, call, callers, subjects, window, None).await?);
             }
         }
+        // Writes, journaled to the blob store before they answer: one success per call on
+        // a stored subject, at the fewest and the most callers, and a release's worth of
+        // assets in one RecordBatch.
+        let stored = {
+            let client = server.client().await?;
+            let data = bytes::Bytes::from_static(b"a subject the server stores");
+            let d = stagecache_proto::Digest::of_bytes(&data);
+            client.batch_upload(vec![(d, data)]).await?;
+            d
+        };
+        let fewest = *self.args.callers.iter().min().unwrap_or(&1);
+        let most = *self.args.callers.iter().max().unwrap_or(&64);
+        for callers in [fewest, most]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            eprintln!("ledger: record with {callers} callers ...");
+            figures.push(
+                ledger::load(
+                    &server,
+                    ledger::Call::Record,
+                    callers,
+                    subjects,
+                    window,
+                    Some(stored),
+                )
+                .await?,
+            );
+        }
+        eprintln!("ledger: record batch of {} ...", ledger::BATCH_ITEMS);
+        figures.push(
+            ledger::load(
+                &server,
+                ledger::Call::RecordBatch,
+                1,
+                subjects,
+                window,
+                Some(stored),
+            )
+            .await?,
+        );
         server.stop()?;
         // The same calls against the same ledger with auth on: a token minted by the
         // server, verified once and then answered from the verdict cache.
@@ -513,7 +554,7 @@ impl Bench {
                     "ledger: {} with {callers} callers, auth on ...",
                     call.name()
                 );
-                figures.push(ledger::load(&server, call, callers, subjects, window).await?);
+                figures.push(ledger::load(&server, call, callers, subjects, window, None).await?);
             }
         }
         server.stop()?;
