@@ -1036,5 +1036,30 @@ async fn the_web_page_behind_the_same_identity() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+
+    // Who recorded: the authenticated identity, and the actor it named.
+    let admin = auth.mint("admin", &["*:admin"], "1h");
+    let validate = auth.mint("validate", &["prod:read,record"], "1h");
+    let mut f = fixture(&server, admin).await;
+    f.ledger
+        .record(bearer(
+            f.record_req("Sign", StageStatus::Succeeded, "mallory"),
+            Some(&validate),
+        ))
+        .await
+        .unwrap();
+    let page = http
+        .get(format!(
+            "{}/ns/prod/ref/bar/1/~stage/Sign",
+            server.web_url()
+        ))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("token:validate (for mallory)"), "{page}");
     server.stop().await;
 }

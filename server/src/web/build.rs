@@ -2,7 +2,7 @@
 //! state, attempt, CI build link, duration and the reason a plan would give now; claims
 //! held; results per target; the ref's history.
 
-use super::html::{bytes, esc, link, page as frame, time, url_part};
+use super::html::{bytes, esc, link, page as frame, time, url_part, who};
 use super::svg::{stage_graph, state_word, Node};
 use super::{
     manifest_url, namespace, query_value, ref_url, resolve_ref, PageError, PageResult, WebState,
@@ -113,7 +113,7 @@ async fn page_of_build(state: WebState, ns_text: &str, name: &str, q: Option<&st
             None => "manifest not stored".into(),
         },
         time(rec.updated_at_ms),
-        esc(&rec.actor),
+        who(&rec.actor, &rec.identity),
         rec.version
     );
     body.push_str("<p>Stage graph: ");
@@ -267,7 +267,7 @@ async fn page_of_build(state: WebState, ns_text: &str, name: &str, q: Option<&st
         body.push_str("</table>");
     }
 
-    body.push_str("<h2>Ref history</h2><table id=\"ref-history\"><tr><th>version</th><th>at</th><th>actor</th><th>reason</th><th>manifest</th><th>change</th></tr>");
+    body.push_str("<h2>Ref history</h2><table id=\"ref-history\"><tr><th>version</th><th>at</th><th>who</th><th>reason</th><th>manifest</th><th>change</th></tr>");
     for c in &history {
         let new = crate::store::index::record_digest(&c.new_hash, c.new_size)?;
         let change = if c.had_old {
@@ -289,7 +289,7 @@ async fn page_of_build(state: WebState, ns_text: &str, name: &str, q: Option<&st
             "<tr class=\"ref-change\"><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"digest\">{}</td><td>{change}</td></tr>",
             c.version,
             time(c.changed_at_ms),
-            esc(&c.actor),
+            who(&c.actor, &c.identity),
             esc(&c.reason),
             link(&manifest_url(&new), &new.to_string()),
         );

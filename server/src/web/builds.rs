@@ -1,7 +1,7 @@
 //! Builds: the refs of a namespace (optionally by prefix), newest first, with time, files,
 //! bytes and actor.
 
-use super::html::{bytes, esc, link, page as frame, time, url_part};
+use super::html::{bytes, esc, link, page as frame, time, url_part, who};
 use super::{manifest_url, namespace, query_value, ref_url, PageResult, WebState};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -60,7 +60,7 @@ pub async fn page(
             format!(" starting with <code>{}</code>", esc(&prefix))
         }
     );
-    body.push_str("<table id=\"builds\"><tr><th>ref</th><th>updated</th><th>files</th><th>bytes</th><th>actor</th><th>manifest</th></tr>");
+    body.push_str("<table id=\"builds\"><tr><th>ref</th><th>updated</th><th>files</th><th>bytes</th><th>who</th><th>manifest</th></tr>");
     for (name, r) in &refs {
         let digest = crate::store::index::record_digest(&r.target_hash, r.target_size)?;
         let (files, size) = match state.store.get_manifest(digest).await? {
@@ -73,7 +73,7 @@ pub async fn page(
             esc(name),
             link(&ref_url(ns.as_str(), name), name),
             time(r.updated_at_ms),
-            esc(&r.actor),
+            who(&r.actor, &r.identity),
             link(&manifest_url(&digest), &digest.to_string()),
         );
     }

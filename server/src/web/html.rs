@@ -5,6 +5,18 @@
 use std::fmt::Write;
 
 /// Text made safe for HTML element content and quoted attribute values.
+/// Who did something, escaped: the authenticated identity, and the actor the client
+/// named as whom it acted for (`token:prep (for release-bot)`); the actor alone on an open
+/// server or for records made before identities existed.
+pub fn who(actor: &str, identity: &str) -> String {
+    match (identity, actor) {
+        ("" | "anonymous", _) => esc(actor),
+        (id, "") => esc(id),
+        (id, a) if id == a => esc(id),
+        (id, a) => format!("{} (for {})", esc(id), esc(a)),
+    }
+}
+
 pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     push_esc(&mut out, text);

@@ -2,7 +2,7 @@
 //! target), and its invalidations with who made them and why.
 
 use super::build::{badge, run_link};
-use super::html::{esc, link, page as frame, time};
+use super::html::{esc, link, page as frame, time, who};
 use super::{namespace, ref_url, resolve_ref, PageError, PageResult, WebState};
 use crate::ledger::plan::validate_stage_name;
 use crate::ledger::{status_of, to_proto};
@@ -54,7 +54,7 @@ pub async fn page(state: WebState, ns_text: &str, name: &str, stage: &str) -> Pa
         esc(&digest.to_string()),
         badge(current)
     );
-    body.push_str("<h2>History</h2><table id=\"stage-history\"><tr><th>seq</th><th>status</th><th>target</th><th>attempt</th><th>BAR build</th><th>CI build</th><th>actor</th><th>started</th><th>finished</th><th>duration</th><th>fingerprint</th><th>reason</th></tr>");
+    body.push_str("<h2>History</h2><table id=\"stage-history\"><tr><th>seq</th><th>status</th><th>target</th><th>attempt</th><th>BAR build</th><th>CI build</th><th>who</th><th>started</th><th>finished</th><th>duration</th><th>fingerprint</th><th>reason</th></tr>");
     for r in &history {
         let p = to_proto(r)?;
         let _ = write!(
@@ -67,7 +67,7 @@ pub async fn page(state: WebState, ns_text: &str, name: &str, stage: &str) -> Pa
             p.attempt,
             esc(&p.bar_build_id),
             run_link(&p.run_url, &p.build_id),
-            esc(&p.actor),
+            who(&p.actor, &p.identity),
             time(p.started_at_ms),
             time(p.finished_at_ms),
             duration(&p),
@@ -90,7 +90,7 @@ pub async fn page(state: WebState, ns_text: &str, name: &str, stage: &str) -> Pa
                 body,
                 "<tr class=\"invalidation\"><td>{}</td><td>{}</td><td>{}</td></tr>",
                 time(r.finished_at_ms.max(r.started_at_ms)),
-                esc(&r.actor),
+                who(&r.actor, &r.identity),
                 esc(&r.reason)
             );
         }
