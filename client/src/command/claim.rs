@@ -35,31 +35,32 @@ pub struct ClaimArgs {
     pub holder: Option<String>,
 }
 
+/// The claim `renew` and `release` act on: its line and the token its holder got.
+#[derive(Args, Debug)]
+pub struct HeldClaim {
+    #[command(flatten)]
+    pub subject: SubjectArgs,
+    #[arg(long)]
+    pub stage: String,
+    #[arg(long, default_value = "")]
+    pub target: String,
+    #[arg(long, env = "STAGECACHE_CLAIM_TOKEN")]
+    pub token: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ClaimAction {
     /// Extend a claim you hold.
     Renew {
         #[command(flatten)]
-        subject: SubjectArgs,
-        #[arg(long)]
-        stage: String,
-        #[arg(long, default_value = "")]
-        target: String,
-        #[arg(long, env = "STAGECACHE_CLAIM_TOKEN")]
-        token: String,
+        claim: HeldClaim,
         #[arg(long)]
         ttl: u32,
     },
     /// Give up a claim you hold.
     Release {
         #[command(flatten)]
-        subject: SubjectArgs,
-        #[arg(long)]
-        stage: String,
-        #[arg(long, default_value = "")]
-        target: String,
-        #[arg(long, env = "STAGECACHE_CLAIM_TOKEN")]
-        token: String,
+        claim: HeldClaim,
     },
 }
 
@@ -78,21 +79,15 @@ pub fn default_holder(actor: &str) -> String {
 pub async fn run(ctx: &Context, c: ClaimCommand) -> Result<u8> {
     match c.action {
         None => take(ctx, c.args).await,
-        Some(ClaimAction::Renew {
-            subject,
-            stage,
-            target,
-            token,
-            ttl,
-        }) => {
-            let subject = ctx.subject(&subject).await?;
+        Some(ClaimAction::Renew { claim, ttl }) => {
+            let subject = ctx.subject(&claim.subject).await?;
             let r = ctx
                 .client
                 .renew_claim(RenewClaimRequest {
                     subject: Some(subject.to_proto()),
-                    stage,
-                    target,
-                    token,
+                    stage: claim.stage,
+                    target: claim.target,
+                    token: claim.token,
                     ttl_seconds: ttl,
                     ..Default::default()
                 })
@@ -108,19 +103,14 @@ pub async fn run(ctx: &Context, c: ClaimCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        Some(ClaimAction::Release {
-            subject,
-            stage,
-            target,
-            token,
-        }) => {
-            let subject = ctx.subject(&subject).await?;
+        Some(ClaimAction::Release { claim }) => {
+            let subject = ctx.subject(&claim.subject).await?;
             ctx.client
                 .release_claim(ReleaseClaimRequest {
                     subject: Some(subject.to_proto()),
-                    stage,
-                    target,
-                    token,
+                    stage: claim.stage,
+                    target: claim.target,
+                    token: claim.token,
                     ..Default::default()
                 })
                 .await?;
