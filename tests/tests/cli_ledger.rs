@@ -145,6 +145,60 @@ async fn record_plan_claim_wait_and_survive_sigkill() {
     .await;
     assert_eq!(o.status.code(), Some(4));
     assert!(err(&o).contains("claimed by run-a"), "{}", err(&o));
+    // The holder renews (token from the environment, as a later pipeline step has it); a
+    // wrong token renews nothing.
+    let held = ["--ref", "bar/12345", "--stage", "Publish Signed Assets"];
+    let o = cli(
+        &server,
+        "prod",
+        &[&["--json", "claim", "renew"][..], &held, &["--ttl", "900"]].concat(),
+        &[("STAGECACHE_CLAIM_TOKEN", &token)],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(json(&o)["holder"], "run-a");
+    let o = cli(
+        &server,
+        "prod",
+        &[
+            &["claim", "renew"][..],
+            &held,
+            &["--ttl", "900", "--token", "not-the-token"],
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    assert!(!o.status.success(), "a wrong token renewed the claim");
+    // Release and take again, then keep going with the new holder's token.
+    let o = cli(
+        &server,
+        "prod",
+        &[
+            &["--json", "claim", "release"][..],
+            &held,
+            &["--token", &token],
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(json(&o)["released"], true);
+    let o = cli(
+        &server,
+        "prod",
+        &[&claim[..], &["--holder", "run-a"]].concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "released, so granted again: {}",
+        err(&o)
+    );
+    let token = out(&o);
     let publish = [
         "record",
         "--ref",
