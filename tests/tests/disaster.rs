@@ -310,7 +310,7 @@ async fn one_writer_per_blob_store_s3() {
 
 async fn one_writer(backend: &Backend) {
     let url = backend.url.clone();
-    let first = backend.server(&[]);
+    let mut first = backend.server(&[]);
     let src = tempfile::tempdir().unwrap();
     tree(src.path(), 1);
     cli(
@@ -361,6 +361,23 @@ async fn one_writer(backend: &Backend) {
         first.log_text().contains("lost the blob store's lease"),
         "{}",
         first.log_text()
+    );
+
+    // The second one stops (giving the lease back); the first, restarted on its own data
+    // dir, catches up with what the second wrote.
+    second.stop().await;
+    first.signal_and_wait("TERM");
+    first.restart();
+    assert!(
+        first.log_text().contains("caught up with the journal"),
+        "{}",
+        first.log_text()
+    );
+    let ls = cli(&first, &["--json", "ls"]);
+    assert!(ls.contains("bar/1") && ls.contains("bar/2"), "{ls}");
+    cli(
+        &first,
+        &["register", src.path().to_str().unwrap(), "--ref", "bar/4"],
     );
 }
 

@@ -250,9 +250,24 @@ impl BlobStore {
 
     /// Every object under `prefix`, in name order: (name, size).
     pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let mut out: Vec<(String, u64)> = self
-            .store
-            .list(Some(&ObjectPath::from(prefix)))
+        self.list_objects_after(prefix, None).await
+    }
+
+    /// The objects under `prefix` whose names sort after `after` (all: `None`), in name
+    /// order. Backends list from the offset (S3's start-after), not from the beginning.
+    pub async fn list_objects_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<(String, u64)>> {
+        let prefix = ObjectPath::from(prefix);
+        let listing = match after {
+            Some(a) => self
+                .store
+                .list_with_offset(Some(&prefix), &ObjectPath::from(a)),
+            None => self.store.list(Some(&prefix)),
+        };
+        let mut out: Vec<(String, u64)> = listing
             .map(|m| m.map(|m| (m.location.to_string(), m.size)))
             .collect::<Vec<_>>()
             .await

@@ -32,6 +32,7 @@ const ALL_CFS: [&str; 8] = [
     CF_CLAIMS,
 ];
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const JOURNAL_MARK: &[u8] = b"journal_mark";
 const SCHEMA_VERSION: u32 = 1;
 
 /// What a ref must point at before a [`Index::set_ref`] may change it.
@@ -70,6 +71,8 @@ pub struct Index {
     pub(crate) db: DB,
     /// Serialises ref read-modify-write so compare-and-swap is exact.
     ref_writes: Mutex<()>,
+    /// Serialises raises of the journal mark.
+    mark_writes: Mutex<()>,
     /// Serialises ledger read-modify-write (transitions, claims) and owns the next
     /// ledger sequence number.
     pub(crate) ledger_writes: Mutex<u64>,
@@ -127,6 +130,7 @@ impl Index {
         let mut index = Index {
             db,
             ref_writes: Mutex::new(()),
+            mark_writes: Mutex::new(()),
             ledger_writes: Mutex::new(0),
         };
         index.check_schema()?;
@@ -393,6 +397,30 @@ impl Index {
             batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
         }
         self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// The highest journal sequence number this index holds (0: none): a restarted server
+    /// replays what the journal has after it (another server's writes, or its own whose
+    /// mark was not yet written).
+    pub fn journal_mark(&self) -> Result<u64> {
+        Ok(match self.db.get_cf(self.meta_cf()?, JOURNAL_MARK)? {
+            Some(v) => v.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Raises the mark to `seq` (never lowers it). Not synced: a mark lost in a crash only
+    /// makes the next start replay a little more (replay is idempotent).
+    pub fn raise_journal_mark(&self, seq: u64) -> Result<()> {
+        let _guard = self
+            .mark_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("journal mark lock poisoned".into()))?;
+        if self.journal_mark()? < seq {
+            self.db
+                .put_cf(self.meta_cf()?, JOURNAL_MARK, seq.to_le_bytes())?;
+        }
         Ok(())
     }
 

@@ -30,6 +30,11 @@ fn name(seq: u64) -> String {
     format!("{PREFIX}/{seq:020}")
 }
 
+/// The sequence number of a journal object's name.
+fn seq_of(path: &str) -> Option<u64> {
+    path.rsplit('/').next()?.parse().ok()
+}
+
 /// Appends entries; one per server.
 pub struct Journal {
     blobs: Arc<BlobStore>,
@@ -50,15 +55,18 @@ pub struct RebuildReport {
 }
 
 impl Journal {
-    /// Continues after the highest entry the store holds.
-    pub async fn open(blobs: Arc<BlobStore>, lease: Arc<Lease>) -> Result<Self> {
+    /// Continues after the highest entry the store holds (listing only what sorts after
+    /// `mark`, the highest this index has seen).
+    pub async fn open(blobs: Arc<BlobStore>, lease: Arc<Lease>, mark: u64) -> Result<Self> {
+        let after = (mark > 0).then(|| name(mark));
         let last = blobs
-            .list_objects(PREFIX)
+            .list_objects_after(PREFIX, after.as_deref())
             .await?
             .iter()
-            .filter_map(|(n, _)| n.rsplit('/').next()?.parse::<u64>().ok())
+            .filter_map(|(n, _)| seq_of(n))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(mark);
         Ok(Journal {
             blobs,
             next: AtomicU64::new(last + 1),
@@ -71,8 +79,8 @@ impl Journal {
         self.lease.check()
     }
 
-    /// Writes one entry; returns once it is durable in the blob store.
-    pub async fn append(&self, change: Change, now_ms: i64) -> Result<()> {
+    /// Writes one entry; returns its sequence number once it is durable in the blob store.
+    pub async fn append(&self, change: Change, now_ms: i64) -> Result<u64> {
         self.lease.check()?;
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
         let entry = JournalEntry {
@@ -93,7 +101,7 @@ impl Journal {
                 name(seq)
             )));
         }
-        Ok(())
+        Ok(seq)
     }
 }
 
@@ -107,7 +115,7 @@ pub async fn has_journal(blobs: &BlobStore) -> Result<bool> {
 pub async fn rebuild(
     index: Arc<Index>,
     blobs: &BlobStore,
-    progress: impl Fn(&str),
+    progress: impl Fn(&str) + Sync,
 ) -> Result<RebuildReport> {
     let started = std::time::Instant::now();
     let mut report = RebuildReport::default();
@@ -121,6 +129,46 @@ pub async fn rebuild(
     }
     let entries = blobs.list_objects(PREFIX).await?;
     progress(&format!("journal: {} entries", entries.len()));
+    replay(&index, blobs, &entries, &mut report, &progress).await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Replays what the journal holds after this index's mark: writes another server made to
+/// the store since this index last saw it, or this server's own whose mark a crash lost.
+pub async fn catch_up(index: Arc<Index>, blobs: &BlobStore) -> Result<RebuildReport> {
+    let started = std::time::Instant::now();
+    let mut report = RebuildReport::default();
+    let i = index.clone();
+    let mark = blocking(move || i.journal_mark()).await?;
+    let after = (mark > 0).then(|| name(mark));
+    let entries = blobs.list_objects_after(PREFIX, after.as_deref()).await?;
+    if !entries.is_empty() {
+        // Blobs another server stored are in the blob store but not in this index.
+        let digests = blobs.list_blobs().await?;
+        report.blobs = digests.len();
+        for chunk in digests.chunks(10_000) {
+            let chunk = chunk.to_vec();
+            let i = index.clone();
+            blocking(move || i.add_blobs(&chunk)).await?;
+        }
+        replay(&index, blobs, &entries, &mut report, &|p: &str| {
+            tracing::info!("catch-up: {p}")
+        })
+        .await?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Applies `entries` (journal objects, in order) to the index and raises its mark.
+async fn replay(
+    index: &Arc<Index>,
+    blobs: &BlobStore,
+    entries: &[(String, u64)],
+    report: &mut RebuildReport,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
     for (n, (path, _)) in entries.iter().enumerate() {
         let bytes = blobs.get_object(path).await?;
         let entry = JournalEntry::decode(bytes.as_ref())
@@ -158,14 +206,17 @@ pub async fn rebuild(
             }
         }
         report.journal_entries += 1;
+        if let Some(seq) = seq_of(path) {
+            let i = index.clone();
+            blocking(move || i.raise_journal_mark(seq)).await?;
+        }
         if (n + 1) % 10_000 == 0 {
             progress(&format!("journal: {} of {} replayed", n + 1, entries.len()));
         }
     }
     let i = index.clone();
     blocking(move || i.flush()).await?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

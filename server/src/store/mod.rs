@@ -79,13 +79,22 @@ impl Store {
             tracing::info!(?r, "rebuilt the index from the blob store");
             report = Some(r);
         }
-        let j = journal::Journal::open(self.blobs.clone(), held.clone()).await?;
+        if report.is_none() {
+            // The journal may hold what this index has not seen (another server wrote to
+            // the store while this one was stopped or fenced).
+            let r = journal::catch_up(self.index.clone(), &self.blobs).await?;
+            if r.journal_entries > 0 {
+                tracing::info!(?r, "caught up with the journal");
+            }
+        }
+        let mark = self.with_index(|i| i.journal_mark()).await?;
+        let j = journal::Journal::open(self.blobs.clone(), held.clone(), mark).await?;
         let _ = self.journal.set(j);
         Ok((report, held))
     }
 
     /// Rebuilds the index from the blob store (`stagecache-server rebuild`).
-    pub async fn rebuild(&self, progress: impl Fn(&str)) -> Result<journal::RebuildReport> {
+    pub async fn rebuild(&self, progress: impl Fn(&str) + Sync) -> Result<journal::RebuildReport> {
         journal::rebuild(self.index.clone(), &self.blobs, progress).await
     }
 
@@ -99,7 +108,8 @@ impl Store {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
-                j.append(change, now).await
+                let seq = j.append(change, now).await?;
+                self.with_index(move |i| i.raise_journal_mark(seq)).await
             }
             None => Ok(()),
         }
