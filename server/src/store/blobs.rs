@@ -38,6 +38,21 @@ impl BlobStore {
     /// `gs://`, `https://<account>.blob.core.windows.net/<container>`), configured from
     /// the usual `AZURE_*`, `AWS_*` and `GOOGLE_*` environment variables.
     pub fn open(url: Option<&str>, data_dir: &Path) -> Result<Self> {
+        let options = std::env::vars().filter_map(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            (k.starts_with("azure_") || k.starts_with("aws_") || k.starts_with("google_"))
+                .then_some((k, v))
+        });
+        Self::open_with(url, data_dir, options)
+    }
+
+    /// [`BlobStore::open`] with the cloud options given (lower-case `azure_*`, `aws_*`,
+    /// `google_*` keys) rather than read from the environment.
+    pub fn open_with(
+        url: Option<&str>,
+        data_dir: &Path,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let local = |root: PathBuf| -> Result<Self> {
             std::fs::create_dir_all(&root).map_err(|e| {
                 ServerError::Internal(format!(
@@ -73,11 +88,6 @@ impl BlobStore {
                 description: "memory://".into(),
             }),
             _ => {
-                let options = std::env::vars().filter_map(|(k, v)| {
-                    let k = k.to_ascii_lowercase();
-                    (k.starts_with("azure_") || k.starts_with("aws_") || k.starts_with("google_"))
-                        .then_some((k, v))
-                });
                 let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
                 let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                     Arc::from(store)
@@ -414,4 +424,50 @@ fn rechunk(
         },
     )
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each cloud backend's URL and options configure a store without touching the
+    /// network (GCS has no emulator that installs from the registries here, so this is its
+    /// test): the description names it, and a bad option value is an error that names it.
+    #[test]
+    fn cloud_urls_configure() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for (url, options) in [
+            ("gs://release-bucket/stagecache", opts(&[])),
+            (
+                "s3://release-bucket/stagecache",
+                opts(&[("aws_region", "eu-west-1"), ("aws_conditional_put", "etag")]),
+            ),
+            (
+                "az://release/stagecache",
+                opts(&[("azure_storage_account_name", "contoso")]),
+            ),
+        ] {
+            let b = BlobStore::open_with(Some(url), dir.path(), options)
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(b.description(), url);
+            assert!(b.local_root.is_none());
+        }
+        let e = BlobStore::open_with(
+            Some("s3://release-bucket/x"),
+            dir.path(),
+            opts(&[("aws_conditional_put", "sometimes")]),
+        )
+        .err()
+        .expect("a bad conditional-put mode");
+        assert!(e.to_string().contains("sometimes"), "{e}");
+        let e = BlobStore::open_with(Some("ftp://x/y"), dir.path(), opts(&[]))
+            .err()
+            .expect("an unknown scheme");
+        assert!(!e.to_string().is_empty());
+    }
 }
