@@ -39,6 +39,15 @@ struct Args {
     /// Log filter, e.g. `info` or `stagecache_server=debug`.
     #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
     log: String,
+    /// Log lines on stderr as text for people, or one JSON object per line for log
+    /// collectors.
+    #[arg(
+        long,
+        env = "STAGECACHE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     /// Who may do what: tokens this server mints, CI identity issuers (OIDC) and their
     /// trust rules (TOML; see deploy/auth.example.toml). Without it the server is open,
     /// which it allows only on a loopback address.
@@ -68,6 +77,12 @@ struct Args {
     take_over: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,11 +312,17 @@ async fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line, for log collectors: timestamp, level, target, message
+        // and the event's fields.
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
 
     if let Some(Command::Scrub) = command {
         return scrub(&args).await;
