@@ -254,27 +254,41 @@ async fn scrub(args: &Args) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, when called (at start,
+/// before the port is bound), not when the future is first polled: a signal that comes as
+/// soon as the server answers must stop it gracefully, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
-                    let _ = ctrl_c.await;
-                    return;
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {},
+                    _ = term.recv() => {},
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            }
+            (int, term) => {
+                let e = int
+                    .err()
+                    .or(term.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(error = %e, "cannot listen for SIGINT and SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received: finishing in-flight calls");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received: finishing in-flight calls");
 }
 
 #[tokio::main]
@@ -342,6 +356,8 @@ async fn main() -> ExitCode {
             }
         }
     }
+    // Before the port is bound: a TERM from now on stops the server gracefully.
+    let shutdown = shutdown_signal();
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -390,7 +406,7 @@ async fn main() -> ExitCode {
     config.insecure_open = args.insecure_open;
     config.tls = tls;
     config.take_over = args.take_over;
-    match serve_with_web(config, listener, web, shutdown_signal()).await {
+    match serve_with_web(config, listener, web, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stagecache-server: {e}");

@@ -13,8 +13,17 @@ async fn json_log_lines_parse() {
         .register(src.path(), "bar/1", &Default::default())
         .await
         .unwrap();
-    // The ref move's line carries its fields as JSON values.
+    // Every line so far (start-up, the lease, the calls) is one JSON object.
     let log = server.log_text();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+    // The ref move's line carries its fields as JSON values.
     let set = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -26,23 +35,21 @@ async fn json_log_lines_parse() {
     server.stop().await;
 }
 
+/// A TERM as soon as the server answers stops it gracefully (the handler is installed
+/// before the port is bound), and the JSON log says so.
 #[test]
-fn json_log_of_a_stopped_server() {
+fn a_term_right_after_start_stops_gracefully() {
     let mut server = ServerProcess::start_fresh_with_args(&["--log-format", "json"]);
-    server.signal_and_wait("TERM");
-    let log = server.log_text();
-    let mut messages = Vec::new();
-    for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        assert!(
-            v["timestamp"].is_string() && v["level"].is_string(),
-            "{line}"
-        );
-        messages.push(v["message"].as_str().unwrap_or_default().to_string());
-    }
+    let status = server.signal_and_wait("TERM");
+    assert!(status.success(), "{status}");
+    let messages: Vec<String> = server
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["message"].as_str().unwrap_or_default().to_string())
+        .collect();
     assert!(
-        messages.iter().any(|m| m == "stagecache-server listening")
+        messages.iter().any(|m| m.starts_with("signal received"))
             && messages.iter().any(|m| m == "stopped"),
         "{messages:?}"
     );
