@@ -15,6 +15,7 @@ use stagecache_proto::{
     Digest, Manifest, Namespace, RefName, CHUNK_BYTES, MAX_FIND_MISSING, MAX_MESSAGE_BYTES,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
@@ -194,10 +195,19 @@ fn with_tls_hint(server: &str, reason: String) -> String {
     }
 }
 
+/// Eight hex digits, different in every process: the prefix of a client's request ids.
+fn random_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let h = std::collections::hash_map::RandomState::new().build_hasher();
+    format!("{:08x}", h.finish() as u32)
+}
+
 /// A connected client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
     config: ClientConfig,
+    /// `x-request-id` of each call: this client's prefix and a counter.
+    request_ids: Arc<(String, std::sync::atomic::AtomicU64)>,
     channel: Channel,
     cas: CasClient<Channel>,
     manifests: ManifestsClient<Channel>,
@@ -280,6 +290,7 @@ impl Client {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             channel,
             config,
+            request_ids: Arc::new((random_prefix(), std::sync::atomic::AtomicU64::new(1))),
         }
     }
 
@@ -356,6 +367,11 @@ impl Client {
     /// timeout instead).
     pub(crate) fn stream_request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
+        let (prefix, counter) = &*self.request_ids;
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(v) = format!("{prefix}-{n}").parse() {
+            r.metadata_mut().insert("x-request-id", v);
+        }
         if let Some(token) = &self.config.token {
             // Secret::new admits only printable ASCII, which metadata always accepts.
             if let Ok(v) = format!("Bearer {}", token.expose()).parse() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered a call with an error status.
-    #[error("{call}: {}: {}", code_name(.status.code()), .status.message())]
+    #[error("{call}: {}: {}{}", code_name(.status.code()), .status.message(), request_id(.status))]
     Status {
         call: &'static str,
         status: tonic::Status,
@@ -102,4 +102,14 @@ impl ClientError {
             },
         }
     }
+}
+
+/// ` (request id X)` when the server named the call's id: the key to its access-log line.
+fn request_id(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|id| format!(" (request id {id})"))
+        .unwrap_or_default()
 }

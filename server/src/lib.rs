@@ -6,6 +6,7 @@
 //! their invariants, knowing nothing of gRPC or pipelines; the rules both sides share
 //! (digests, manifests, names) come from `stagecache-proto`.
 
+pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod error;

@@ -225,6 +225,8 @@ pub async fn serve_with_web(
         // frame per chunk, not 64 of the default 16 KiB.
         .max_frame_size(Some(stagecache_proto::CHUNK_BYTES as u32 + 64 * 1024))
         .tcp_nodelay(true)
+        // One access-log line per call (outermost: it sees the caller and the code).
+        .layer(crate::access::AccessLogLayer)
         // Resolves the caller of every request once; the services ask it.
         .layer(AuthLayer::new(config.auth.clone()))
         .add_service(health_service)

@@ -1,11 +1,11 @@
 //! The server's log for collectors: `--log-format json` writes one JSON object per line on
-//! stderr (timestamp, level, target, message and the event's fields), every line of it.
+//! stderr (timestamp, level, target, message and the event's fields), every line of it;
+//! one access line per call with its request id, which the CLI prints with an error.
 
 use stagecache_tests::{write_file, ServerProcess};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_log_lines_parse() {
-    let server = ServerProcess::start_fresh_with_args(&["--log-format", "json"]);
+/// Registers one small file as `bar/1` in `prod`: a few calls of every kind of write.
+async fn register_one(server: &ServerProcess) {
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "a.bin", b"logged", false);
     let client = server.client("prod").await;
@@ -13,6 +13,12 @@ async fn json_log_lines_parse() {
         .register(src.path(), "bar/1", &Default::default())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_parse() {
+    let server = ServerProcess::start_fresh_with_args(&["--log-format", "json"]);
+    register_one(&server).await;
     // Every line so far (start-up, the lease, the calls) is one JSON object.
     let log = server.log_text();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
@@ -53,4 +59,69 @@ fn a_term_right_after_start_stops_gracefully() {
             && messages.iter().any(|m| m == "stopped"),
         "{messages:?}"
     );
+}
+
+/// One access line per call: method, caller, gRPC code, bytes out, duration and the
+/// request id, which the client may send (`x-request-id`) and gets back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_access_line_per_call_with_the_request_id() {
+    use stagecache_proto::v1::refs_client::RefsClient;
+    use stagecache_proto::v1::GetRefRequest;
+    let server = ServerProcess::start_fresh_with_args(&["--log-format", "json"]);
+    let mut refs = RefsClient::new(server.channel().await);
+    let mut req = tonic::Request::new(GetRefRequest {
+        namespace: "prod".into(),
+        name: "bar/missing".into(),
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "pipeline-step-42".parse().unwrap());
+    let e = refs.get(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(
+        e.metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("pipeline-step-42")
+    );
+    register_one(&server).await;
+    let lines: Vec<serde_json::Value> = server
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "rpc")
+        .collect();
+    let missing = lines
+        .iter()
+        .find(|v| v["request_id"] == "pipeline-step-42")
+        .unwrap_or_else(|| panic!("no access line for the request id: {lines:?}"));
+    assert_eq!(missing["method"], "stagecache.v1.Refs/Get", "{missing}");
+    assert_eq!(missing["code"], "NotFound", "{missing}");
+    assert_eq!(missing["caller"], "anonymous", "{missing}");
+    let set = lines
+        .iter()
+        .find(|v| v["method"] == "stagecache.v1.Refs/Set")
+        .unwrap_or_else(|| panic!("no access line for Refs/Set: {lines:?}"));
+    assert_eq!(set["code"], "Ok", "{set}");
+    assert!(set["bytes_out"].as_u64().unwrap() > 0, "{set}");
+    assert!(set["request_id"].as_str().unwrap().len() >= 8, "{set}");
+
+    // The CLI prints a failed call's request id; the server's line has the same one.
+    let mut cmd = std::process::Command::new(stagecache_tests::workspace_bin("stagecache"));
+    cmd.args(["--server", &server.url(), "--namespace", "prod"])
+        .args(["show", "--ref", "bar/nowhere"]);
+    let out =
+        stagecache_tests::output_within(&mut cmd, std::time::Duration::from_secs(60), "stagecache");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .split("(request id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no request id in: {err}"))
+        .to_string();
+    let logged = server.log_text().lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["request_id"] == id.as_str() && v["code"] == "NotFound")
+    });
+    assert!(logged, "no NotFound access line for request id {id}");
+    server.stop().await;
 }

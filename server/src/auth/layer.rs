@@ -67,8 +67,11 @@ where
                 .await
             {
                 Ok(principal) => {
-                    req.extensions_mut().insert(principal);
-                    inner.call(req).await
+                    req.extensions_mut().insert(principal.clone());
+                    let mut response = inner.call(req).await?;
+                    // For the access log, outside this layer.
+                    response.extensions_mut().insert(principal);
+                    Ok(response)
                 }
                 Err(status) => {
                     tracing::info!(path = %req.uri().path(), reason = status.message(), "unauthenticated call refused");

@@ -1,0 +1,199 @@
+//! One access-log line per RPC, from one layer in front of every service: method, caller,
+//! gRPC code, bytes sent, duration and the request id. The id is the client's
+//! `x-request-id` (the CLI sends one and prints it with an error) or one made here; it goes
+//! back in the response's `x-request-id` so a failed pipeline step can be matched to the
+//! server's line. The code of a call is known only when its response ends (in the
+//! trailers, or the headers of a trailers-only error), so the line is written then.
+
+use crate::auth::Principal;
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Request ids longer than this, or with other than printable ASCII, are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+#[derive(Clone, Default)]
+pub struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+/// What the line says, gathered as the call goes.
+struct Line {
+    method: String,
+    request_id: String,
+    started: Instant,
+    caller: Option<Arc<Principal>>,
+    bytes_out: u64,
+    logged: bool,
+}
+
+impl Line {
+    fn write(&mut self, code: &str) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        let caller = self
+            .caller
+            .as_ref()
+            .map(|p| p.identity.as_str())
+            .unwrap_or("-");
+        tracing::info!(
+            target: "stagecache_server::access",
+            method = %self.method,
+            caller,
+            code,
+            bytes_out = self.bytes_out,
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %self.request_id,
+            "rpc"
+        );
+    }
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+/// The gRPC code named by a `grpc-status` value, as people read it.
+fn code_name(status: Option<&http::HeaderValue>) -> String {
+    match status
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        Some(c) => format!("{:?}", tonic::Code::from_i32(c)),
+        None => "Unknown".into(),
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for AccessLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Body + Send + 'static,
+{
+    type Response = http::Response<LoggedBody<R>>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= MAX_REQUEST_ID
+                    && v.bytes().all(|b| (0x21..0x7f).contains(&b))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        let method = req.uri().path().trim_start_matches('/').to_string();
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = inner.call(req).await?;
+            let (mut parts, body) = response.into_parts();
+            let mut line = Line {
+                method,
+                request_id: request_id.clone(),
+                started,
+                caller: parts.extensions.get::<Arc<Principal>>().cloned(),
+                bytes_out: 0,
+                logged: false,
+            };
+            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                parts.headers.insert("x-request-id", v);
+            }
+            // A trailers-only response (an error before any message) has its code here.
+            if let Some(status) = parts.headers.get("grpc-status") {
+                line.write(&code_name(Some(status)));
+            }
+            Ok(http::Response::from_parts(
+                parts,
+                LoggedBody {
+                    inner: body,
+                    line: Some(line),
+                },
+            ))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and writes the access line at its end.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        line: Option<Line>,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A stream the client abandoned, or the server ended early.
+            if let Some(line) = this.project().line.as_mut() {
+                line.write("Cancelled");
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let (Poll::Ready(frame), Some(line)) = (&polled, this.line.as_mut()) {
+            match frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        line.bytes_out += data.remaining() as u64;
+                    }
+                    if let Some(trailers) = f.trailers_ref() {
+                        line.write(&code_name(trailers.get("grpc-status")));
+                    }
+                }
+                Some(Err(_)) => line.write("Internal"),
+                None => line.write("Ok"),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
