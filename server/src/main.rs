@@ -202,16 +202,20 @@ fn tls_settings(args: &Args) -> Result<Option<stagecache_server::TlsSettings>, S
     }))
 }
 
+/// The store of an offline command (`scrub`, `rebuild`), or its exit code.
+fn open_store(args: &Args, command: &str) -> Result<stagecache_server::store::Store, ExitCode> {
+    stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()).map_err(|e| {
+        eprintln!("stagecache-server: {command}: {e}");
+        ExitCode::from(1)
+    })
+}
+
 /// `stagecache-server rebuild`.
 async fn rebuild(args: &Args) -> ExitCode {
-    let store =
-        match stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("stagecache-server: rebuild: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let store = match open_store(args, "rebuild") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     match store.rebuild(|p| eprintln!("rebuild: {p}")).await {
         Ok(r) => {
             println!("{}", serde_json::json!({ "rebuild": r }));
@@ -226,14 +230,10 @@ async fn rebuild(args: &Args) -> ExitCode {
 
 /// `stagecache-server scrub`.
 async fn scrub(args: &Args) -> ExitCode {
-    let store =
-        match stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("stagecache-server: scrub: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let store = match open_store(args, "scrub") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     match store.scrub().await {
         Ok(r) => {
             let rate = stagecache_server::store::scrub::gib_per_second(&r);

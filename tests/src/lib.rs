@@ -155,6 +155,16 @@ async fn channel(url: &str) -> tonic::transport::Channel {
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
 
+/// A stage graph file shipped in `deploy/pipelines/`, e.g.
+/// `pipeline_file("validate-publish.stages.yaml")`.
+pub fn pipeline_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/pipelines")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Every file under a data dir's blob store, relative to it.
 /// Every file of the local blob store but `lease.json` (the running server's liveness
 /// marker, not content): `cas/` blobs and `journal/` entries.

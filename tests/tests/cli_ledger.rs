@@ -1,18 +1,11 @@
 //! Ledger commands of the `stagecache` binary against the real server binary, including a
 //! SIGKILL of the server between an acknowledged record and the next read.
 
-use stagecache_tests::{pseudo_random, within, workspace_bin, write_file, ServerProcess};
-use std::path::PathBuf;
+use stagecache_tests::{
+    pipeline_file, pseudo_random, within, workspace_bin, write_file, ServerProcess,
+};
 use std::process::Output;
 use std::time::Duration;
-
-fn pipelines(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/pipelines")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 async fn cli(server: &ServerProcess, ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(workspace_bin("stagecache"));
@@ -61,7 +54,7 @@ async fn record_plan_claim_wait_and_survive_sigkill() {
     )
     .await;
     assert!(o.status.success(), "{}", err(&o));
-    let vp = pipelines("validate-publish.stages.yaml");
+    let vp = pipeline_file("validate-publish.stages.yaml");
 
     // Nothing ran yet: the plan runs the roots, blocks nothing (all selected).
     let o = cli(
@@ -320,7 +313,7 @@ async fn force_resign_and_bad_stage_files() {
         &[],
     )
     .await);
-    let pa = pipelines("prepare-artifacts.stages.yaml");
+    let pa = pipeline_file("prepare-artifacts.stages.yaml");
     for stage in ["Prep Ring", "Prep Ring Override"] {
         let o = cli(
             &server,
@@ -543,7 +536,7 @@ async fn ci_output_formats_are_exact() {
     )
     .await;
     assert!(o.status.success(), "{}", err(&o));
-    let pa = pipelines("prepare-artifacts.stages.yaml");
+    let pa = pipeline_file("prepare-artifacts.stages.yaml");
     let o = cli(
         &server,
         "prod",
@@ -661,7 +654,7 @@ async fn inspection_stats_builds_and_graph() {
         (Some(2), Some(5))
     );
 
-    let vp = pipelines("validate-publish.stages.yaml");
+    let vp = pipeline_file("validate-publish.stages.yaml");
     let table = out(&cli(
         &server,
         "prod",

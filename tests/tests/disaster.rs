@@ -9,17 +9,9 @@
 
 use stagecache_tests::azurite::Azurite;
 use stagecache_tests::moto::Moto;
-use stagecache_tests::{output_within, workspace_bin, write_file, ServerProcess};
-use std::path::{Path, PathBuf};
+use stagecache_tests::{output_within, pipeline_file, workspace_bin, write_file, ServerProcess};
+use std::path::Path;
 use std::time::Duration;
-
-fn pipelines(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/pipelines")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Where the blobs and the journal live: a local directory, or a container in Azurite.
 struct Backend {
@@ -121,7 +113,7 @@ fn tree(root: &Path, build: u8) {
 
 /// Everything a person or a pipeline reads, as JSON.
 fn reads(server: &ServerProcess) -> Vec<(String, String)> {
-    let vp = pipelines("validate-publish.stages.yaml");
+    let vp = pipeline_file("validate-publish.stages.yaml");
     let queries: Vec<Vec<&str>> = vec![
         vec!["--json", "ls"],
         vec!["--json", "show", "--ref", "bar/1"],
@@ -141,25 +133,41 @@ fn reads(server: &ServerProcess) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_answers_as_the_lost_one_local_disk() {
-    answers_as_the_lost_one(&Backend::local()).await;
+/// One test per backend for a story: local disk, Azurite and S3 (moto). The emulator
+/// tests skip loudly when the emulator is not installed, except under CI.
+macro_rules! on_every_backend {
+    ($story:ident) => {
+        mod $story {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local_disk() {
+                super::$story(&Backend::local()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn azurite() {
+                if let Some(b) = Backend::azurite().await {
+                    super::$story(&b).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                if let Some(b) = Backend::s3().await {
+                    super::$story(&b).await;
+                }
+            }
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_answers_as_the_lost_one_azurite() {
-    if let Some(b) = Backend::azurite().await {
-        answers_as_the_lost_one(&b).await;
-    }
-}
+on_every_backend!(answers_as_the_lost_one);
+on_every_backend!(acknowledged_writes_survive);
+on_every_backend!(one_writer);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_answers_as_the_lost_one_s3() {
-    if let Some(b) = Backend::s3().await {
-        answers_as_the_lost_one(&b).await;
-    }
-}
-
+/// Lose the server and its data dir; a new server on the same blob store answers every
+/// read as the lost one did.
 async fn answers_as_the_lost_one(backend: &Backend) {
     let url = backend.url.clone();
     let mut first = backend.server(&[]);
@@ -287,27 +295,8 @@ async fn answers_as_the_lost_one(backend: &Backend) {
 
 /// One writer per blob store: a second server refuses to start while the first holds the
 /// lease, naming it; `--take-over` takes it, and the first, finding its lease gone at its
-/// next renewal, acknowledges no more writes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_writer_per_blob_store_local_disk() {
-    one_writer(&Backend::local()).await;
-}
-
-/// On Azure Blob the lease is written conditionally (`If-Match` on its ETag).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_writer_per_blob_store_azurite() {
-    if let Some(b) = Backend::azurite().await {
-        one_writer(&b).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_writer_per_blob_store_s3() {
-    if let Some(b) = Backend::s3().await {
-        one_writer(&b).await;
-    }
-}
-
+/// next renewal, acknowledges no more writes. On Azure Blob and S3 the lease is written
+/// conditionally (`If-Match` on its ETag).
 async fn one_writer(backend: &Backend) {
     let url = backend.url.clone();
     let mut first = backend.server(&[]);
@@ -385,25 +374,6 @@ async fn one_writer(backend: &Backend) {
 /// batches) and move refs as fast as they can; the server is SIGKILLed under them; a new
 /// server on an empty data dir and the same blob store holds every write that was
 /// acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_local_disk() {
-    acknowledged_writes_survive(&Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_azurite() {
-    if let Some(b) = Backend::azurite().await {
-        acknowledged_writes_survive(&b).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_a_sigkill_and_the_data_dir_s3() {
-    if let Some(b) = Backend::s3().await {
-        acknowledged_writes_survive(&b).await;
-    }
-}
-
 async fn acknowledged_writes_survive(backend: &Backend) {
     use stagecache_proto::v1::{RecordRequest, StageStatus, StatusRequest};
     let mut first = backend.server(&[]);

@@ -159,7 +159,9 @@ impl Principal {
         })
     }
 
-    fn denied(&self, what: &str) -> Status {
+    /// The refusal of `what` for this caller: UNAUTHENTICATED without credentials,
+    /// PERMISSION_DENIED naming the identity otherwise.
+    pub fn denied(&self, what: &str) -> Status {
         if self.authentication == Authentication::Anonymous {
             Status::unauthenticated(format!(
                 "no credentials: {what} needs a token (--token, STAGECACHE_TOKEN or --token-from)"

@@ -47,13 +47,7 @@ impl Minter {
     pub fn new(config: &AuthConfig) -> Result<Self, String> {
         let t = tokens(config)?;
         let key = match t.algorithm {
-            TokenAlgorithm::HS256 => EncodingKey::from_secret(trimmed(&read(
-                config,
-                t.secret_file
-                    .as_deref()
-                    .ok_or("tokens: algorithm HS256 needs secret_file")?,
-                "secret_file",
-            )?)),
+            TokenAlgorithm::HS256 => EncodingKey::from_secret(&hs256_secret(config, t)?),
             alg => {
                 let file = t.private_key_file.as_deref().ok_or_else(|| {
                     "tokens.private_key_file is not set: this server can verify tokens but not mint them".to_string()
@@ -106,6 +100,15 @@ fn tokens(config: &AuthConfig) -> Result<&TokensConfig, String> {
         .ok_or_else(|| "the auth configuration has no [tokens] section".to_string())
 }
 
+/// The HS256 secret of `[tokens]`, shared by minting and verifying.
+fn hs256_secret(config: &AuthConfig, t: &TokensConfig) -> Result<Vec<u8>, String> {
+    let file = t
+        .secret_file
+        .as_deref()
+        .ok_or("tokens: algorithm HS256 needs secret_file")?;
+    Ok(trimmed(&read(config, file, "secret_file")?).to_vec())
+}
+
 /// HS256 secrets are read from files that usually end in a newline.
 fn trimmed(b: &[u8]) -> &[u8] {
     let end = b
@@ -128,28 +131,17 @@ impl TokenVerifier {
     pub fn new(config: &AuthConfig) -> Result<Self, String> {
         let t = tokens(config)?;
         let key = match t.algorithm {
-            TokenAlgorithm::HS256 => DecodingKey::from_secret(trimmed(&read(
-                config,
-                t.secret_file
-                    .as_deref()
-                    .ok_or("tokens: algorithm HS256 needs secret_file")?,
-                "secret_file",
-            )?)),
+            TokenAlgorithm::HS256 => DecodingKey::from_secret(&hs256_secret(config, t)?),
             alg => {
-                let (file, what) = match (&t.public_key_file, &t.private_key_file) {
-                    (Some(p), _) => (p, "public_key_file"),
-                    (None, Some(p)) => (p, "private_key_file"),
-                    (None, None) => return Err("tokens: no key to verify with".into()),
-                };
-                let pem = read(config, file, what)?;
-                let key = match (alg, what) {
-                    (TokenAlgorithm::EdDSA, "public_key_file") => DecodingKey::from_ed_pem(&pem),
-                    (_, "public_key_file") => DecodingKey::from_rsa_pem(&pem),
-                    _ => {
-                        return Err(
-                            "tokens.public_key_file is not set: a verifying server needs the public key".into(),
-                        )
-                    }
+                // config.check() saw a key file; verifying needs the public one.
+                let file = t.public_key_file.as_deref().ok_or(
+                    "tokens.public_key_file is not set: a verifying server needs the public key",
+                )?;
+                let pem = read(config, file, "public_key_file")?;
+                let what = "public_key_file";
+                let key = match alg {
+                    TokenAlgorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
                 };
                 key.map_err(|e| format!("tokens.{what}: not a {alg:?} public key: {e}"))?
             }
