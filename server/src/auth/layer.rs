@@ -57,13 +57,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let header = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes().to_vec());
+            // A header value clone shares its bytes (no copy on every call).
+            let header = req.headers().get(http::header::AUTHORIZATION).cloned();
             let cert = peer_cert(req.extensions());
             match auth
-                .resolve(header.as_deref(), cert.as_ref().map(|c| c.as_ref()))
+                .resolve(
+                    header.as_ref().map(|v| v.as_bytes()),
+                    cert.as_ref().map(|c| c.as_ref()),
+                )
                 .await
             {
                 Ok(principal) => {

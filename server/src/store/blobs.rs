@@ -287,6 +287,20 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Whether any object lies under `prefix`: the listing stops at the first.
+    pub async fn has_objects(&self, prefix: &str) -> Result<bool> {
+        match self
+            .store
+            .list(Some(&ObjectPath::from(prefix)))
+            .next()
+            .await
+        {
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(false),
+        }
+    }
+
     /// The digests of every stored blob (`cas/xx/<hex>`), from a listing of the backend.
     pub async fn list_blobs(&self) -> Result<Vec<Digest>> {
         let mut out = Vec::new();

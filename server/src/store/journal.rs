@@ -107,7 +107,7 @@ impl Journal {
 
 /// Whether the blob store holds a journal (a server's state to rebuild from).
 pub async fn has_journal(blobs: &BlobStore) -> Result<bool> {
-    Ok(!blobs.list_objects(PREFIX).await?.is_empty())
+    blobs.has_objects(PREFIX).await
 }
 
 /// Rebuilds the index from the blob store: every blob listed, then every journal entry
