@@ -68,7 +68,7 @@ stagecache_have_cxx() {
 
 stagecache_prerequisites() {
   command -v cargo >/dev/null 2>&1 ||
-    stagecache_fail "cargo is not installed: install a Rust toolchain (1.88 or newer, e.g. with rustup) and run this again"
+    stagecache_fail "cargo is not installed: install a Rust toolchain (1.89 or newer, e.g. with rustup) and run this again"
 
   if stagecache_have_libclang && stagecache_have_cxx; then
     return 0

@@ -1,5 +1,6 @@
 //! One access-log line per RPC, from one layer in front of every service: method, caller,
-//! gRPC code, bytes sent, duration and the request id. The id is the client's
+//! gRPC code, bytes received and sent, duration and the request id; and the same figures
+//! as the per-RPC metrics (`stagecache_rpc_*`). The id is the client's
 //! `x-request-id` (the CLI sends one and prints it with an error) or one made here; it goes
 //! back in the response's `x-request-id` so a failed pipeline step can be matched to the
 //! server's line. The code of a call is known only when its response ends (in the
@@ -9,6 +10,7 @@ use crate::auth::Principal;
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -38,6 +40,8 @@ struct Line {
     request_id: String,
     started: Instant,
     caller: Option<Arc<Principal>>,
+    /// Counted by the request body as the service reads it.
+    bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
     logged: bool,
 }
@@ -53,16 +57,35 @@ impl Line {
             .as_ref()
             .map(|p| p.identity.as_str())
             .unwrap_or("-");
+        let seconds = self.started.elapsed().as_secs_f64();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         tracing::info!(
             target: "stagecache_server::access",
             method = %self.method,
             caller,
             code,
+            bytes_in,
             bytes_out = self.bytes_out,
-            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            ms = seconds * 1000.0,
             request_id = %self.request_id,
             "rpc"
         );
+        // Unknown paths are answered UNIMPLEMENTED: one label for all of them, so that no
+        // caller can grow the metrics without bound.
+        let method = if code == "Unimplemented" {
+            "unknown"
+        } else {
+            self.method.as_str()
+        };
+        let m = crate::metrics::metrics();
+        m.rpc_requests.with_label_values(&[method, code]).inc();
+        m.rpc_seconds.with_label_values(&[method]).observe(seconds);
+        m.rpc_received_bytes
+            .with_label_values(&[method])
+            .inc_by(bytes_in);
+        m.rpc_sent_bytes
+            .with_label_values(&[method])
+            .inc_by(self.bytes_out);
     }
 }
 
@@ -83,9 +106,12 @@ fn code_name(status: Option<&http::HeaderValue>) -> String {
 
 impl<S, B, R> tower::Service<http::Request<B>> for AccessLog<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<CountedBody<B>>, Response = http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: Body + Send + 'static,
     R: Body + Send + 'static,
 {
     type Response = http::Response<LoggedBody<R>>;
@@ -96,7 +122,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let request_id = req
@@ -110,6 +136,15 @@ where
             })
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let (parts, body) = req.into_parts();
+        let mut req = http::Request::from_parts(
+            parts,
+            CountedBody {
+                inner: body,
+                bytes: bytes_in.clone(),
+            },
+        );
         if let Ok(v) = http::HeaderValue::from_str(&request_id) {
             req.headers_mut().insert("x-request-id", v);
         }
@@ -123,6 +158,7 @@ where
                 request_id: request_id.clone(),
                 started,
                 caller: parts.extensions.get::<Arc<Principal>>().cloned(),
+                bytes_in,
                 bytes_out: 0,
                 logged: false,
             };
@@ -141,6 +177,43 @@ where
                 },
             ))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts the bytes the service reads from it.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        bytes: Arc<AtomicU64>,
+    }
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(data) = f.data_ref() {
+                this.bytes
+                    .fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -22,8 +22,8 @@ pub enum ServerError {
     DataLoss(String),
     #[error("index (RocksDB): {0}")]
     Index(#[from] rocksdb::Error),
-    #[error("blob store: {0}")]
-    Blobs(#[from] object_store::Error),
+    #[error("blob store {0}")]
+    Storage(#[from] crate::store::backend::StorageError),
     /// The server cannot take writes now (e.g. it lost the blob store's lease).
     #[error("{0}")]
     Unavailable(String),
@@ -49,11 +49,13 @@ impl From<ServerError> for Status {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)
             }
-            ServerError::Blobs(ref inner) => {
+            ServerError::Storage(ref inner) => {
+                use crate::store::backend::StorageError;
                 tracing::error!(error = %msg, "blob store error");
                 match inner {
-                    object_store::Error::NotFound { .. } => Status::not_found(msg),
-                    _ => Status::unavailable(msg),
+                    StorageError::NotFound { .. } => Status::not_found(msg),
+                    StorageError::Short { .. } => Status::data_loss(msg),
+                    StorageError::Failed { .. } => Status::unavailable(msg),
                 }
             }
         }

@@ -8,7 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use stagecache_server::auth::{AuthConfig, Authenticator};
-use stagecache_server::{serve_with_web, ServerConfig};
+use stagecache_server::config::{FileConfig, TlsFile};
+use stagecache_server::{serve_listeners, Listeners, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,10 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "stagecache-server", version)]
 struct Args {
+    /// A configuration file (TOML; see deploy/stagecache.example.toml) with any of these
+    /// settings: a flag beats its environment variable, which beats the file.
+    #[arg(long, env = "STAGECACHE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Directory for the index (RocksDB) and, by default, the blobs.
     #[arg(long, env = "STAGECACHE_DATA_DIR", default_value = "./stagecache-data")]
     data_dir: PathBuf,
@@ -36,6 +41,11 @@ struct Args {
     /// (default: deploy/pipelines when it exists).
     #[arg(long, env = "STAGECACHE_WEB_STAGE_FILES")]
     web_stage_files: Option<PathBuf>,
+    /// Address of the metrics port: Prometheus text at /metrics, a JSON summary at
+    /// /status (e.g. 127.0.0.1:9090; bind it where only your monitoring reaches). Off
+    /// unless given.
+    #[arg(long, env = "STAGECACHE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter, e.g. `info` or `stagecache_server=debug`.
     #[arg(long, env = "STAGECACHE_LOG", default_value = "info")]
     log: String,
@@ -95,11 +105,26 @@ enum Command {
     /// stopped: after the data dir was lost, or to check what the journal holds. Prints
     /// progress on stderr and a JSON summary on stdout.
     Rebuild,
+    /// Check a configuration file, or print the configuration in effect.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Mint tokens with the key in --auth-config.
     Token {
         #[command(subcommand)]
         action: TokenAction,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Check FILE: its keys and values, and that the auth configuration and TLS files it
+    /// names can be read. Exit 0, or 2 with what is wrong.
+    Check { file: PathBuf },
+    /// Print the configuration the server would run with (flags, environment and
+    /// --config merged) as TOML, cloud credentials redacted.
+    Print,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +146,139 @@ enum TokenAction {
         #[arg(long)]
         dump_claims: bool,
     },
+}
+
+/// Fills every setting that neither a flag nor its environment variable gave from the
+/// configuration file.
+fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
+    use clap::parser::ValueSource;
+    let unset = |id: &str| {
+        !matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! take {
+        ($field:ident) => {
+            if unset(stringify!($field)) {
+                if let Some(v) = f.$field.clone() {
+                    args.$field = v;
+                }
+            }
+        };
+    }
+    macro_rules! take_some {
+        ($field:ident) => {
+            if unset(stringify!($field)) {
+                if let Some(v) = f.$field.clone() {
+                    args.$field = Some(v);
+                }
+            }
+        };
+    }
+    take!(data_dir);
+    take!(listen);
+    take!(log);
+    take!(insecure_open);
+    take!(take_over);
+    take_some!(blob_store);
+    take_some!(web_listen);
+    take_some!(web_stage_files);
+    take_some!(metrics_listen);
+    take_some!(auth_config);
+    if unset("log_format") {
+        match f.log_format.as_deref() {
+            Some("json") => args.log_format = LogFormat::Json,
+            Some("text") => args.log_format = LogFormat::Text,
+            _ => {}
+        }
+    }
+    if let Some(tls) = &f.tls {
+        for (id, from, to) in [
+            ("tls_cert", &tls.cert, &mut args.tls_cert),
+            ("tls_key", &tls.key, &mut args.tls_key),
+            ("tls_client_ca", &tls.client_ca, &mut args.tls_client_ca),
+        ] {
+            if unset(id) && from.is_some() {
+                *to = from.clone();
+            }
+        }
+        if unset("tls_client_optional") {
+            if let Some(b) = tls.client_optional {
+                args.tls_client_optional = b;
+            }
+        }
+    }
+}
+
+/// The configuration in effect, as the file would say it.
+fn effective(args: &Args, file: &FileConfig) -> FileConfig {
+    FileConfig {
+        data_dir: Some(args.data_dir.clone()),
+        listen: Some(args.listen),
+        blob_store: args.blob_store.clone(),
+        blob_store_options: file.blob_store_options.clone(),
+        web_listen: args.web_listen,
+        web_stage_files: args.web_stage_files.clone(),
+        metrics_listen: args.metrics_listen,
+        log: Some(args.log.clone()),
+        log_format: Some(
+            match args.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            }
+            .into(),
+        ),
+        auth_config: args.auth_config.clone(),
+        insecure_open: Some(args.insecure_open),
+        take_over: Some(args.take_over),
+        tls: args.tls_cert.as_ref().map(|_| TlsFile {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            client_optional: Some(args.tls_client_optional),
+        }),
+    }
+}
+
+/// `config check FILE`: the file, and the files it names.
+fn config_check(path: &std::path::Path) -> Result<(), String> {
+    let f = FileConfig::load(path)?;
+    let at = |key: &str, p: &std::path::Path| {
+        format!("--config {}: {key} {}", path.display(), p.display())
+    };
+    if let Some(auth) = &f.auth_config {
+        AuthConfig::load(auth)
+            .and_then(|c| Authenticator::new(&c).map(|_| ()))
+            .map_err(|e| format!("{}: {e}", at("auth_config", auth)))?;
+    }
+    if let Some(tls) = &f.tls {
+        for (key, p) in [
+            ("cert", &tls.cert),
+            ("key", &tls.key),
+            ("client_ca", &tls.client_ca),
+        ] {
+            if let Some(p) = p {
+                std::fs::metadata(p)
+                    .map_err(|e| format!("{}: {e}", at(&format!("[tls] {key}"), p)))?;
+            }
+        }
+    }
+    if let Some(url) = &f.blob_store {
+        url::Url::parse(url)
+            .map_err(|e| format!("--config {}: blob_store {url:?}: {e}", path.display()))?;
+    }
+    if f.insecure_open != Some(true) && f.auth_config.is_none() {
+        for (key, addr) in [("listen", f.listen), ("web_listen", f.web_listen)] {
+            if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                return Err(format!(
+                    "--config {}: {key} {a} is not loopback: give auth_config (or insecure_open = true)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `90d`, `12h`, `30m`, `45s` or plain seconds.
@@ -203,16 +361,25 @@ fn tls_settings(args: &Args) -> Result<Option<stagecache_server::TlsSettings>, S
 }
 
 /// The store of an offline command (`scrub`, `rebuild`), or its exit code.
-fn open_store(args: &Args, command: &str) -> Result<stagecache_server::store::Store, ExitCode> {
-    stagecache_server::store::Store::open(&args.data_dir, args.blob_store.as_deref()).map_err(|e| {
+fn open_store(
+    args: &Args,
+    blob_options: &[(String, String)],
+    command: &str,
+) -> Result<stagecache_server::store::Store, ExitCode> {
+    stagecache_server::store::Store::open_configured(
+        &args.data_dir,
+        args.blob_store.as_deref(),
+        blob_options,
+    )
+    .map_err(|e| {
         eprintln!("stagecache-server: {command}: {e}");
         ExitCode::from(1)
     })
 }
 
 /// `stagecache-server rebuild`.
-async fn rebuild(args: &Args) -> ExitCode {
-    let store = match open_store(args, "rebuild") {
+async fn rebuild(args: &Args, blob_options: &[(String, String)]) -> ExitCode {
+    let store = match open_store(args, blob_options, "rebuild") {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -229,8 +396,8 @@ async fn rebuild(args: &Args) -> ExitCode {
 }
 
 /// `stagecache-server scrub`.
-async fn scrub(args: &Args) -> ExitCode {
-    let store = match open_store(args, "scrub") {
+async fn scrub(args: &Args, blob_options: &[(String, String)]) -> ExitCode {
+    let store = match open_store(args, blob_options, "scrub") {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -293,11 +460,52 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let file = match &args.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("stagecache-server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => FileConfig::default(),
+    };
+    apply_file(&mut args, &matches, &file);
+    let blob_options: Vec<(String, String)> = file
+        .blob_store_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     // object_store's cloud backends bring aws-lc-rs and ring into one binary; rustls then
     // needs one provider chosen explicitly, or its first TLS use panics.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let command = args.command.take();
+    match &command {
+        Some(Command::Config {
+            action: ConfigAction::Check { file: path },
+        }) => {
+            return match config_check(path) {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stagecache-server: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Config {
+            action: ConfigAction::Print,
+        }) => {
+            print!("{}", effective(&args, &file).to_redacted_toml());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     if let Some(Command::Token { action }) = command {
         return match token_command(args.auth_config.as_deref(), action) {
             Ok(()) => ExitCode::SUCCESS,
@@ -339,10 +547,10 @@ async fn main() -> ExitCode {
     }
 
     if let Some(Command::Scrub) = command {
-        return scrub(&args).await;
+        return scrub(&args, &blob_options).await;
     }
     if let Some(Command::Rebuild) = command {
-        return rebuild(&args).await;
+        return rebuild(&args, &blob_options).await;
     }
     if auth.is_open() && !args.insecure_open {
         for (what, addr) in std::iter::once(("", Some(args.listen)))
@@ -375,29 +583,34 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let web = match args.web_listen {
-        None => None,
-        Some(addr) => {
-            let web = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("stagecache-server: cannot listen on {addr} (web): {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            // A second line on stdout, after the gRPC one: the web page's bound address.
-            match web.local_addr() {
-                Ok(a) => println!("stagecache-server web on {a}"),
-                Err(e) => {
-                    eprintln!("stagecache-server: cannot read the web address: {e}");
-                    return ExitCode::from(2);
-                }
+    // One more line on stdout per extra port, after the gRPC one: its bound address.
+    let mut extra = Vec::new();
+    for (what, addr) in [("web", args.web_listen), ("metrics", args.metrics_listen)] {
+        let Some(addr) = addr else {
+            extra.push(None);
+            continue;
+        };
+        let l = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("stagecache-server: cannot listen on {addr} ({what}): {e}");
+                return ExitCode::from(2);
             }
-            Some(web)
+        };
+        match l.local_addr() {
+            Ok(a) => println!("stagecache-server {what} on {a}"),
+            Err(e) => {
+                eprintln!("stagecache-server: cannot read the {what} address: {e}");
+                return ExitCode::from(2);
+            }
         }
-    };
+        extra.push(Some(l));
+    }
+    let metrics = extra.pop().flatten();
+    let web = extra.pop().flatten();
     let mut config = ServerConfig::new(args.data_dir);
     config.blob_store = args.blob_store;
+    config.blob_store_options = blob_options;
     config.web_stage_files = args.web_stage_files.or_else(|| {
         let default = PathBuf::from("deploy/pipelines");
         default.is_dir().then_some(default)
@@ -406,7 +619,12 @@ async fn main() -> ExitCode {
     config.insecure_open = args.insecure_open;
     config.tls = tls;
     config.take_over = args.take_over;
-    match serve_with_web(config, listener, web, shutdown).await {
+    let listeners = Listeners {
+        grpc: listener,
+        web,
+        metrics,
+    };
+    match serve_listeners(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stagecache-server: {e}");

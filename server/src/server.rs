@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Blob backend URL; `None` is the local filesystem under `data_dir`.
     pub blob_store: Option<String>,
+    /// Cloud options from the configuration file (`azure_*`, `aws_*`, `google_*`); the
+    /// environment's win.
+    pub blob_store_options: Vec<(String, String)>,
     pub clock: Arc<dyn Clock>,
     /// Directory of `*.stages.yaml` files the web page offers for a build's graph.
     pub web_stage_files: Option<PathBuf>,
@@ -75,6 +78,7 @@ impl ServerConfig {
         ServerConfig {
             data_dir: data_dir.into(),
             blob_store: None,
+            blob_store_options: Vec::new(),
             clock: Arc::new(SystemClock),
             web_stage_files: None,
             auth: Arc::new(Authenticator::open()),
@@ -102,6 +106,35 @@ pub async fn serve_with_web(
     web: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let listeners = Listeners {
+        grpc: listener,
+        web,
+        metrics: None,
+    };
+    serve_listeners(config, listeners, shutdown).await
+}
+
+/// The ports a server answers on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The read-only web page.
+    pub web: Option<TcpListener>,
+    /// `/metrics` and `/status`.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves gRPC, and the web page and the metrics port when given, until `shutdown`
+/// resolves; in-flight calls then finish and the index is flushed before this returns.
+pub async fn serve_listeners(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let Listeners {
+        grpc: listener,
+        web,
+        metrics,
+    } = listeners;
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;
@@ -124,8 +157,11 @@ pub async fn serve_with_web(
     }
     let data_dir = config.data_dir.clone();
     let blob_url = config.blob_store.clone();
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&data_dir, blob_url.as_deref())).await??;
+    let blob_options = config.blob_store_options.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_configured(&data_dir, blob_url.as_deref(), &blob_options)
+    })
+    .await??;
     // The blob store is the system of record: rebuild an empty index from its journal,
     // then journal every change from here on.
     let (_, lease) = store.start_journal(config.take_over).await?;
@@ -162,6 +198,19 @@ pub async fn serve_with_web(
         tokio::spawn(crate::web::serve_web(web_state, web_listener, async move {
             stop.cancelled().await
         }))
+    });
+    let metrics_task = metrics.map(|metrics_listener| {
+        tracing::info!(
+            addr = ?metrics_listener.local_addr().ok(),
+            "metrics listening (/metrics, /status)"
+        );
+        let stop = state.shutdown.clone();
+        tokio::spawn(crate::metrics::serve_metrics(
+            store.clone(),
+            config.data_dir.clone(),
+            metrics_listener,
+            async move { stop.cancelled().await },
+        ))
     });
     let lease_task = tokio::spawn(lease.clone().keep(state.shutdown.clone()));
     let stopping = state.shutdown.clone();
@@ -244,6 +293,13 @@ pub async fn serve_with_web(
         match task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "web page stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "web page task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics port stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "metrics task failed"),
             Ok(Ok(())) => {}
         }
     }

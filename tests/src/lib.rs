@@ -424,6 +424,8 @@ pub struct ServerProcess {
     pub listen: String,
     /// The web page's address (`--web-listen`), read from the second ready line.
     pub web: Option<String>,
+    /// `ADDR` of `/metrics` and `/status`, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
     pub data_dir: PathBuf,
     /// Arguments added after the harness's own (kept for a restart).
     extra_args: Vec<String>,
@@ -486,6 +488,16 @@ impl ServerProcess {
         )
     }
 
+    /// `http://ADDR` of the metrics port; panics when the server was started without one.
+    pub fn metrics_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.metrics
+                .as_deref()
+                .unwrap_or_else(|| self.fail("was started without --metrics-listen"))
+        )
+    }
+
     /// Starts the binary on `data_dir` and a port the kernel chooses, for a test: the
     /// test is stopped if it runs longer than [`test_timeout`].
     pub fn start(data_dir: &Path) -> Self {
@@ -539,6 +551,7 @@ impl ServerProcess {
     ) -> Self {
         use std::io::BufRead;
         let with_web = extra_args.iter().any(|a| a == "--web-listen");
+        let with_metrics = extra_args.iter().any(|a| a == "--metrics-listen");
         let log_path = Self::log(&log_dir);
         // Appended to: a restarted server's log follows the previous one's.
         let log = std::fs::OpenOptions::new()
@@ -571,7 +584,7 @@ impl ServerProcess {
         std::thread::spawn(move || {
             let mut lines = std::io::BufReader::new(stdout).lines();
             // The gRPC ready line, then (with --web-listen) the web page's.
-            for _ in 0..if with_web { 2 } else { 1 } {
+            for _ in 0..1 + with_web as usize + with_metrics as usize {
                 if let Some(Ok(line)) = lines.next() {
                     let _ = tx.send(line);
                 }
@@ -582,6 +595,7 @@ impl ServerProcess {
             child,
             listen: String::new(),
             web: None,
+            metrics: None,
             data_dir: data_dir.to_path_buf(),
             extra_args,
             client_env,
@@ -604,6 +618,18 @@ impl ServerProcess {
             server.web = Some(
                 line.strip_prefix("stagecache-server web on ")
                     .unwrap_or_else(|| server.fail(&format!("printed {line:?}, not the web line")))
+                    .to_string(),
+            );
+        }
+        if with_metrics {
+            let line = rx
+                .recv_timeout(READY_DEADLINE)
+                .unwrap_or_else(|_| server.fail("printed no metrics ready line"));
+            server.metrics = Some(
+                line.strip_prefix("stagecache-server metrics on ")
+                    .unwrap_or_else(|| {
+                        server.fail(&format!("printed {line:?}, not the metrics line"))
+                    })
                     .to_string(),
             );
         }

@@ -68,6 +68,16 @@ where
                 .await
             {
                 Ok(principal) => {
+                    use super::principal::Authentication;
+                    let outcome = match principal.authentication {
+                        Authentication::Open => "open",
+                        Authentication::Anonymous => "anonymous",
+                        Authentication::Verified => "verified",
+                    };
+                    crate::metrics::metrics()
+                        .auth
+                        .with_label_values(&[outcome])
+                        .inc();
                     req.extensions_mut().insert(principal.clone());
                     let mut response = inner.call(req).await?;
                     // For the access log, outside this layer.
@@ -75,6 +85,10 @@ where
                     Ok(response)
                 }
                 Err(status) => {
+                    crate::metrics::metrics()
+                        .auth
+                        .with_label_values(&["unauthenticated"])
+                        .inc();
                     tracing::info!(path = %req.uri().path(), reason = status.message(), "unauthenticated call refused");
                     Ok(status.into_http())
                 }

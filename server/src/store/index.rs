@@ -165,6 +165,24 @@ impl Index {
             .ok_or_else(|| ServerError::Internal(format!("column family {name} is missing")))
     }
 
+    /// RocksDB's estimates over every column family: (live data bytes, bytes compaction
+    /// still has to rewrite), for the metrics.
+    pub fn size_estimates(&self) -> Result<(u64, u64)> {
+        let (mut live, mut pending) = (0u64, 0u64);
+        for name in ALL_CFS {
+            let cf = self.cf(name)?;
+            live += self
+                .db
+                .property_int_value_cf(cf, "rocksdb.estimate-live-data-size")?
+                .unwrap_or(0);
+            pending += self
+                .db
+                .property_int_value_cf(cf, "rocksdb.estimate-pending-compaction-bytes")?
+                .unwrap_or(0);
+        }
+        Ok((live, pending))
+    }
+
     /// Indexed size of each digest's blob, or `None` where it is absent.
     pub fn blob_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
         let cf = self.cf(CF_BLOBS)?;

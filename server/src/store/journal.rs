@@ -80,6 +80,16 @@ impl Journal {
     }
 
     /// Writes one entry; returns its sequence number once it is durable in the blob store.
+    /// The sequence number the next entry will take.
+    pub fn next_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
+    /// Who holds the blob store's lease (this server), and whether it still may write.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
     pub async fn append(&self, change: Change, now_ms: i64) -> Result<u64> {
         self.lease.check()?;
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
@@ -101,6 +111,7 @@ impl Journal {
                 name(seq)
             )));
         }
+        crate::metrics::metrics().journal_entries.inc();
         Ok(seq)
     }
 }

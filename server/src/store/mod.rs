@@ -1,7 +1,8 @@
-//! The store: blob bytes (object_store) plus the index (RocksDB). It keeps the storage
+//! The store: blob bytes (a [`backend::Backend`]) plus the index (RocksDB). It keeps the storage
 //! invariants — a blob is visible only after its bytes hashed to its digest, a manifest
 //! only while every blob it names is present — and knows nothing of pipelines.
 
+pub mod backend;
 pub mod blobs;
 pub mod index;
 pub mod journal;
@@ -14,7 +15,6 @@ use crate::error::{Result, ServerError};
 use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};
 use bytes::Bytes;
 use index::Index;
-use object_store::WriteMultipart;
 use stagecache_proto::{Digest, Manifest, Verifier};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -36,6 +36,16 @@ pub struct Store {
 impl Store {
     /// Opens the index under `<data_dir>/index` and the blob backend named by `blob_url`.
     pub fn open(data_dir: &Path, blob_url: Option<&str>) -> Result<Self> {
+        Self::open_configured(data_dir, blob_url, &[])
+    }
+
+    /// [`Store::open`] with the blob store's options from the configuration file
+    /// ([`BlobStore::open_configured`]).
+    pub fn open_configured(
+        data_dir: &Path,
+        blob_url: Option<&str>,
+        blob_options: &[(String, String)],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             ServerError::Internal(format!(
                 "cannot create data dir {}: {e}",
@@ -43,8 +53,8 @@ impl Store {
             ))
         })?;
         let index = Index::open(&data_dir.join("index"))?;
-        let blobs = BlobStore::open(blob_url, data_dir)?;
-        let swept = blobs.sweep_local_staging();
+        let blobs = BlobStore::open_configured(blob_url, data_dir, blob_options)?;
+        let swept = blobs.sweep_staging();
         if swept > 0 {
             tracing::info!(swept, "removed staging files of interrupted uploads");
         }
@@ -115,6 +125,15 @@ impl Store {
         }
     }
 
+    /// The journal's state for `/status`: `None` before [`Store::start_journal`].
+    pub fn journal_state(&self) -> Option<JournalState> {
+        self.journal.get().map(|j| JournalState {
+            next_entry: j.next_seq(),
+            lease_holder: j.lease().holder(),
+            writable: j.check().is_ok(),
+        })
+    }
+
     /// `Err` when this server must not change anything any more (it lost the blob store
     /// to another server). Checked before every index write, so that a refused write never
     /// reaches the index and a retried call cannot be acknowledged from it.
@@ -135,6 +154,18 @@ impl Store {
         let (out, appended) = self.with_index(move |i| i.ledger_txn_journaled(f)).await?;
         if !appended.is_empty() {
             use stagecache_proto::records::{journal_entry::Change, JournalLedger};
+            use stagecache_proto::v1::StageStatus;
+            for r in &appended {
+                let status = r
+                    .record
+                    .as_ref()
+                    .and_then(|r| StageStatus::try_from(r.status).ok())
+                    .unwrap_or(StageStatus::Unspecified);
+                crate::metrics::metrics()
+                    .ledger_records
+                    .with_label_values(&[status_label(status)])
+                    .inc();
+            }
             self.journal(Change::Ledger(JournalLedger { records: appended }))
                 .await?;
         }
@@ -190,7 +221,7 @@ impl Store {
         let sink = if expected.size() <= SINGLE_PUT_MAX_BYTES {
             Sink::Chunks(Vec::new())
         } else {
-            Sink::Multipart(Box::new(self.blobs.start_multipart(&expected).await?))
+            Sink::Upload(self.blobs.start_upload(&expected).await?)
         };
         Ok(BlobWriter {
             store: self.clone(),
@@ -229,6 +260,7 @@ impl Store {
         })
         .await
         .map_err(|e| ServerError::Internal(format!("verifying task failed: {e}")))?;
+        let refused = verified.iter().filter(|v| v.is_some()).count() as u64;
         let outcomes: Vec<Result<()>> = stream::iter(blobs.iter().cloned().zip(verified))
             .map(|((d, data), mismatch)| {
                 let store = self.clone();
@@ -240,7 +272,7 @@ impl Store {
                         )));
                     }
                     if needed {
-                        store.blobs.put_verified(&d, data.into()).await?;
+                        store.blobs.put_verified(&d, vec![data]).await?;
                     }
                     Ok(())
                 }
@@ -254,7 +286,12 @@ impl Store {
             .filter(|((d, _), o)| o.is_ok() && missing.contains(d))
             .map(|((d, _), _)| *d)
             .collect();
+        let m = crate::metrics::metrics();
+        m.blobs_refused.inc_by(refused);
         if !published.is_empty() {
+            m.blobs_uploaded.inc_by(published.len() as u64);
+            m.blob_bytes_uploaded
+                .inc_by(published.iter().map(|d| d.size()).sum());
             self.with_index(move |i| i.add_blobs(&published)).await?;
         }
         Ok(outcomes)
@@ -314,10 +351,34 @@ impl Store {
     }
 }
 
+/// Where the journal stands (`/status`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JournalState {
+    /// The sequence number of the next entry this server writes.
+    pub next_entry: u64,
+    pub lease_holder: String,
+    /// False once another server took the blob store over (this one is fenced).
+    pub writable: bool,
+}
+
+/// A stage status as a metric label.
+fn status_label(s: stagecache_proto::v1::StageStatus) -> &'static str {
+    use stagecache_proto::v1::StageStatus;
+    match s {
+        StageStatus::Unspecified => "unspecified",
+        StageStatus::Started => "started",
+        StageStatus::Succeeded => "succeeded",
+        StageStatus::Failed => "failed",
+        StageStatus::Cancelled => "cancelled",
+        StageStatus::Invalidated => "invalidated",
+    }
+}
+
 enum Sink {
     /// Small blobs: the received chunks, kept as they are (no copy) until verified.
     Chunks(Vec<Bytes>),
-    Multipart(Box<WriteMultipart>),
+    /// Larger blobs: an upload that publishes only when finished.
+    Upload(Box<dyn backend::Upload>),
 }
 
 /// A blob being written: bytes are hashed as they pass and the blob is published only
@@ -344,10 +405,7 @@ impl BlobWriter {
         }
         match &mut self.sink {
             Sink::Chunks(chunks) => chunks.push(data),
-            Sink::Multipart(w) => {
-                BlobStore::wait_for_capacity(w).await?;
-                w.put(data);
-            }
+            Sink::Upload(w) => w.write(data).await?,
         }
         Ok(())
     }
@@ -357,8 +415,9 @@ impl BlobWriter {
         let expected = self.expected;
         match self.verifier.finish() {
             Err(m) => {
-                if let Sink::Multipart(w) = self.sink {
-                    let _ = w.abort().await;
+                crate::metrics::metrics().blobs_refused.inc();
+                if let Sink::Upload(w) = self.sink {
+                    w.abort().await;
                 }
                 Err(ServerError::InvalidArgument(format!(
                     "upload of {expected}: {m}; nothing was stored"
@@ -367,15 +426,13 @@ impl BlobWriter {
             Ok(_) => {
                 match self.sink {
                     Sink::Chunks(chunks) => {
-                        self.store
-                            .blobs
-                            .put_verified(&expected, chunks.into_iter().collect())
-                            .await?
+                        self.store.blobs.put_verified(&expected, chunks).await?
                     }
-                    Sink::Multipart(w) => {
-                        w.finish().await?;
-                    }
+                    Sink::Upload(w) => w.finish().await?,
                 }
+                let m = crate::metrics::metrics();
+                m.blobs_uploaded.inc();
+                m.blob_bytes_uploaded.inc_by(expected.size());
                 self.store
                     .with_index(move |i| i.add_blobs(&[expected]))
                     .await
@@ -385,8 +442,8 @@ impl BlobWriter {
 
     /// Discards what was written.
     pub async fn abort(self) {
-        if let Sink::Multipart(w) = self.sink {
-            let _ = w.abort().await;
+        if let Sink::Upload(w) = self.sink {
+            w.abort().await;
         }
     }
 }

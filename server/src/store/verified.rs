@@ -13,6 +13,7 @@
 //! verifies whole contents); only its length is checked, and the client verifies the
 //! blob when it has all of it.
 
+use super::backend::StorageError;
 use super::Store;
 use crate::error::{Result, ServerError};
 use bytes::Bytes;
@@ -81,6 +82,7 @@ impl Store {
         let mut out = Vec::with_capacity(checked.len());
         for (d, data, actual) in checked {
             if actual == d {
+                crate::metrics::metrics().blobs_verified.inc();
                 out.push(Ok(data));
             } else {
                 let why = format!("its bytes hash to {actual}");
@@ -94,9 +96,16 @@ impl Store {
     /// damaged (quarantined); other failures (an unreachable backend) are passed on.
     pub async fn damaged_on_failure(&self, d: Digest, e: ServerError) -> ServerError {
         match e {
-            ServerError::Blobs(object_store::Error::NotFound { .. }) => {
+            ServerError::Storage(StorageError::NotFound { .. }) => {
                 self.quarantine_damaged(d, "its bytes are missing from the blob store")
                     .await
+            }
+            ServerError::Storage(StorageError::Short { .. }) => {
+                let why = format!(
+                    "the blob store's copy is shorter than its {} bytes",
+                    d.size()
+                );
+                self.quarantine_damaged(d, &why).await
             }
             ServerError::DataLoss(why) => self.quarantine_damaged(d, &why).await,
             other => other,
@@ -107,6 +116,7 @@ impl Store {
     /// Returns the `DATA_LOSS` error that the reader gets.
     pub async fn quarantine_damaged(&self, d: Digest, why: &str) -> ServerError {
         self.damaged_blobs.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().blobs_damaged.inc();
         tracing::error!(digest = %d, reason = why, "damaged blob: dropped from the index and quarantined");
         // Index first: a crash between the two leaves bytes that a new upload overwrites,
         // never an index entry for bytes that are gone.
@@ -152,7 +162,10 @@ async fn next_verified(mut st: Reading) -> Option<(Result<Bytes>, Reading)> {
                 let mut v = verifier;
                 match v.update(&hashed) {
                     Err(m) => Err(m),
-                    Ok(()) if v.seen() == v.expected().size() => v.finish().map(|_| None),
+                    Ok(()) if v.seen() == v.expected().size() => v.finish().map(|_| {
+                        crate::metrics::metrics().blobs_verified.inc();
+                        None
+                    }),
                     Ok(()) => Ok(Some(v)),
                 }
             })

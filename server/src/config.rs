@@ -1,0 +1,153 @@
+//! The server's configuration file (`--config stagecache.toml`): every setting the flags
+//! have, so a deployment is one reviewed file. A flag beats its environment variable,
+//! which beats the file, which beats the built-in default. Unknown keys are refused,
+//! naming the key and the file. `deploy/stagecache.example.toml` is the commented example
+//! (a test parses it).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `--config FILE` may set; absent keys leave the flag's default.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub blob_store: Option<String>,
+    /// Options of a cloud blob store (`azure_storage_account_name`, `aws_region`,
+    /// `google_service_account`, ...), as the `AZURE_*`, `AWS_*` and `GOOGLE_*`
+    /// environment variables give them; the environment wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blob_store_options: BTreeMap<String, String>,
+    pub web_listen: Option<SocketAddr>,
+    pub web_stage_files: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: Option<String>,
+    pub log_format: Option<String>,
+    pub auth_config: Option<PathBuf>,
+    pub insecure_open: Option<bool>,
+    pub take_over: Option<bool>,
+    pub tls: Option<TlsFile>,
+}
+
+/// `[tls]`: the gRPC port's certificate, key and, for mutual TLS, the client CA.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_optional: Option<bool>,
+}
+
+/// Prefixes of the cloud options a blob store understands.
+const OPTION_PREFIXES: [&str; 3] = ["azure_", "aws_", "google_"];
+
+impl FileConfig {
+    /// Reads and checks `path`: TOML, known keys only, values of the right kind.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+    }
+
+    /// Parses a configuration's text (see [`FileConfig::load`]).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        for key in config.blob_store_options.keys() {
+            if !OPTION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+                return Err(format!(
+                    "blob_store_options: unknown key {key:?}: keys start with azure_, aws_ or google_"
+                ));
+            }
+        }
+        if let Some(f) = &config.log_format {
+            if f != "text" && f != "json" {
+                return Err(format!("log_format {f:?}: expected \"text\" or \"json\""));
+            }
+        }
+        if let Some(tls) = &config.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err("[tls]: give both cert and key, or neither".into());
+            }
+            if tls.client_ca.is_some() && tls.cert.is_none() {
+                return Err("[tls]: client_ca needs cert and key".into());
+            }
+        }
+        Ok(config)
+    }
+
+    /// The configuration as TOML, with the values of secret-looking blob-store options
+    /// (keys, secrets, tokens, passwords, SAS) replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (k, v) in shown.blob_store_options.iter_mut() {
+            if is_secret(k) {
+                *v = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// Whether a cloud option's value is a credential.
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "sas", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+        && !k.ends_with("_name")
+        && !k.ends_with("_id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_parses_and_says_what_it_sets() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/stagecache.example.toml");
+        let c = FileConfig::load(&path).unwrap();
+        assert_eq!(c.listen, Some("0.0.0.0:50051".parse().unwrap()));
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.log_format.as_deref(), Some("json"));
+        assert!(c.blob_store.as_deref().unwrap().starts_with("az://"));
+        assert!(c.auth_config.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let e = FileConfig::parse("listen = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = FileConfig::parse("[tls]\ncert = \"a\"\nkye = \"b\"\n").unwrap_err();
+        assert!(e.contains("kye"), "{e}");
+        let e = FileConfig::parse("listen = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = FileConfig::parse("log_format = \"xml\"\n").unwrap_err();
+        assert!(e.contains("xml"), "{e}");
+        let e = FileConfig::parse("[blob_store_options]\nregion = \"x\"\n").unwrap_err();
+        assert!(e.contains("region"), "{e}");
+        let e = FileConfig::parse("[tls]\ncert = \"a\"\n").unwrap_err();
+        assert!(e.contains("key"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let c = FileConfig::parse(
+            "blob_store = \"az://c/p\"\n[blob_store_options]\nazure_storage_account_name = \"contoso\"\nazure_storage_account_key = \"c2VjcmV0\"\nazure_storage_sas_key = \"sv=1&sig=abc\"\n",
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(shown.contains("contoso"), "{shown}");
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("sig=abc"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        // What is printed reads back.
+        let back = FileConfig::parse(&shown).unwrap();
+        assert_eq!(back.blob_store, c.blob_store);
+    }
+}

@@ -1,0 +1,634 @@
+//! The local file system as a backend: objects are files under a root directory.
+//!
+//! Every write is staged in a file beside its target (`<name>#<random>`), synced, and
+//! published by one rename (a create-only put: a hard link, which fails when the target
+//! exists), after which the directory is synced too: an acknowledged object survives a
+//! power cut, and a half-written one is never visible. Staging files a crash left behind
+//! are swept at start ([`LocalBackend::sweep_staging`]).
+//!
+//! Conditional updates (the lease) hold an advisory lock on `<name>.lock` while they
+//! compare and replace, so two servers sharing a data directory's file system honour
+//! each other's lease as they would on a cloud store. An object's version is the BLAKE3
+//! of its bytes.
+//!
+//! Reads and writes run on blocking threads straight between the file and the buffers
+//! that travel on (no copy through an async file's own buffer).
+
+use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, Written};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Bytes gathered before one write to the file; one such write is in flight while the
+/// next buffer fills.
+const WRITE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct LocalBackend {
+    root: PathBuf,
+    describe: String,
+}
+
+impl LocalBackend {
+    /// Objects under `root`, created if missing.
+    pub fn open(root: PathBuf) -> Result<Self, StorageError> {
+        let describe = format!("file://{}", root.display());
+        std::fs::create_dir_all(&root).map_err(|e| {
+            StorageError::failed(
+                &describe,
+                "create directory",
+                &root.display().to_string(),
+                e,
+            )
+        })?;
+        Ok(LocalBackend { root, describe })
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn io(&self, op: &'static str, name: &str, e: std::io::Error) -> StorageError {
+        io_error(&self.describe, op, name, e)
+    }
+
+    fn sweep(&self) -> usize {
+        walkdir::WalkDir::new(&self.root)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file() && is_staging(e.path()))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r.map_err(|e| self.io(op, name, e)),
+            Err(e) => Err(StorageError::failed(&self.describe, op, name, e)),
+        }
+    }
+}
+
+fn io_error(backend: &str, op: &'static str, name: &str, e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StorageError::NotFound {
+            backend: backend.to_string(),
+            path: name.to_string(),
+        }
+    } else {
+        StorageError::failed(backend, op, name, e)
+    }
+}
+
+/// A staging file (ours, or object_store's from before this backend): `<name>#<nonce>`.
+fn is_staging(p: &Path) -> bool {
+    p.file_name()
+        .map(|n| n.to_string_lossy().contains('#'))
+        .unwrap_or(false)
+}
+
+/// Not an object: a staging file, or the lock file of a conditional update (which is
+/// never swept: another server may hold its lock).
+fn is_hidden(p: &Path) -> bool {
+    is_staging(p)
+        || p.file_name()
+            .map(|n| n.to_string_lossy().ends_with(".lock"))
+            .unwrap_or(false)
+}
+
+fn staging_path(target: &Path) -> PathBuf {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("#{}", &nonce[..12]));
+    target.with_file_name(name)
+}
+
+/// Syncs a directory, so that a rename or link into it survives a crash.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+/// Writes `data` to a new staging file beside `target`, synced; returns its path.
+fn stage(target: &Path, data: &[Bytes]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(parent(target))?;
+    let staged = staging_path(target);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create_new(&staged)?;
+        for d in data {
+            f.write_all(d)?;
+        }
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
+    Ok(staged)
+}
+
+fn publish_rename(staged: &Path, target: &Path) -> std::io::Result<()> {
+    if let Err(e) = std::fs::rename(staged, target) {
+        let _ = std::fs::remove_file(staged);
+        return Err(e);
+    }
+    sync_dir(parent(target))
+}
+
+fn version_of(bytes: &[u8]) -> Version {
+    Version {
+        e_tag: Some(blake3::hash(bytes).to_hex().to_string()),
+        version: None,
+    }
+}
+
+fn read_optional(p: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn sweep_staging(&self) -> usize {
+        self.sweep()
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        data: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<Written, StorageError> {
+        let target = self.file(name);
+        self.blocking("put", name, move || match mode {
+            PutMode::Overwrite => {
+                let staged = stage(&target, &data)?;
+                publish_rename(&staged, &target)?;
+                Ok(Written::Done)
+            }
+            PutMode::Create => {
+                let staged = stage(&target, &data)?;
+                let linked = std::fs::hard_link(&staged, &target);
+                let _ = std::fs::remove_file(&staged);
+                match linked {
+                    Ok(()) => {
+                        sync_dir(parent(&target))?;
+                        Ok(Written::Done)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Ok(Written::Conflict)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            PutMode::Update(expected) => {
+                std::fs::create_dir_all(parent(&target))?;
+                let mut lock_name = target.file_name().unwrap_or_default().to_os_string();
+                lock_name.push(".lock");
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(target.with_file_name(lock_name))?;
+                lock.lock()?;
+                let current = read_optional(&target)?;
+                if current.as_deref().map(version_of) != Some(expected) {
+                    return Ok(Written::Conflict);
+                }
+                let staged = stage(&target, &data)?;
+                publish_rename(&staged, &target)?;
+                Ok(Written::Done)
+            }
+        })
+        .await
+    }
+
+    async fn upload(&self, name: &str) -> Result<Box<dyn Upload>, StorageError> {
+        let target = self.file(name);
+        let staged = staging_path(&target);
+        let open = (target.clone(), staged.clone());
+        let file = self
+            .blocking("upload", name, move || {
+                std::fs::create_dir_all(parent(&open.0))?;
+                std::fs::File::create_new(&open.1)
+            })
+            .await?;
+        Ok(Box::new(LocalUpload {
+            backend: self.describe.clone(),
+            name: name.to_string(),
+            target,
+            staged,
+            file: Some(file),
+            in_flight: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            published: false,
+        }))
+    }
+
+    async fn read(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+    ) -> Result<ByteStream, StorageError> {
+        let path = self.file(name);
+        let file = self
+            .blocking("read", name, move || {
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(std::io::SeekFrom::Start(offset))?;
+                Ok(f)
+            })
+            .await?;
+        let backend = self.describe.clone();
+        let name = name.to_string();
+        let chunk = chunk.max(1) as u64;
+        Ok(
+            futures::stream::try_unfold((file, 0u64), move |(file, done)| {
+                let backend = backend.clone();
+                let name = name.clone();
+                async move {
+                    if done == len {
+                        return Ok(None);
+                    }
+                    let want = (len - done).min(chunk);
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut file = file;
+                        let mut buf = Vec::with_capacity(want as usize);
+                        (&mut file).take(want).read_to_end(&mut buf)?;
+                        Ok::<_, std::io::Error>((file, buf))
+                    })
+                    .await;
+                    let (file, buf) = match read {
+                        Ok(r) => r.map_err(|e| io_error(&backend, "read", &name, e))?,
+                        Err(e) => return Err(StorageError::failed(&backend, "read", &name, e)),
+                    };
+                    if buf.len() as u64 != want {
+                        return Err(StorageError::Short {
+                            backend,
+                            path: name,
+                            offset,
+                            wanted: len,
+                            got: done + buf.len() as u64,
+                        });
+                    }
+                    Ok(Some((Bytes::from(buf), (file, done + want))))
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
+        let path = self.file(name);
+        let bytes = self
+            .blocking("get", name, move || read_optional(&path))
+            .await?;
+        Ok(bytes.map(|b| {
+            let v = version_of(&b);
+            (Bytes::from(b), v)
+        }))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.file(name);
+        self.blocking("delete", name, move || match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
+        let (from, to) = (self.file(from), self.file(to));
+        self.blocking("rename", &from.display().to_string(), move || {
+            if !from.exists() {
+                return Ok(false);
+            }
+            std::fs::create_dir_all(parent(&to))?;
+            match std::fs::rename(&from, &to) {
+                Ok(()) => sync_dir(parent(&to)).map(|_| true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Entry>, StorageError> {
+        let root = self.root.clone();
+        let dir = self.file(prefix);
+        let after = after.map(str::to_string);
+        self.blocking("list", prefix, move || {
+            let mut out = Vec::new();
+            for e in walkdir::WalkDir::new(&dir) {
+                let e = match e {
+                    Ok(e) => e,
+                    // The prefix itself missing: nothing stored under it yet.
+                    Err(e)
+                        if e.depth() == 0
+                            && e.io_error().map(|e| e.kind())
+                                == Some(std::io::ErrorKind::NotFound) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if !e.file_type().is_file() || is_hidden(e.path()) {
+                    continue;
+                }
+                let Ok(rel) = e.path().strip_prefix(&root) else {
+                    continue;
+                };
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if after.as_deref().is_some_and(|a| name.as_str() <= a) {
+                    continue;
+                }
+                let meta = e.metadata().map_err(std::io::Error::from)?;
+                out.push(Entry {
+                    name,
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn has_any(&self, prefix: &str) -> Result<bool, StorageError> {
+        let dir = self.file(prefix);
+        self.blocking("list", prefix, move || {
+            Ok(walkdir::WalkDir::new(&dir)
+                .into_iter()
+                .flatten()
+                .any(|e| e.file_type().is_file() && !is_hidden(e.path())))
+        })
+        .await
+    }
+}
+
+type Pending = tokio::task::JoinHandle<std::io::Result<std::fs::File>>;
+
+/// A file being written: buffers up to [`WRITE_BATCH_BYTES`] and writes them on a
+/// blocking thread while the next buffer fills; renamed into place by `finish`.
+struct LocalUpload {
+    backend: String,
+    name: String,
+    target: PathBuf,
+    staged: PathBuf,
+    /// The file, when no write is in flight.
+    file: Option<std::fs::File>,
+    in_flight: Option<Pending>,
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    published: bool,
+}
+
+impl LocalUpload {
+    fn io(&self, e: std::io::Error) -> StorageError {
+        io_error(&self.backend, "upload", &self.name, e)
+    }
+
+    /// Waits for the write in flight, taking the file back.
+    async fn settle(&mut self) -> Result<(), StorageError> {
+        if let Some(h) = self.in_flight.take() {
+            let file = h
+                .await
+                .map_err(|e| StorageError::failed(&self.backend, "upload", &self.name, e))?
+                .map_err(|e| self.io(e))?;
+            self.file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Starts writing the buffered bytes (after the previous write completed).
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        self.settle().await?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(mut file) = self.file.take() else {
+            return Err(StorageError::failed(
+                &self.backend,
+                "upload",
+                &self.name,
+                "write after a failed write",
+            ));
+        };
+        let data = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            for d in &data {
+                file.write_all(d)?;
+            }
+            Ok(file)
+        }));
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Upload for LocalUpload {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.pending_bytes += data.len();
+        self.pending.push(data);
+        if self.pending_bytes >= WRITE_BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.flush().await?;
+        self.settle().await?;
+        let Some(file) = self.file.take() else {
+            return Err(self.io(std::io::Error::other("no file to publish")));
+        };
+        let (staged, target) = (self.staged.clone(), self.target.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            drop(file);
+            publish_rename(&staged, &target)
+        })
+        .await
+        .map_err(|e| StorageError::failed(&self.backend, "upload", &self.name, e))?;
+        published.map_err(|e| self.io(e))?;
+        self.published = true;
+        Ok(())
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        let _ = self.settle().await;
+    }
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        if !self.published {
+            // A write may still be in flight: it fails or finishes on an unlinked file.
+            let _ = std::fs::remove_file(&self.staged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> (tempfile::TempDir, LocalBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("blobs")).unwrap();
+        (dir, b)
+    }
+
+    async fn read_all(b: &LocalBackend, name: &str, offset: u64, len: u64) -> Vec<u8> {
+        let mut s = b.read(name, offset, len, 3).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn put_modes_and_versions() {
+        let (_d, b) = backend();
+        let one = vec![Bytes::from_static(b"one")];
+        let two = vec![Bytes::from_static(b"t"), Bytes::from_static(b"wo")];
+        assert_eq!(
+            b.put("j/1", one.clone(), PutMode::Create).await.unwrap(),
+            Written::Done
+        );
+        assert_eq!(
+            b.put("j/1", two.clone(), PutMode::Create).await.unwrap(),
+            Written::Conflict
+        );
+        let (bytes, v1) = b.get("j/1").await.unwrap().unwrap();
+        assert_eq!(&bytes[..], b"one");
+        assert_eq!(
+            b.put("j/1", two.clone(), PutMode::Update(v1.clone()))
+                .await
+                .unwrap(),
+            Written::Done
+        );
+        // The old version no longer matches.
+        assert_eq!(
+            b.put("j/1", one.clone(), PutMode::Update(v1))
+                .await
+                .unwrap(),
+            Written::Conflict
+        );
+        assert_eq!(&b.get("j/1").await.unwrap().unwrap().0[..], b"two");
+        assert_eq!(
+            b.put("j/1", one, PutMode::Overwrite).await.unwrap(),
+            Written::Done
+        );
+        assert_eq!(read_all(&b, "j/1", 1, 2).await, b"ne");
+        assert!(b.get("j/none").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn uploads_publish_only_on_finish() {
+        let (_d, b) = backend();
+        let big = Bytes::from(vec![7u8; WRITE_BATCH_BYTES + 5]);
+        let mut u = b.upload("cas/ab/x").await.unwrap();
+        u.write(big.clone()).await.unwrap();
+        u.write(Bytes::from_static(b"tail")).await.unwrap();
+        assert!(
+            b.list("cas", None).await.unwrap().is_empty(),
+            "visible before finish"
+        );
+        u.finish().await.unwrap();
+        let listed = b.list("cas", None).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].name, "cas/ab/x");
+        assert_eq!(listed[0].size, big.len() as u64 + 4);
+        let mut u = b.upload("cas/ab/y").await.unwrap();
+        u.write(big).await.unwrap();
+        drop(u);
+        let mut u = b.upload("cas/ab/z").await.unwrap();
+        u.write(Bytes::from_static(b"zz")).await.unwrap();
+        u.abort().await;
+        assert_eq!(b.list("cas", None).await.unwrap().len(), 1);
+        assert_eq!(
+            b.sweep_staging(),
+            0,
+            "dropped and aborted uploads leave nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_in_order_from_an_offset_and_reads_short_files_as_short() {
+        let (_d, b) = backend();
+        assert!(b.list("journal", None).await.unwrap().is_empty());
+        assert!(!b.has_any("journal").await.unwrap());
+        for n in ["journal/3", "journal/1", "journal/2", "lease.json"] {
+            b.put(n, vec![Bytes::from_static(b"abc")], PutMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        assert!(b.has_any("journal").await.unwrap());
+        let names = |v: Vec<Entry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(b.list("journal", None).await.unwrap()),
+            ["journal/1", "journal/2", "journal/3"]
+        );
+        assert_eq!(
+            names(b.list("journal", Some("journal/1")).await.unwrap()),
+            ["journal/2", "journal/3"]
+        );
+        let mut s = b.read("journal/1", 1, 5, 2).await.unwrap();
+        let mut got = 0;
+        let mut short = None;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(c) => got += c.len(),
+                Err(e) => short = Some(e),
+            }
+        }
+        assert_eq!(got, 2);
+        assert!(
+            matches!(short, Some(StorageError::Short { got: 2, .. })),
+            "{short:?}"
+        );
+        assert!(matches!(
+            b.read("journal/9", 0, 1, 1).await.err(),
+            Some(StorageError::NotFound { .. })
+        ));
+        assert!(b.rename("journal/3", "quarantine/3").await.unwrap());
+        assert!(!b.rename("journal/3", "quarantine/3").await.unwrap());
+        b.delete("journal/2").await.unwrap();
+        b.delete("journal/2").await.unwrap();
+        assert_eq!(names(b.list("journal", None).await.unwrap()), ["journal/1"]);
+    }
+}

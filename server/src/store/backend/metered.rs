@@ -1,0 +1,192 @@
+//! A wrapper that counts and times every operation of the backend it wraps, by backend
+//! kind, operation and outcome (`stagecache_storage_operations_total`,
+//! `stagecache_storage_operation_duration_seconds`). Reads are timed until their stream is
+//! open; an upload from its start to its publication.
+
+use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, Written};
+use crate::metrics::metrics;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+pub struct Metered<B> {
+    inner: B,
+}
+
+impl<B: Backend> Metered<B> {
+    pub fn new(inner: B) -> Self {
+        Metered { inner }
+    }
+}
+
+fn outcome<T>(r: &Result<T, StorageError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(StorageError::NotFound { .. }) => "not_found",
+        Err(StorageError::Short { .. }) => "short",
+        Err(StorageError::Failed { .. }) => "error",
+    }
+}
+
+fn observe<T>(kind: &'static str, op: &'static str, started: Instant, r: &Result<T, StorageError>) {
+    let m = metrics();
+    m.storage_ops
+        .with_label_values(&[kind, op, outcome(r)])
+        .inc();
+    m.storage_seconds
+        .with_label_values(&[kind, op])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Backend for Metered<B> {
+    fn describe(&self) -> &str {
+        self.inner.describe()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn local_root(&self) -> Option<&std::path::Path> {
+        self.inner.local_root()
+    }
+
+    fn sweep_staging(&self) -> usize {
+        self.inner.sweep_staging()
+    }
+
+    async fn put(
+        &self,
+        path: &str,
+        data: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<Written, StorageError> {
+        let started = Instant::now();
+        let bytes: usize = data.iter().map(Bytes::len).sum();
+        let r = self.inner.put(path, data, mode).await;
+        observe(self.kind(), "put", started, &r);
+        if matches!(r, Ok(Written::Done)) {
+            metrics()
+                .storage_bytes_written
+                .with_label_values(&[self.kind()])
+                .inc_by(bytes as u64);
+        }
+        r
+    }
+
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.upload(path).await;
+        if r.is_err() {
+            observe(self.kind(), "upload", started, &r);
+        }
+        Ok(Box::new(MeteredUpload {
+            inner: r?,
+            kind: self.kind(),
+            started,
+            bytes: 0,
+        }))
+    }
+
+    async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+    ) -> Result<ByteStream, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.read(path, offset, len, chunk).await;
+        observe(self.kind(), "read", started, &r);
+        r
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.get(path).await;
+        observe(self.kind(), "get", started, &r);
+        r
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let r = self.inner.delete(path).await;
+        observe(self.kind(), "delete", started, &r);
+        r
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.rename(from, to).await;
+        observe(self.kind(), "rename", started, &r);
+        r
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Entry>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.list(prefix, after).await;
+        observe(self.kind(), "list", started, &r);
+        r
+    }
+
+    async fn has_any(&self, prefix: &str) -> Result<bool, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.has_any(prefix).await;
+        observe(self.kind(), "list", started, &r);
+        r
+    }
+
+    async fn signed_url(
+        &self,
+        path: &str,
+        expires: Duration,
+    ) -> Result<Option<url::Url>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.signed_url(path, expires).await;
+        observe(self.kind(), "sign", started, &r);
+        r
+    }
+}
+
+struct MeteredUpload {
+    inner: Box<dyn Upload>,
+    kind: &'static str,
+    started: Instant,
+    bytes: u64,
+}
+
+#[async_trait::async_trait]
+impl Upload for MeteredUpload {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        self.bytes += data.len() as u64;
+        let r = self.inner.write(data).await;
+        if r.is_err() {
+            observe(self.kind, "upload", self.started, &r);
+        }
+        r
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        let MeteredUpload {
+            inner,
+            kind,
+            started,
+            bytes,
+        } = *self;
+        let r = inner.finish().await;
+        observe(kind, "upload", started, &r);
+        if r.is_ok() {
+            metrics()
+                .storage_bytes_written
+                .with_label_values(&[kind])
+                .inc_by(bytes);
+        }
+        r
+    }
+
+    async fn abort(self: Box<Self>) {
+        let r: Result<(), StorageError> = Ok(());
+        observe(self.kind, "abort", self.started, &r);
+        self.inner.abort().await
+    }
+}

@@ -1,0 +1,177 @@
+//! Where bytes live: one small trait over named objects, with one implementation for the
+//! local file system ([`local::LocalBackend`]) and one for the cloud stores `object_store`
+//! speaks to ([`cloud::CloudBackend`]: Azure Blob, S3, GCS, and memory for unit tests).
+//!
+//! Everything above this module (the content-addressed layout, the journal, the lease)
+//! speaks only this trait, its [`StorageError`] and its [`Upload`]: no backend's own
+//! types cross it. Behaviour that applies to any backend is a wrapper that implements the
+//! trait around another one, as [`metered::Metered`] counts and times every operation.
+//!
+//! Names are `/`-separated paths made by the server (`cas/ab/<hex>`, `journal/<seq>`,
+//! `lease.json`), never by a client.
+
+pub mod cloud;
+pub mod local;
+pub mod metered;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::time::{Duration, SystemTime};
+
+/// A byte stream read from a backend.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// What a backend can fail with. Backends map their own errors to these.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("{backend}: {path} does not exist")]
+    NotFound { backend: String, path: String },
+    /// The object holds fewer bytes than were asked for (truncated on disk).
+    #[error("{backend}: {path} holds fewer bytes than asked for ({got} of {wanted} from offset {offset})")]
+    Short {
+        backend: String,
+        path: String,
+        offset: u64,
+        wanted: u64,
+        got: u64,
+    },
+    /// Anything else: the backend is unreachable, refuses, or its disk failed.
+    #[error("{backend}: {op} {path}: {message}")]
+    Failed {
+        backend: String,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+impl StorageError {
+    pub fn failed(
+        backend: &str,
+        op: &'static str,
+        path: &str,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        StorageError::Failed {
+            backend: backend.to_string(),
+            op,
+            path: path.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// An object's version, for a conditional update: opaque, compared only by the backend
+/// that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// How a put treats an object already there.
+#[derive(Debug, Clone)]
+pub enum PutMode {
+    /// Replace it (content-addressed blobs: a racing put writes the same bytes).
+    Overwrite,
+    /// Only if nothing is there (journal entries).
+    Create,
+    /// Only if it is still at this version (the lease).
+    Update(Version),
+}
+
+/// The outcome of a conditional put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// `Create` found an object, or `Update` found another version: nothing was written.
+    Conflict,
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// The storage operations the server needs, and nothing more.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// For logs and errors: `file:///srv/blobs`, `az://container/prefix`, ...
+    fn describe(&self) -> &str;
+
+    /// A short label for metrics: `local`, `azure`, `s3`, `gcs`, `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// The local directory the objects live under, for a backend that has one.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// Removes what interrupted writes left behind; returns how many. Called at start.
+    fn sweep_staging(&self) -> usize {
+        0
+    }
+
+    /// Writes a whole object, durably and atomically (all of it becomes visible, or none).
+    async fn put(
+        &self,
+        path: &str,
+        data: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<Written, StorageError>;
+
+    /// Starts an object written piece by piece; it becomes visible only on
+    /// [`Upload::finish`].
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError>;
+
+    /// Streams bytes `[offset, offset + len)` in chunks of about `chunk` bytes; a stream
+    /// that cannot deliver `len` bytes ends with [`StorageError::Short`].
+    async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+    ) -> Result<ByteStream, StorageError>;
+
+    /// A whole (small) object and its version; `None` when it does not exist.
+    async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError>;
+
+    /// Removes an object; one already gone is not an error.
+    async fn delete(&self, path: &str) -> Result<(), StorageError>;
+
+    /// Moves an object; `Ok(false)` when there was nothing to move.
+    async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError>;
+
+    /// The objects under `prefix` (a directory-like name: `cas`, `journal`) whose names
+    /// sort after `after`, in name order.
+    async fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Entry>, StorageError>;
+
+    /// Whether anything lies under `prefix`, stopping at the first object.
+    async fn has_any(&self, prefix: &str) -> Result<bool, StorageError>;
+
+    /// A URL that lets its bearer GET the object directly for `expires`, where the
+    /// backend can sign one; `None` otherwise (the server streams the bytes itself).
+    async fn signed_url(
+        &self,
+        _path: &str,
+        _expires: Duration,
+    ) -> Result<Option<url::Url>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// An object being written; dropped without [`Upload::finish`], it publishes nothing.
+#[async_trait::async_trait]
+pub trait Upload: Send {
+    /// Appends bytes; waits while the backend has too much in flight.
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError>;
+    /// Publishes the object (atomically: all of it or nothing).
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+    /// Discards what was written.
+    async fn abort(self: Box<Self>);
+}
