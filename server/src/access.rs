@@ -1,5 +1,5 @@
-//! One access-log line per RPC, from one layer in front of every service: method, caller,
-//! gRPC code, bytes received and sent, duration and the request id; and the same figures
+//! One access-log line per RPC, from one layer in front of every service: method,
+//! namespace (noted by the permission check), caller, gRPC code, bytes received and sent, duration and the request id; and the same figures
 //! as the per-RPC metrics (`stagecache_rpc_*`). The id is the client's
 //! `x-request-id` (the CLI sends one and prints it with an error) or one made here; it goes
 //! back in the response's `x-request-id` so a failed pipeline step can be matched to the
@@ -14,6 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+/// What the services tell the access line about a call: the namespace it acts in, noted
+/// by the permission check ([`crate::auth::layer::Caller`]). One per request.
+#[derive(Default)]
+pub struct CallNote {
+    namespace: std::sync::OnceLock<String>,
+}
+
+impl CallNote {
+    /// Notes the call's namespace (the first one checked).
+    pub fn set_namespace(&self, ns: &str) {
+        let _ = self.namespace.set(ns.to_string());
+    }
+}
 
 /// Request ids longer than this, or with other than printable ASCII, are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -40,6 +54,7 @@ struct Line {
     request_id: String,
     started: Instant,
     caller: Option<Arc<Principal>>,
+    note: Arc<CallNote>,
     /// Counted by the request body as the service reads it.
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
@@ -59,9 +74,11 @@ impl Line {
             .unwrap_or("-");
         let seconds = self.started.elapsed().as_secs_f64();
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let namespace = self.note.namespace.get().map(String::as_str).unwrap_or("-");
         tracing::info!(
             target: "stagecache_server::access",
             method = %self.method,
+            namespace,
             caller,
             code,
             bytes_in,
@@ -148,6 +165,8 @@ where
         if let Ok(v) = http::HeaderValue::from_str(&request_id) {
             req.headers_mut().insert("x-request-id", v);
         }
+        let note = Arc::new(CallNote::default());
+        req.extensions_mut().insert(note.clone());
         let method = req.uri().path().trim_start_matches('/').to_string();
         let started = Instant::now();
         Box::pin(async move {
@@ -158,6 +177,7 @@ where
                 request_id: request_id.clone(),
                 started,
                 caller: parts.extensions.get::<Arc<Principal>>().cloned(),
+                note,
                 bytes_in,
                 bytes_out: 0,
                 logged: false,

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub index_live_bytes: IntGauge,
     pub index_pending_compaction_bytes: IntGauge,
     pub data_dir_free_bytes: IntGauge,
+    /// 1 while this server holds the blob store's lease and may write, 0 once fenced.
+    pub journal_writable: IntGauge,
+    /// The sequence number of the next journal entry.
+    pub journal_next_entry: IntGauge,
     pub up_since_seconds: IntGauge,
 }
 
@@ -208,6 +212,16 @@ impl Metrics {
                 "data_dir_free_bytes",
                 "Free bytes on the data dir's file system (for the server's user)",
             ),
+            journal_writable: gauge(
+                &r,
+                "journal_writable",
+                "1 while this server holds the blob store's lease and may write; 0 once another server took it over",
+            ),
+            journal_next_entry: gauge(
+                &r,
+                "journal_next_entry",
+                "Sequence number of the next journal entry this server writes",
+            ),
             up_since_seconds: gauge(
                 &r,
                 "start_time_seconds",
@@ -220,6 +234,26 @@ impl Metrics {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         m.up_since_seconds.set(now);
+        // Series with a known, small set of labels exist from the start at 0, so a rate
+        // or an alert over them has data before the first event.
+        for s in ["started", "succeeded", "failed", "cancelled", "invalidated"] {
+            m.ledger_records.with_label_values(&[s]);
+        }
+        for d in ["run", "skip", "blocked"] {
+            m.plan_decisions.with_label_values(&[d]);
+        }
+        for o in [
+            "granted",
+            "refused_held",
+            "refused_succeeded",
+            "renewed",
+            "released",
+        ] {
+            m.claims.with_label_values(&[o]);
+        }
+        for o in ["open", "anonymous", "verified", "unauthenticated", "denied"] {
+            m.auth.with_label_values(&[o]);
+        }
         m
     }
 
@@ -292,6 +326,10 @@ async fn refresh(src: &std::sync::Arc<StatusSource>) -> (u64, u64, Option<u64>) 
     m.index_pending_compaction_bytes.set(read.1 as i64);
     if let Some(free) = read.2 {
         m.data_dir_free_bytes.set(free as i64);
+    }
+    if let Some(j) = src.store.journal_state() {
+        m.journal_writable.set(j.writable as i64);
+        m.journal_next_entry.set(j.next_entry as i64);
     }
     read
 }

@@ -772,3 +772,47 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// Writes `files` (path, bytes) to a temp dir, registers them as `ref_name` and fetches
+/// them back, checking the fetched tree is the same; returns the manifest digest.
+pub async fn register_and_fetch(
+    client: &Client,
+    ref_name: &str,
+    files: &[(&str, &[u8])],
+) -> stagecache_proto::Digest {
+    let src = tempfile::tempdir().expect("temp dir");
+    for (path, data) in files {
+        write_file(src.path(), path, data, false);
+    }
+    let report = client
+        .register(src.path(), ref_name, &Default::default())
+        .await
+        .expect("register");
+    let out = tempfile::tempdir().expect("temp dir");
+    client
+        .fetch(report.manifest, out.path(), &Default::default())
+        .await
+        .expect("fetch");
+    assert_same_tree(src.path(), out.path());
+    report.manifest
+}
+
+/// The samples of a server's `/metrics` page (`http://ADDR`): `name{labels}` -> value.
+pub async fn scrape_metrics(metrics_url: &str) -> std::collections::HashMap<String, f64> {
+    let r = reqwest::get(format!("{metrics_url}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status().as_u16(), 200);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    r.text()
+        .await
+        .expect("metrics page")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}

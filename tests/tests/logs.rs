@@ -61,8 +61,8 @@ fn a_term_right_after_start_stops_gracefully() {
     );
 }
 
-/// One access line per call: method, caller, gRPC code, bytes out, duration and the
-/// request id, which the client may send (`x-request-id`) and gets back.
+/// One access line per call: method, namespace, caller, gRPC code, bytes in and out,
+/// duration and the request id, which the client may send (`x-request-id`) and gets back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_access_line_per_call_with_the_request_id() {
     use stagecache_proto::v1::refs_client::RefsClient;
@@ -97,12 +97,21 @@ async fn one_access_line_per_call_with_the_request_id() {
     assert_eq!(missing["method"], "stagecache.v1.Refs/Get", "{missing}");
     assert_eq!(missing["code"], "NotFound", "{missing}");
     assert_eq!(missing["caller"], "anonymous", "{missing}");
+    assert_eq!(missing["namespace"], "prod", "{missing}");
     let set = lines
         .iter()
         .find(|v| v["method"] == "stagecache.v1.Refs/Set")
         .unwrap_or_else(|| panic!("no access line for Refs/Set: {lines:?}"));
     assert_eq!(set["code"], "Ok", "{set}");
     assert!(set["bytes_out"].as_u64().unwrap() > 0, "{set}");
+    assert!(set["bytes_in"].as_u64().unwrap() > 0, "{set}");
+    assert_eq!(set["namespace"], "prod", "{set}");
+    // A call that acts in no namespace says so.
+    let health = lines
+        .iter()
+        .find(|v| v["method"] == "grpc.health.v1.Health/Check")
+        .unwrap_or_else(|| panic!("no access line for the health check: {lines:?}"));
+    assert_eq!(health["namespace"], "-", "{health}");
     assert!(set["request_id"].as_str().unwrap().len() >= 8, "{set}");
 
     // The CLI prints a failed call's request id; the server's line has the same one.

@@ -6,28 +6,11 @@
 use stagecache_client::stages::StageFile;
 use stagecache_proto::v1::{ClaimRequest, Decision, PlanRequest, RecordRequest, StageStatus};
 use stagecache_proto::Digest;
-use stagecache_tests::{pipeline_file, write_file, ServerProcess};
+use stagecache_tests::{pipeline_file, register_and_fetch, scrape_metrics, ServerProcess};
 use std::collections::HashMap;
 
-/// The samples of a Prometheus text page: `name{labels}` -> value.
-fn samples(page: &str) -> HashMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 async fn scrape(server: &ServerProcess) -> HashMap<String, f64> {
-    let r = reqwest::get(format!("{}/metrics", server.metrics_url()))
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    samples(&r.text().await.unwrap())
+    scrape_metrics(&server.metrics_url()).await
 }
 
 fn value(s: &HashMap<String, f64>, key: &str) -> f64 {
@@ -47,21 +30,17 @@ async fn counters_follow_the_calls() {
 
     // A register: three distinct blobs (one of them large enough to stream), a manifest
     // and a ref.
-    let src = tempfile::tempdir().unwrap();
-    write_file(src.path(), "a.bin", b"metrics a", false);
-    write_file(src.path(), "b.bin", b"metrics b", false);
     let big = stagecache_tests::pseudo_random(7, 9 * 1024 * 1024);
-    write_file(src.path(), "big.bin", &big, false);
-    let report = client
-        .register(src.path(), "bar/1", &Default::default())
-        .await
-        .unwrap();
-    // A fetch of it.
-    let out = tempfile::tempdir().unwrap();
-    client
-        .fetch(report.manifest, out.path(), &Default::default())
-        .await
-        .unwrap();
+    let manifest = register_and_fetch(
+        &client,
+        "bar/1",
+        &[
+            ("a.bin", b"metrics a"),
+            ("b.bin", b"metrics b"),
+            ("big.bin", &big),
+        ],
+    )
+    .await;
     // An upload whose bytes are not what its digest says.
     let wrong = Digest::of_bytes(b"what was promised");
     let refused = client
@@ -80,7 +59,7 @@ async fn counters_follow_the_calls() {
     for status in [StageStatus::Failed, StageStatus::Succeeded] {
         client
             .record(RecordRequest {
-                subject: Some(report.manifest.to_proto()),
+                subject: Some(manifest.to_proto()),
                 stage: first.clone(),
                 status: status as i32,
                 build_id: "run-1".into(),
@@ -92,7 +71,7 @@ async fn counters_follow_the_calls() {
     }
     let plan = client
         .plan(PlanRequest {
-            subject: Some(report.manifest.to_proto()),
+            subject: Some(manifest.to_proto()),
             graph: Some(file.to_proto()),
             ..Default::default()
         })
@@ -114,7 +93,7 @@ async fn counters_follow_the_calls() {
     for holder in ["agent-1", "agent-2"] {
         client
             .claim(ClaimRequest {
-                subject: Some(report.manifest.to_proto()),
+                subject: Some(manifest.to_proto()),
                 stage: second.clone(),
                 holder: holder.into(),
                 ttl_seconds: 60,
@@ -258,4 +237,49 @@ async fn status_describes_the_server_and_unknown_methods_share_a_label() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+}
+
+/// With auth on: a verified caller without the grant is counted `denied`, a bad token
+/// `unauthenticated`, a good one `verified`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_outcomes_are_counted() {
+    use stagecache_tests::auth::{client_with_token, start_with_auth, AuthDir};
+    let auth = AuthDir::new("");
+    let server = start_with_auth(&auth.config(), &["--metrics-listen", "127.0.0.1:0"]);
+    let reader = auth.mint("reader", &["prod:read"], "1h");
+    let before = scrape(&server).await;
+    let client = client_with_token(&server.url(), "prod", Some(&reader)).await;
+    let e = client
+        .record(RecordRequest {
+            subject: Some(Digest::of_bytes(b"x").to_proto()),
+            stage: "Sign".into(),
+            status: StageStatus::Succeeded as i32,
+            build_id: "run-1".into(),
+            actor: "pipeline".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a reader may not record");
+    assert!(
+        e.to_string().contains("PERMISSION_DENIED") || e.to_string().contains("may not"),
+        "{e}"
+    );
+    let stranger = client_with_token(&server.url(), "prod", Some("not.a.token")).await;
+    stranger
+        .get_ref("bar/1")
+        .await
+        .expect_err("a bad token is refused");
+    let after = scrape(&server).await;
+    let g = |key: &str| grew(&before, &after, key);
+    assert_eq!(
+        g(r#"stagecache_auth_total{outcome="denied"}"#),
+        1.0,
+        "{after:#?}"
+    );
+    assert!(g(r#"stagecache_auth_total{outcome="unauthenticated"}"#) >= 1.0);
+    assert!(g(r#"stagecache_auth_total{outcome="verified"}"#) >= 1.0);
+    assert_eq!(
+        g(r#"stagecache_ledger_records_total{status="succeeded"}"#),
+        0.0
+    );
 }

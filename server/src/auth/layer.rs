@@ -112,9 +112,56 @@ pub fn peer_cert(
 
 /// The caller of a request, as the layer resolved it. A request that did not pass the
 /// layer has no caller and is refused (fail closed).
-pub fn caller<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
-    req.extensions()
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+    let principal = req
+        .extensions()
         .get::<Arc<Principal>>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no caller was resolved for this request"))
+        .ok_or_else(|| Status::unauthenticated("no caller was resolved for this request"))?;
+    Ok(Caller {
+        principal,
+        note: req
+            .extensions()
+            .get::<Arc<crate::access::CallNote>>()
+            .cloned(),
+    })
+}
+
+/// The caller of one request: its [`Principal`], and the request's note for the access
+/// log, where the permission checks write the namespace the call acts in.
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    note: Option<Arc<crate::access::CallNote>>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl Caller {
+    fn note(&self, ns: &stagecache_proto::Namespace) {
+        if let Some(n) = &self.note {
+            n.set_namespace(ns.as_str());
+        }
+    }
+
+    /// [`Principal::check`], noting the namespace for the access log.
+    pub fn check(
+        &self,
+        perm: super::Permission,
+        ns: &stagecache_proto::Namespace,
+    ) -> Result<(), Status> {
+        self.note(ns);
+        self.principal.check(perm, ns)
+    }
+
+    /// [`Principal::check_ref`], noting the namespace for the access log.
+    pub fn check_ref(&self, ns: &stagecache_proto::Namespace, name: &str) -> Result<(), Status> {
+        self.note(ns);
+        self.principal.check_ref(ns, name)
+    }
 }

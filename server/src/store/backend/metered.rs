@@ -14,6 +14,15 @@ pub struct Metered<B> {
 
 impl<B: Backend> Metered<B> {
     pub fn new(inner: B) -> Self {
+        // The operations every server does exist from the start at 0 (an alert on the
+        // error rate has data before the first error).
+        let m = metrics();
+        for op in ["put", "upload", "read", "get", "list"] {
+            for outcome in ["ok", "error"] {
+                m.storage_ops
+                    .with_label_values(&[inner.kind(), op, outcome]);
+            }
+        }
         Metered { inner }
     }
 }
