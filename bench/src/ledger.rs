@@ -261,6 +261,9 @@ pub struct LoadFigure {
     pub callers: usize,
     /// Against a server with an auth configuration, each call carrying a token.
     pub auth: bool,
+    /// Against a server with a metrics port (counting every call).
+    #[serde(default)]
+    pub metrics: bool,
     pub calls: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -342,6 +345,7 @@ pub async fn load(
         call,
         callers,
         auth: server.has_token(),
+        metrics: server.has_metrics(),
         calls: all.len(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),

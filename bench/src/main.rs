@@ -558,6 +558,29 @@ impl Bench {
             }
         }
         server.stop()?;
+        // And with a metrics port: every call counted (per-RPC layer, ledger and plan
+        // counters), judged against the same calls without.
+        let server = Server::start_with(
+            &self.bins,
+            &dir,
+            &self.log("server-ledger-metrics"),
+            &["--metrics-listen", "127.0.0.1:0"],
+            None,
+        )
+        .await?;
+        for callers in extremes
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            for call in [ledger::Call::Status, ledger::Call::Plan] {
+                eprintln!(
+                    "ledger: {} with {callers} callers, metrics on ...",
+                    call.name()
+                );
+                figures.push(ledger::load(&server, call, callers, subjects, window, None).await?);
+            }
+        }
+        server.stop()?;
         self.clean_up(&dir)?;
         Ok(report::Ledger {
             attempts: subjects * ledger::ATTEMPTS_PER_SUBJECT,

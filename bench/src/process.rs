@@ -49,6 +49,8 @@ pub struct Server {
     pub url: String,
     /// Sent with every call of [`Server::client`] (a server started with auth).
     token: Option<String>,
+    /// Started with a metrics port (so counting every call).
+    metrics: bool,
 }
 
 impl Server {
@@ -97,6 +99,7 @@ impl Server {
             child,
             url: String::new(),
             token,
+            metrics: extra.contains(&"--metrics-listen"),
         };
         let line = match tokio::time::timeout(Duration::from_secs(60), first).await {
             Ok(Ok(Some(Ok(line)))) => line,
@@ -147,6 +150,10 @@ impl Server {
 
     pub fn has_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    pub fn has_metrics(&self) -> bool {
+        self.metrics
     }
 
     pub fn pid(&self) -> u32 {

@@ -17,6 +17,9 @@ pub const LEDGER_MIN_CALLS_PER_S: f64 = 20_000.0;
 /// Ledger throughput with auth on, as a share of the same call without auth in the same
 /// run (issue 10: at most 10% slower).
 pub const AUTH_MIN_RATIO: f64 = 0.90;
+/// Ledger throughput with a metrics port (every call counted), as a share of the same call
+/// without, in the same run (issue 13: within 5%).
+pub const METRICS_MIN_RATIO: f64 = 0.95;
 /// A journaled `Ledger.Record` on local disk (issue 11).
 pub const RECORD_P50_MAX_MS: f64 = 2.0;
 pub const LEDGER_THROUGHPUT_CALLERS: usize = 64;
@@ -333,17 +336,23 @@ impl Results {
                     met &= f.calls_per_s >= LEDGER_MIN_CALLS_PER_S;
                 }
                 let mut ratio = String::new();
-                if f.auth {
-                    // Judged against the same call without auth, in the same run.
-                    if let Some(open) = l
-                        .figures
-                        .iter()
-                        .find(|o| !o.auth && o.call == f.call && o.callers == f.callers)
-                    {
-                        let x = f.calls_per_s / open.calls_per_s;
-                        ratio = format!("{x:.2}x no auth");
-                        target.push_str(&format!(", >= {AUTH_MIN_RATIO:.2}x no auth"));
-                        met &= x >= AUTH_MIN_RATIO;
+                // A variant (auth on, metrics on) is judged against the same call without
+                // it, in the same run.
+                let variant = if f.auth {
+                    Some(("no auth", AUTH_MIN_RATIO))
+                } else if f.metrics {
+                    Some(("no metrics", METRICS_MIN_RATIO))
+                } else {
+                    None
+                };
+                if let Some((without, min)) = variant {
+                    if let Some(plain) = l.figures.iter().find(|o| {
+                        !o.auth && !o.metrics && o.call == f.call && o.callers == f.callers
+                    }) {
+                        let x = f.calls_per_s / plain.calls_per_s;
+                        ratio = format!("{x:.2}x {without}");
+                        target.push_str(&format!(", >= {min:.2}x {without}"));
+                        met &= x >= min;
                     }
                 }
                 rows.push(Row {
@@ -352,7 +361,13 @@ impl Results {
                         f.call.name(),
                         f.callers,
                         if f.callers == 1 { "" } else { "s" },
-                        if f.auth { ", auth on" } else { "" }
+                        if f.auth {
+                            ", auth on"
+                        } else if f.metrics {
+                            ", metrics on"
+                        } else {
+                            ""
+                        }
                     ),
                     time: format!("p50 {:.3} / p99 {:.3} ms", f.p50_ms, f.p99_ms),
                     rate: format!("{} calls/s", thousands(f.calls_per_s)),
@@ -538,6 +553,7 @@ mod tests {
             call,
             callers,
             auth: false,
+            metrics: false,
             calls: 100,
             p50_ms,
             p99_ms,
@@ -600,10 +616,14 @@ mod tests {
     }
 
     #[test]
-    fn auth_on_is_judged_against_the_same_call_without_auth() {
+    fn auth_on_and_metrics_on_are_judged_against_the_same_call_without() {
         let mut r = ledger_only_results();
         let auth = |call, calls_per_s| LoadFigure {
             auth: true,
+            ..load(call, 1, 0.5, 0.9, calls_per_s)
+        };
+        let metered = |call, calls_per_s| LoadFigure {
+            metrics: true,
             ..load(call, 1, 0.5, 0.9, calls_per_s)
         };
         r.ledger = Some(Ledger {
@@ -615,6 +635,8 @@ mod tests {
                 load(Call::Plan, 1, 0.5, 0.9, 2_000.0),
                 auth(Call::Status, 1_900.0),
                 auth(Call::Plan, 1_700.0),
+                metered(Call::Status, 1_950.0),
+                metered(Call::Plan, 1_850.0),
             ],
         });
         r.judge();
@@ -630,9 +652,12 @@ mod tests {
                 ("plan, 1 caller", true),
                 ("status, 1 caller, auth on", true),
                 ("plan, 1 caller, auth on", false),
+                ("status, 1 caller, metrics on", true),
+                ("plan, 1 caller, metrics on", false),
             ]
         );
         assert!(r.targets[3].target.contains(">= 0.90x no auth"));
+        assert!(r.targets[5].target.contains(">= 0.95x no metrics"));
     }
 
     #[test]

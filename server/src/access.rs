@@ -94,7 +94,9 @@ impl Line {
         } else {
             self.method.as_str()
         };
-        let m = crate::metrics::metrics();
+        let Some(m) = crate::metrics::metrics() else {
+            return;
+        };
         m.rpc_requests.with_label_values(&[method, code]).inc();
         m.rpc_seconds.with_label_values(&[method]).observe(seconds);
         m.rpc_received_bytes

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text at `/metrics` beside a small `/status` JSON on their
 //! own HTTP port (`--metrics-listen`).
 //!
-//! One registry for the process ([`metrics`]). What is counted is counted in one place
+//! One registry for the process ([`metrics`]), and only when the server has a metrics
+//! port ([`enable`]): without one, nothing is counted. What is counted is counted in one place
 //! each: per-RPC figures in the access layer in front of every service (`access.rs`),
 //! storage operations in the [`Metered`](crate::store::backend::metered::Metered) wrapper
 //! around the storage backend, and the domain counters (blobs, ledger records, plan
@@ -11,7 +12,7 @@
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 /// Latency buckets (seconds) from 0.5 ms to 5 min: ledger calls take about a millisecond,
 /// a fetch of a large blob minutes.
@@ -268,10 +269,17 @@ impl Metrics {
     }
 }
 
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-    &METRICS
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Turns metrics on for this process (a server with a metrics port does, before it opens
+/// its store). Without it nothing is counted: nobody could read it.
+pub fn enable() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The process's metrics, if they are on.
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS.get()
 }
 
 /// Free bytes (for an unprivileged user) on the file system holding `path`.
@@ -321,7 +329,7 @@ async fn refresh(src: &std::sync::Arc<StatusSource>) -> (u64, u64, Option<u64>) 
     })
     .await
     .unwrap_or_default();
-    let m = metrics();
+    let m = enable();
     m.index_live_bytes.set(read.0 as i64);
     m.index_pending_compaction_bytes.set(read.1 as i64);
     if let Some(free) = read.2 {
@@ -341,7 +349,7 @@ async fn scrape(axum::extract::State(src): Source) -> impl axum::response::IntoR
             http::header::CONTENT_TYPE,
             prometheus::TEXT_FORMAT.to_string(),
         )],
-        metrics().render(),
+        enable().render(),
     )
 }
 

@@ -135,6 +135,10 @@ pub async fn serve_listeners(
         web,
         metrics,
     } = listeners;
+    if metrics.is_some() {
+        // Before the store opens: its backend's series start at 0.
+        crate::metrics::enable();
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;

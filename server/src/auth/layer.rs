@@ -74,10 +74,9 @@ where
                         Authentication::Anonymous => "anonymous",
                         Authentication::Verified => "verified",
                     };
-                    crate::metrics::metrics()
-                        .auth
-                        .with_label_values(&[outcome])
-                        .inc();
+                    if let Some(m) = crate::metrics::metrics() {
+                        m.auth.with_label_values(&[outcome]).inc();
+                    }
                     req.extensions_mut().insert(principal.clone());
                     let mut response = inner.call(req).await?;
                     // For the access log, outside this layer.
@@ -85,10 +84,9 @@ where
                     Ok(response)
                 }
                 Err(status) => {
-                    crate::metrics::metrics()
-                        .auth
-                        .with_label_values(&["unauthenticated"])
-                        .inc();
+                    if let Some(m) = crate::metrics::metrics() {
+                        m.auth.with_label_values(&["unauthenticated"]).inc();
+                    }
                     tracing::info!(path = %req.uri().path(), reason = status.message(), "unauthenticated call refused");
                     Ok(status.into_http())
                 }

@@ -162,10 +162,9 @@ impl Principal {
     /// The refusal of `what` for this caller: UNAUTHENTICATED without credentials,
     /// PERMISSION_DENIED naming the identity otherwise.
     pub fn denied(&self, what: &str) -> Status {
-        crate::metrics::metrics()
-            .auth
-            .with_label_values(&["denied"])
-            .inc();
+        if let Some(m) = crate::metrics::metrics() {
+            m.auth.with_label_values(&["denied"]).inc();
+        }
         if self.authentication == Authentication::Anonymous {
             Status::unauthenticated(format!(
                 "no credentials: {what} needs a token (--token, STAGECACHE_TOKEN or --token-from)"

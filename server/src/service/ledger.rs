@@ -385,15 +385,16 @@ impl Ledger for LedgerService {
             skip: req.skip,
         };
         let decided = plan::plan_from_heads(&graph, &selection, &req.force, heads)?;
-        let m = crate::metrics::metrics();
-        for p in &decided {
-            m.plan_decisions
-                .with_label_values(&[match p.decision {
-                    plan::Decision::Run => "run",
-                    plan::Decision::Skip => "skip",
-                    plan::Decision::Blocked => "blocked",
-                }])
-                .inc();
+        if let Some(m) = crate::metrics::metrics() {
+            for p in &decided {
+                m.plan_decisions
+                    .with_label_values(&[match p.decision {
+                        plan::Decision::Run => "run",
+                        plan::Decision::Skip => "skip",
+                        plan::Decision::Blocked => "blocked",
+                    }])
+                    .inc();
+            }
         }
         let stages = decided
             .into_iter()
@@ -470,14 +471,15 @@ impl Ledger for LedgerService {
             .store
             .ledger(move |t| claims::claim(t, &key, &holder, &identity, ttl, now))
             .await?;
-        crate::metrics::metrics()
-            .claims
-            .with_label_values(&[match outcome {
-                ClaimOutcome::Granted(_) => "granted",
-                ClaimOutcome::Held(_) => "refused_held",
-                ClaimOutcome::AlreadySucceeded(_) => "refused_succeeded",
-            }])
-            .inc();
+        if let Some(m) = crate::metrics::metrics() {
+            m.claims
+                .with_label_values(&[match outcome {
+                    ClaimOutcome::Granted(_) => "granted",
+                    ClaimOutcome::Held(_) => "refused_held",
+                    ClaimOutcome::AlreadySucceeded(_) => "refused_succeeded",
+                }])
+                .inc();
+        }
         Ok(Response::new(match outcome {
             ClaimOutcome::Granted(c) => ClaimResponse {
                 granted: true,
@@ -514,10 +516,9 @@ impl Ledger for LedgerService {
             .store
             .ledger(move |t| claims::renew(t, &key, &token, ttl, now))
             .await?;
-        crate::metrics::metrics()
-            .claims
-            .with_label_values(&["renewed"])
-            .inc();
+        if let Some(m) = crate::metrics::metrics() {
+            m.claims.with_label_values(&["renewed"]).inc();
+        }
         Ok(Response::new(ClaimResponse {
             granted: true,
             claim: Some(claim_proto(&c, true)),
@@ -541,10 +542,9 @@ impl Ledger for LedgerService {
             .store
             .ledger(move |t| claims::release(t, &key, &token, now))
             .await?;
-        crate::metrics::metrics()
-            .claims
-            .with_label_values(&["released"])
-            .inc();
+        if let Some(m) = crate::metrics::metrics() {
+            m.claims.with_label_values(&["released"]).inc();
+        }
         Ok(Response::new(ReleaseClaimResponse {}))
     }
 

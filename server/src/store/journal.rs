@@ -111,7 +111,9 @@ impl Journal {
                 name(seq)
             )));
         }
-        crate::metrics::metrics().journal_entries.inc();
+        if let Some(m) = crate::metrics::metrics() {
+            m.journal_entries.inc();
+        }
         Ok(seq)
     }
 }

@@ -161,10 +161,11 @@ impl Store {
                     .as_ref()
                     .and_then(|r| StageStatus::try_from(r.status).ok())
                     .unwrap_or(StageStatus::Unspecified);
-                crate::metrics::metrics()
-                    .ledger_records
-                    .with_label_values(&[status_label(status)])
-                    .inc();
+                if let Some(m) = crate::metrics::metrics() {
+                    m.ledger_records
+                        .with_label_values(&[status_label(status)])
+                        .inc();
+                }
             }
             self.journal(Change::Ledger(JournalLedger { records: appended }))
                 .await?;
@@ -286,12 +287,13 @@ impl Store {
             .filter(|((d, _), o)| o.is_ok() && missing.contains(d))
             .map(|((d, _), _)| *d)
             .collect();
-        let m = crate::metrics::metrics();
-        m.blobs_refused.inc_by(refused);
-        if !published.is_empty() {
+        if let Some(m) = crate::metrics::metrics() {
+            m.blobs_refused.inc_by(refused);
             m.blobs_uploaded.inc_by(published.len() as u64);
             m.blob_bytes_uploaded
                 .inc_by(published.iter().map(|d| d.size()).sum());
+        }
+        if !published.is_empty() {
             self.with_index(move |i| i.add_blobs(&published)).await?;
         }
         Ok(outcomes)
@@ -415,7 +417,9 @@ impl BlobWriter {
         let expected = self.expected;
         match self.verifier.finish() {
             Err(m) => {
-                crate::metrics::metrics().blobs_refused.inc();
+                if let Some(m) = crate::metrics::metrics() {
+                    m.blobs_refused.inc();
+                }
                 if let Sink::Upload(w) = self.sink {
                     w.abort().await;
                 }
@@ -430,9 +434,10 @@ impl BlobWriter {
                     }
                     Sink::Upload(w) => w.finish().await?,
                 }
-                let m = crate::metrics::metrics();
-                m.blobs_uploaded.inc();
-                m.blob_bytes_uploaded.inc_by(expected.size());
+                if let Some(m) = crate::metrics::metrics() {
+                    m.blobs_uploaded.inc();
+                    m.blob_bytes_uploaded.inc_by(expected.size());
+                }
                 self.store
                     .with_index(move |i| i.add_blobs(&[expected]))
                     .await
