@@ -311,7 +311,9 @@ pub async fn load(
                 let mut i = 0usize;
                 loop {
                     let now = Instant::now();
-                    if now >= end {
+                    // A caller whose calls outlast the window (a big batch on a loaded
+                    // machine) still measures one, within a bound.
+                    if now >= end && (!lat.is_empty() || now >= end + window * 20) {
                         break;
                     }
                     // Writes go to a subject the server stores; reads to the fill's.

@@ -543,6 +543,44 @@ impl Client {
         Ok(())
     }
 
+    /// Signed URLs from which these blobs can be downloaded straight from the blob store,
+    /// when the server gives them (`--direct-downloads` on a cloud store); `None` when it
+    /// does not (or predates the call).
+    pub async fn download_urls(&self, digests: &[Digest]) -> Result<Option<Vec<url::Url>>> {
+        let req = stagecache_proto::v1::DownloadUrlsRequest {
+            namespace: self.ns(),
+            digests: digests.iter().map(Digest::to_proto).collect(),
+        };
+        let resp = match retrying!(self, self.cas.clone(), download_urls, req, "DownloadUrls") {
+            Ok(r) => r.into_inner(),
+            Err(ClientError::Status { status, .. })
+                if status.code() == tonic::Code::Unimplemented =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        if !resp.available {
+            return Ok(None);
+        }
+        if resp.urls.len() != digests.len() {
+            return Err(ClientError::Verify(format!(
+                "DownloadUrls answered {} URLs for {} digests",
+                resp.urls.len(),
+                digests.len()
+            )));
+        }
+        resp.urls
+            .into_iter()
+            .map(|u| {
+                url::Url::parse(&u.url).map_err(|e| {
+                    ClientError::Invalid(format!("DownloadUrls answered a bad URL: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// Downloads small blobs in one call; each one is verified against its digest.
     pub async fn batch_download(&self, digests: &[Digest]) -> Result<Vec<bytes::Bytes>> {
         let req = BatchDownloadRequest {

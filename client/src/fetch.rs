@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub struct FetchOptions {
     /// Show a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Stream every blob through the server even when it offers direct downloads.
+    pub no_direct: bool,
 }
 
 /// What a fetch did.
@@ -35,6 +37,9 @@ pub struct FetchReport {
     pub skipped_files: u64,
     /// Bytes not downloaded again because a partial download was resumed.
     pub resumed_bytes: u64,
+    /// Bytes downloaded straight from the blob store with URLs the server signed
+    /// (`--direct-downloads` servers), rather than through the server.
+    pub direct_bytes: u64,
 }
 
 /// Where an entry goes, and where it is staged until verified.
@@ -166,6 +171,30 @@ impl Client {
         let (small, large): (Vec<Target>, Vec<Target>) = needed
             .into_iter()
             .partition(|t| t.entry.digest.size() <= BATCH_BLOB_MAX_BYTES);
+        // Large blobs straight from the blob store, where the server signs URLs for them
+        // (small ones come many to a call through the server either way).
+        let mut urls: Vec<Option<url::Url>> = vec![None; large.len()];
+        if !opts.no_direct && !large.is_empty() {
+            let digests: Vec<Digest> = large.iter().map(|t| t.entry.digest).collect();
+            for (n, chunk) in digests
+                .chunks(stagecache_proto::MAX_BATCH_ITEMS)
+                .enumerate()
+            {
+                match self.download_urls(chunk).await? {
+                    Some(got) => {
+                        let at = n * stagecache_proto::MAX_BATCH_ITEMS;
+                        for (i, u) in got.into_iter().enumerate() {
+                            urls[at + i] = Some(u);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        let direct = Direct {
+            http: urls.iter().any(Option::is_some).then(reqwest::Client::new),
+            bytes: Default::default(),
+        };
         let mut batches: Vec<Vec<Target>> = Vec::new();
         let mut current: Vec<Target> = Vec::new();
         let mut current_bytes = 0;
@@ -198,10 +227,11 @@ impl Client {
             }
             .boxed()
         }));
-        jobs.extend(large.into_iter().map(|t| {
+        jobs.extend(large.into_iter().zip(urls).map(|(t, url)| {
             let bar = bar.clone();
             let client = self.clone();
-            async move { client.fetch_large(&t, &bar).await }.boxed()
+            let direct = direct.clone();
+            async move { client.fetch_large(&t, &bar, url, &direct).await }.boxed()
         }));
         let resumed: Vec<u64> = stream::iter(jobs)
             .buffer_unordered(self.config().concurrency.max(1))
@@ -217,6 +247,7 @@ impl Client {
             downloaded_bytes,
             skipped_files: files - downloaded_files,
             resumed_bytes: resumed.iter().sum(),
+            direct_bytes: direct.bytes.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -251,8 +282,15 @@ impl Client {
     /// The staging file survives an interrupted download (to resume from), never a failed
     /// one: after an integrity failure (bytes that do not hash to the digest, or the
     /// server's DATA_LOSS) no byte of it is left behind.
-    async fn fetch_large(&self, t: &Target, bar: &ProgressBar) -> Result<u64> {
-        let outcome = self.fetch_large_verified(t, bar).await;
+    async fn fetch_large(
+        &self,
+        t: &Target,
+        bar: &ProgressBar,
+        url: Option<url::Url>,
+        direct: &Direct,
+    ) -> Result<u64> {
+        let source = Source { url, direct };
+        let outcome = self.fetch_large_verified(t, bar, &source).await;
         if let Err(e @ ClientError::Verify(_)) = &outcome {
             match std::fs::remove_file(&t.partial) {
                 Ok(()) => {
@@ -267,15 +305,20 @@ impl Client {
         outcome
     }
 
-    async fn fetch_large_verified(&self, t: &Target, bar: &ProgressBar) -> Result<u64> {
-        match self.fetch_large_once(t, bar, true).await? {
+    async fn fetch_large_verified(
+        &self,
+        t: &Target,
+        bar: &ProgressBar,
+        source: &Source<'_>,
+    ) -> Result<u64> {
+        match self.fetch_large_once(t, bar, true, source).await? {
             (resumed, Ok(())) => Ok(resumed),
             // Only the whole file's hash is known, so bad bytes in a resumed prefix show
             // only at the end: start over once from nothing.
             (resumed, Err(m)) if resumed > 0 => {
                 tracing::warn!(path = %t.dest.display(), resumed, mismatch = %m, "resumed download failed verification; downloading again from the start");
                 bar.set_position(bar.position().saturating_sub(t.entry.digest.size()));
-                match self.fetch_large_once(t, bar, false).await? {
+                match self.fetch_large_once(t, bar, false, source).await? {
                     (_, Ok(())) => Ok(0),
                     (_, Err(m)) => Err(ClientError::Verify(format!("{}: {m}", t.dest.display()))),
                 }
@@ -291,6 +334,7 @@ impl Client {
         t: &Target,
         bar: &ProgressBar,
         resume: bool,
+        source: &Source<'_>,
     ) -> Result<(u64, Result<(), stagecache_proto::verify::Mismatch>)> {
         let digest = t.entry.digest;
         let partial = t.partial.clone();
@@ -359,38 +403,74 @@ impl Client {
         let mut retry = 0;
         let mut received = resumed;
         let mut writer_gone = false;
+        // Straight from the blob store while its URL works; through the server after.
+        let mut direct = source.url.as_ref().zip(source.direct.http.as_ref());
         while received < digest.size() && !writer_gone {
             let offset = received;
-            let outcome: Result<(), tonic::Status> = async {
-                let mut s = self.download_stream(digest, offset, 0).await?;
-                loop {
-                    let msg = tokio::time::timeout(self.config().stream_idle_timeout, s.message())
-                        .await
-                        .map_err(|_| tonic::Status::unavailable("download stalled"))??;
-                    let Some(msg) = msg else { return Ok(()) };
-                    if msg.offset != received {
-                        return Err(tonic::Status::data_loss(format!(
-                            "chunk at offset {} where {received} was expected",
-                            msg.offset
-                        )));
-                    }
-                    let n = msg.data.len() as u64;
-                    if received + n > digest.size() {
-                        return Err(tonic::Status::data_loss(format!(
-                            "more than the blob's {} bytes",
-                            digest.size()
-                        )));
-                    }
-                    if tx.send(msg.data).await.is_err() {
-                        // The writer stopped on an error; it is reported below.
+            let outcome: Result<(), tonic::Status> = if let Some((url, http)) = direct {
+                let got = direct_range(
+                    http,
+                    url,
+                    offset,
+                    digest.size(),
+                    self.config().stream_idle_timeout,
+                    &tx,
+                    |n| {
+                        received += n;
+                        bar.inc(n);
+                        source
+                            .direct
+                            .bytes
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    },
+                )
+                .await;
+                match got {
+                    Ok(DirectEnd::Done) => Ok(()),
+                    Ok(DirectEnd::WriterGone) => {
                         writer_gone = true;
-                        return Ok(());
+                        Ok(())
                     }
-                    received += n;
-                    bar.inc(n);
+                    Ok(DirectEnd::Refused(why)) => {
+                        tracing::warn!(path = %t.dest.display(), at = received, reason = %why, "direct download refused; going on through the server");
+                        direct = None;
+                        continue;
+                    }
+                    Err(status) => Err(status),
                 }
-            }
-            .await;
+            } else {
+                async {
+                    let mut s = self.download_stream(digest, offset, 0).await?;
+                    loop {
+                        let msg =
+                            tokio::time::timeout(self.config().stream_idle_timeout, s.message())
+                                .await
+                                .map_err(|_| tonic::Status::unavailable("download stalled"))??;
+                        let Some(msg) = msg else { return Ok(()) };
+                        if msg.offset != received {
+                            return Err(tonic::Status::data_loss(format!(
+                                "chunk at offset {} where {received} was expected",
+                                msg.offset
+                            )));
+                        }
+                        let n = msg.data.len() as u64;
+                        if received + n > digest.size() {
+                            return Err(tonic::Status::data_loss(format!(
+                                "more than the blob's {} bytes",
+                                digest.size()
+                            )));
+                        }
+                        if tx.send(msg.data).await.is_err() {
+                            // The writer stopped on an error; it is reported below.
+                            writer_gone = true;
+                            return Ok(());
+                        }
+                        received += n;
+                        bar.inc(n);
+                    }
+                }
+                .await
+            };
             match outcome {
                 Ok(()) if received < digest.size() && !writer_gone => {
                     return Err(ClientError::Verify(format!(
@@ -427,5 +507,91 @@ impl Client {
         }
         publish(t)?;
         Ok((resumed, Ok(())))
+    }
+}
+
+/// What direct downloads of one fetch share: an HTTP client (when the server gave URLs)
+/// and the count of bytes that came straight from the blob store.
+#[derive(Clone)]
+struct Direct {
+    http: Option<reqwest::Client>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where one large blob comes from: its signed URL, if any, else the server.
+struct Source<'a> {
+    url: Option<url::Url>,
+    direct: &'a Direct,
+}
+
+/// How a direct download ended without an error to retry.
+enum DirectEnd {
+    /// The response ended (the caller checks that every byte came).
+    Done,
+    /// The writer stopped (its error is reported by the caller).
+    WriterGone,
+    /// The blob store refused the URL (expired, say): go on through the server.
+    Refused(String),
+}
+
+/// Bytes `[offset, size)` of a blob from its signed URL, regrouped into chunks of about
+/// `CHUNK_BYTES` for the writer; `took(n)` is told of every chunk sent. A broken
+/// connection is `UNAVAILABLE` (retried from where it stopped, like a Download).
+async fn direct_range(
+    http: &reqwest::Client,
+    url: &url::Url,
+    offset: u64,
+    size: u64,
+    idle: std::time::Duration,
+    tx: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    mut took: impl FnMut(u64),
+) -> std::result::Result<DirectEnd, tonic::Status> {
+    let broken = |e: reqwest::Error| tonic::Status::unavailable(format!("direct download: {e}"));
+    let resp = tokio::time::timeout(
+        idle,
+        http.get(url.clone())
+            .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+            .send(),
+    )
+    .await
+    .map_err(|_| tonic::Status::unavailable("direct download: no answer"))?
+    .map_err(broken)?;
+    let status = resp.status().as_u16();
+    // A whole-object answer to a ranged request would start over: only from 0.
+    if !(status == 206 || (status == 200 && offset == 0)) {
+        return Ok(DirectEnd::Refused(format!("HTTP {status}")));
+    }
+    let mut body = resp.bytes_stream();
+    let chunk = stagecache_proto::CHUNK_BYTES;
+    let mut buf = bytes::BytesMut::with_capacity(chunk);
+    let mut at = offset;
+    loop {
+        let next = tokio::time::timeout(idle, body.next())
+            .await
+            .map_err(|_| tonic::Status::unavailable("direct download stalled"))?;
+        let piece = match next {
+            Some(p) => Some(p.map_err(broken)?),
+            None => None,
+        };
+        if let Some(p) = &piece {
+            if at + buf.len() as u64 + p.len() as u64 > size {
+                return Err(tonic::Status::data_loss(format!(
+                    "the blob store sent more than the blob's {size} bytes"
+                )));
+            }
+            buf.extend_from_slice(p);
+        }
+        if buf.len() >= chunk || (piece.is_none() && !buf.is_empty()) {
+            let out = buf.split().freeze();
+            let n = out.len() as u64;
+            if tx.send(out).await.is_err() {
+                return Ok(DirectEnd::WriterGone);
+            }
+            at += n;
+            took(n);
+        }
+        if piece.is_none() {
+            return Ok(DirectEnd::Done);
+        }
     }
 }

@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub auth_config: Option<PathBuf>,
     pub insecure_open: Option<bool>,
     pub take_over: Option<bool>,
+    pub direct_downloads: Option<bool>,
+    /// `1h`, `30m` or seconds.
+    pub direct_download_ttl: Option<String>,
     pub tls: Option<TlsFile>,
 }
 
@@ -66,6 +69,17 @@ impl FileConfig {
         if let Some(f) = &config.log_format {
             if f != "text" && f != "json" {
                 return Err(format!("log_format {f:?}: expected \"text\" or \"json\""));
+            }
+        }
+        if let Some(t) = &config.direct_download_ttl {
+            let ok = t
+                .trim_end_matches(['d', 'h', 'm', 's'])
+                .parse::<u64>()
+                .is_ok_and(|n| n > 0);
+            if !ok {
+                return Err(format!(
+                    "direct_download_ttl {t:?}: expected e.g. \"1h\", \"30m\" or seconds"
+                ));
             }
         }
         if let Some(tls) = &config.tls {

@@ -85,6 +85,16 @@ struct Args {
     /// you know that server is dead: two writers would fork the history).
     #[arg(long)]
     take_over: bool,
+    /// Let fetches download blobs straight from the blob store with short-lived signed
+    /// URLs (Azure SAS, S3 presigned, GCS signed), keeping this server out of the byte
+    /// path; every byte is still verified by the client. A local blob store cannot sign:
+    /// fetches then stream through the server.
+    #[arg(long, env = "STAGECACHE_DIRECT_DOWNLOADS")]
+    direct_downloads: bool,
+    /// How long a signed URL is valid: `1h`, `30m` or seconds. A download that outlives it
+    /// goes on through the server.
+    #[arg(long, env = "STAGECACHE_DIRECT_DOWNLOAD_TTL", default_value = "1h", value_parser = parse_duration)]
+    direct_download_ttl: i64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -181,6 +191,14 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
     take!(log);
     take!(insecure_open);
     take!(take_over);
+    take!(direct_downloads);
+    if unset("direct_download_ttl") {
+        if let Some(t) = &f.direct_download_ttl {
+            if let Ok(s) = parse_duration(t) {
+                args.direct_download_ttl = s;
+            }
+        }
+    }
     take_some!(blob_store);
     take_some!(web_listen);
     take_some!(web_stage_files);
@@ -232,6 +250,8 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
         auth_config: args.auth_config.clone(),
         insecure_open: Some(args.insecure_open),
         take_over: Some(args.take_over),
+        direct_downloads: Some(args.direct_downloads),
+        direct_download_ttl: Some(format!("{}s", args.direct_download_ttl)),
         tls: args.tls_cert.as_ref().map(|_| TlsFile {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
@@ -290,19 +310,19 @@ fn parse_duration(s: &str) -> Result<i64, String> {
     };
     let n: i64 = num
         .parse()
-        .map_err(|_| format!("--expires {s:?}: expected e.g. 90d, 12h, 30m or seconds"))?;
+        .map_err(|_| format!("{s:?}: expected e.g. 90d, 12h, 30m or seconds"))?;
     let unit = match unit {
         'd' => 86_400,
         'h' => 3_600,
         'm' => 60,
         's' => 1,
-        _ => return Err(format!("--expires {s:?}: unit must be d, h, m or s")),
+        _ => return Err(format!("{s:?}: the unit must be d, h, m or s")),
     };
     if n <= 0 {
-        return Err(format!("--expires {s:?}: must be positive"));
+        return Err(format!("{s:?}: must be positive"));
     }
     n.checked_mul(unit)
-        .ok_or_else(|| format!("--expires {s:?}: too long"))
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 fn token_command(auth_config: Option<&std::path::Path>, action: TokenAction) -> Result<(), String> {
@@ -329,7 +349,8 @@ fn token_command(auth_config: Option<&std::path::Path>, action: TokenAction) -> 
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let claims = minter.claims(&subject, grants, now, parse_duration(&expires)?);
+    let lifetime = parse_duration(&expires).map_err(|e| format!("--expires {e}"))?;
+    let claims = minter.claims(&subject, grants, now, lifetime);
     if dump_claims {
         println!(
             "{}",
@@ -619,6 +640,9 @@ async fn main() -> ExitCode {
     config.insecure_open = args.insecure_open;
     config.tls = tls;
     config.take_over = args.take_over;
+    config.direct_downloads = args
+        .direct_downloads
+        .then(|| std::time::Duration::from_secs(args.direct_download_ttl as u64));
     let listeners = Listeners {
         grpc: listener,
         web,

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsSettings>,
     /// Take the blob store's lease even from a server that looks alive.
     pub take_over: bool,
+    /// Answer `Cas.DownloadUrls` with URLs valid this long (`--direct-downloads`), where
+    /// the blob store signs URLs.
+    pub direct_downloads: Option<std::time::Duration>,
 }
 
 /// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
@@ -85,6 +88,7 @@ impl ServerConfig {
             insecure_open: false,
             tls: None,
             take_over: false,
+            direct_downloads: None,
         }
     }
 }
@@ -180,7 +184,22 @@ pub async fn serve_listeners(
         clock: config.clock.clone(),
         events: crate::events::Events::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        direct_downloads: config.direct_downloads,
     };
+    if config.direct_downloads.is_some() {
+        // Whether this backend signs URLs: ask for none and see.
+        match store.blobs().signed_urls(&[], std::time::Duration::from_secs(60)).await {
+            Ok(Some(_)) => tracing::info!(
+                ttl_s = config.direct_downloads.map(|d| d.as_secs()),
+                "direct downloads: fetches get signed URLs to the blob store"
+            ),
+            Ok(None) => tracing::warn!(
+                blob_store = store.blobs().description(),
+                "direct downloads asked for, but this blob store cannot sign URLs: fetches stream through the server"
+            ),
+            Err(e) => tracing::warn!(error = %e, "direct downloads: cannot sign URLs; fetches will stream through the server"),
+        }
+    }
     let web_task = web.map(|web_listener| {
         let stage_files = config
             .web_stage_files

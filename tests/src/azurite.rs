@@ -74,10 +74,59 @@ impl Azurite {
 
     /// Creates a container (Blob service REST, Shared Key signed).
     pub async fn create_container(&self, name: &str) {
+        self.signed_put(
+            &format!("{name}?restype=container"),
+            &format!("{name}\nrestype:container"),
+            &[],
+            Vec::new(),
+            "create container",
+        )
+        .await;
+    }
+
+    /// Writes a block blob's bytes as they are (to damage what a server stored).
+    pub async fn put_blob(&self, container: &str, name: &str, data: Vec<u8>) {
+        self.signed_put(
+            &format!("{container}/{name}"),
+            &format!("{container}/{name}"),
+            &[("x-ms-blob-type", "BlockBlob")],
+            data,
+            "put blob",
+        )
+        .await;
+    }
+
+    /// A PUT of `/{ACCOUNT}/{path}` signed with the emulator's Shared Key. `resource` is
+    /// the canonicalized resource after `/{ACCOUNT}/{ACCOUNT}/`; `headers` are `x-ms-*`
+    /// headers besides the date and version, in name order.
+    async fn signed_put(
+        &self,
+        path: &str,
+        resource: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        what: &str,
+    ) {
         let date = http_date(std::time::SystemTime::now());
         let version = "2021-08-06";
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            body.len().to_string()
+        };
+        let mut canonical_headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        canonical_headers.push(("x-ms-date".into(), date.clone()));
+        canonical_headers.push(("x-ms-version".into(), version.into()));
+        canonical_headers.sort();
+        let header_lines: String = canonical_headers
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}\n"))
+            .collect();
         let to_sign = format!(
-            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container"
+            "PUT\n\n\n{length}\n\n\n\n\n\n\n\n\n{header_lines}/{ACCOUNT}/{ACCOUNT}/{resource}"
         );
         let key = base64::engine::general_purpose::STANDARD
             .decode(KEY)
@@ -92,21 +141,21 @@ impl Azurite {
             .decode(mac)
             .expect("HMAC bytes");
         let signature = base64::engine::general_purpose::STANDARD.encode(mac);
-        let response = reqwest::Client::new()
-            .put(format!("{}/{ACCOUNT}/{name}?restype=container", self.url))
-            .header("x-ms-date", &date)
-            .header("x-ms-version", version)
-            .header("content-length", "0")
-            .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"))
+        let mut request = reqwest::Client::new()
+            .put(format!("{}/{ACCOUNT}/{path}", self.url))
+            .header("content-length", body.len().to_string())
+            .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"));
+        for (k, v) in &canonical_headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let response = request
+            .body(body)
             .send()
             .await
-            .expect("create container");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "create container {name}: {status} {body}"
-        );
+        assert!(status.is_success(), "{what} {path}: {status} {body}");
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod azurite;
+pub mod backends;
 pub mod moto;
 
 /// Spawns `cmd` (an emulator) and reads the address it announces after `marker` on its

@@ -7,78 +7,12 @@
 //! verifies every byte. `stagecache-server rebuild` restores the same offline and says
 //! what it found.
 
-use stagecache_tests::azurite::Azurite;
-use stagecache_tests::moto::Moto;
-use stagecache_tests::{output_within, pipeline_file, workspace_bin, write_file, ServerProcess};
+use stagecache_tests::backends::Backend;
+use stagecache_tests::{
+    on_every_backend, output_within, pipeline_file, workspace_bin, write_file, ServerProcess,
+};
 use std::path::Path;
 use std::time::Duration;
-
-/// Where the blobs and the journal live: a local directory, or a container in Azurite.
-struct Backend {
-    url: String,
-    env: Vec<(&'static str, String)>,
-    _dir: tempfile::TempDir,
-    _azurite: Option<Azurite>,
-    _moto: Option<Moto>,
-}
-
-impl Backend {
-    fn local() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Backend {
-            url: format!("file://{}", dir.path().join("blobs").display()),
-            env: Vec::new(),
-            _dir: dir,
-            _azurite: None,
-            _moto: None,
-        }
-    }
-
-    /// `None` when Azurite is not installed (outside CI).
-    async fn azurite() -> Option<Self> {
-        let azurite = Azurite::start()?;
-        azurite.create_container("stagecache").await;
-        Some(Backend {
-            url: "az://stagecache/release".into(),
-            env: azurite.env(),
-            _dir: tempfile::tempdir().unwrap(),
-            _azurite: Some(azurite),
-            _moto: None,
-        })
-    }
-
-    /// `None` when moto is not installed (outside CI).
-    async fn s3() -> Option<Self> {
-        let moto = Moto::start()?;
-        moto.create_bucket("stagecache").await;
-        Some(Backend {
-            url: "s3://stagecache/release".into(),
-            env: moto.env(),
-            _dir: tempfile::tempdir().unwrap(),
-            _azurite: None,
-            _moto: Some(moto),
-        })
-    }
-
-    /// A server on a fresh data dir over this backend, with `extra` arguments.
-    fn server(&self, extra: &[&str]) -> ServerProcess {
-        let mut args = vec!["--blob-store", self.url.as_str()];
-        args.extend_from_slice(extra);
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServerProcess::start_fresh_with_env(&args, &env)
-    }
-
-    fn server_on(&self, data: &Path) -> ServerProcess {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServerProcess::start_on_with_args(data, &["--blob-store", &self.url], &env)
-    }
-
-    fn command(&self, program: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new(workspace_bin(program));
-        cmd.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
-        cmd
-    }
-}
 
 fn cli(server: &ServerProcess, args: &[&str]) -> String {
     let mut cmd = std::process::Command::new(workspace_bin("stagecache"));
@@ -131,35 +65,6 @@ fn reads(server: &ServerProcess) -> Vec<(String, String)> {
         .iter()
         .map(|q| (q.join(" "), cli(server, q)))
         .collect()
-}
-
-/// One test per backend for a story: local disk, Azurite and S3 (moto). The emulator
-/// tests skip loudly when the emulator is not installed, except under CI.
-macro_rules! on_every_backend {
-    ($story:ident) => {
-        mod $story {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn local_disk() {
-                super::$story(&Backend::local()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn azurite() {
-                if let Some(b) = Backend::azurite().await {
-                    super::$story(&b).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn s3() {
-                if let Some(b) = Backend::s3().await {
-                    super::$story(&b).await;
-                }
-            }
-        }
-    };
 }
 
 on_every_backend!(answers_as_the_lost_one);

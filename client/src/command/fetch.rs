@@ -13,6 +13,10 @@ pub struct FetchArgs {
     pub source: Source,
     #[arg(long)]
     pub out: PathBuf,
+    /// Stream every blob through the server even when it offers direct downloads from the
+    /// blob store (for an agent that cannot reach the store).
+    #[arg(long, env = "STAGECACHE_NO_DIRECT_DOWNLOADS")]
+    pub no_direct_downloads: bool,
 }
 
 pub async fn run(ctx: &Context, a: FetchArgs) -> Result<u8> {
@@ -24,18 +28,24 @@ pub async fn run(ctx: &Context, a: FetchArgs) -> Result<u8> {
             &a.out,
             &FetchOptions {
                 progress: ctx.progress(),
+                no_direct: a.no_direct_downloads,
             },
         )
         .await?;
     let mut report = Report {
         json: serde_json::to_value(&r).unwrap_or_default(),
         human: format!(
-            "fetched {} files ({} bytes) into {}: {} downloaded ({} bytes), {} already present",
+            "fetched {} files ({} bytes) into {}: {} downloaded ({} bytes{}), {} already present",
             r.files,
             r.bytes,
             a.out.display(),
             r.downloaded_files,
             r.downloaded_bytes,
+            if r.direct_bytes > 0 {
+                format!(", {} straight from the blob store", r.direct_bytes)
+            } else {
+                String::new()
+            },
             r.skipped_files
         ),
         vars: Vec::new(),

@@ -37,6 +37,7 @@ pub async fn run(ctx: &Context, a: GetArgs) -> Result<u8> {
             &dir,
             &FetchOptions {
                 progress: ctx.progress(),
+                no_direct: false,
             },
         )
         .await?;

@@ -6,8 +6,9 @@ use futures::stream::{BoxStream, StreamExt};
 use stagecache_proto::v1::cas_server::Cas;
 use stagecache_proto::v1::{
     BatchDownloadRequest, BatchDownloadResponse, BatchDownloadResult, BatchUploadRequest,
-    BatchUploadResponse, BatchUploadResult, DownloadRequest, DownloadResponse, FindMissingRequest,
-    FindMissingResponse, ItemStatus, UploadRequest, UploadResponse,
+    BatchUploadResponse, BatchUploadResult, DownloadRequest, DownloadResponse, DownloadUrl,
+    DownloadUrlsRequest, DownloadUrlsResponse, FindMissingRequest, FindMissingResponse, ItemStatus,
+    UploadRequest, UploadResponse,
 };
 use stagecache_proto::{
     quote, thousands, Digest, BATCH_TOTAL_MAX_BYTES, CHUNK_BYTES, MAX_BATCH_ITEMS, MAX_FIND_MISSING,
@@ -225,6 +226,60 @@ impl Cas for CasService {
             .map(|(_, digest, status)| BatchUploadResult { digest, status })
             .collect();
         Ok(Response::new(BatchUploadResponse { results }))
+    }
+
+    async fn download_urls(
+        &self,
+        request: Request<DownloadUrlsRequest>,
+    ) -> Result<Response<DownloadUrlsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
+        check_batch_len("digests", req.digests.len(), MAX_BATCH_ITEMS)?;
+        let digests =
+            Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
+        let unavailable = || {
+            Ok(Response::new(DownloadUrlsResponse {
+                available: false,
+                urls: Vec::new(),
+            }))
+        };
+        let Some(ttl) = self.state.direct_downloads else {
+            return unavailable();
+        };
+        let store = &self.state.store;
+        let missing = store.missing_blobs(digests.clone()).await?;
+        if let Some(d) = missing.first() {
+            return Err(ServerError::NotFound(format!(
+                "blob {d} is not stored{}",
+                if missing.len() > 1 {
+                    format!(
+                        " (nor {} more of the {} asked for)",
+                        missing.len() - 1,
+                        digests.len()
+                    )
+                } else {
+                    String::new()
+                }
+            ))
+            .into());
+        }
+        let Some(urls) = store.blobs().signed_urls(&digests, ttl).await? else {
+            return unavailable();
+        };
+        let expires_at_ms = self.state.clock.now_ms() + ttl.as_millis() as i64;
+        Ok(Response::new(DownloadUrlsResponse {
+            available: true,
+            urls: digests
+                .iter()
+                .zip(urls)
+                .map(|(d, url)| DownloadUrl {
+                    digest: Some(d.to_proto()),
+                    url: url.to_string(),
+                    expires_at_ms,
+                })
+                .collect(),
+        }))
     }
 
     async fn batch_download(

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Cancelled when the server begins shutting down; ends endless streams (Watch) so
     /// that graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// How long the URLs of `Cas.DownloadUrls` are valid; `None`: direct downloads off.
+    pub direct_downloads: Option<std::time::Duration>,
 }
 
 /// Validates the `namespace` field every request carries.

@@ -86,28 +86,10 @@ impl BlobStore {
                 "memory",
             ))))),
             _ => {
-                let bad =
-                    |e: String| ServerError::InvalidArgument(format!("--blob-store {url:?}: {e}"));
-                let scheme = object_store::ObjectStoreScheme::parse(&parsed)
-                    .map_err(|e| bad(e.to_string()))?;
-                let kind = match scheme.0 {
-                    object_store::ObjectStoreScheme::AmazonS3 => "s3",
-                    object_store::ObjectStoreScheme::MicrosoftAzure => "azure",
-                    object_store::ObjectStoreScheme::GoogleCloudStorage => "gcs",
-                    _ => "http",
-                };
-                let (store, prefix) = object_store::parse_url_opts(&parsed, options)
-                    .map_err(|e| bad(e.to_string()))?;
-                let store: Arc<dyn object_store::ObjectStore> = if prefix.as_ref().is_empty() {
-                    Arc::from(store)
-                } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-                };
-                Ok(Self::over(Arc::new(Metered::new(CloudBackend::new(
-                    store,
-                    url.to_string(),
-                    kind,
-                )))))
+                let backend = CloudBackend::open(&parsed, options).map_err(|e| {
+                    ServerError::InvalidArgument(format!("--blob-store {url:?}: {e}"))
+                })?;
+                Ok(Self::over(Arc::new(Metered::new(backend))))
             }
         }
     }
@@ -163,6 +145,17 @@ impl BlobStore {
             .read(&Self::location(d), offset, len, chunk)
             .await?;
         Ok(s.map(|r| r.map_err(ServerError::from)).boxed())
+    }
+
+    /// URLs from which each blob can be fetched directly for `expires`, when the backend
+    /// signs URLs; `None` otherwise.
+    pub async fn signed_urls(
+        &self,
+        digests: &[Digest],
+        expires: std::time::Duration,
+    ) -> Result<Option<Vec<url::Url>>> {
+        let paths: Vec<String> = digests.iter().map(Self::location).collect();
+        Ok(self.backend.signed_urls(&paths, expires).await?)
     }
 
     /// Writes a small object that must not exist yet (a create-only put): the journal's

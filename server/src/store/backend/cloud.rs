@@ -5,6 +5,7 @@ use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart,
 };
@@ -18,6 +19,9 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 pub struct CloudBackend {
     store: Arc<dyn ObjectStore>,
+    /// The same store as a URL signer, where it is one (Azure, S3, GCS), and the prefix
+    /// its object names are under (the store itself is wrapped in a `PrefixStore`).
+    signer: Option<(Arc<dyn Signer>, String)>,
     describe: String,
     kind: &'static str,
     /// Set once a conditional update was answered "not implemented" (and logged).
@@ -28,10 +32,66 @@ impl CloudBackend {
     pub fn new(store: Arc<dyn ObjectStore>, describe: String, kind: &'static str) -> Self {
         CloudBackend {
             store,
+            signer: None,
             describe,
             kind,
             warned_unconditional: AtomicBool::new(false),
         }
+    }
+
+    /// Opens the cloud store `url` names (`az://`, `s3://`, `gs://`, or their https forms)
+    /// with `options` (`azure_*`, `aws_*`, `google_*`; keys a store does not know are
+    /// ignored, bad values refused), keeping it as a URL signer too.
+    pub fn open(
+        url: &url::Url,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        use object_store::ObjectStoreScheme as S;
+        let (scheme, prefix) = S::parse(url).map_err(|e| e.to_string())?;
+        let prefix = ObjectPath::parse(prefix).map_err(|e| e.to_string())?;
+        let options: Vec<(String, String)> = options
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        macro_rules! build {
+            ($builder:ty) => {{
+                let b = options.iter().fold(
+                    <$builder>::new().with_url(url.to_string()),
+                    |b, (k, v)| match k.parse() {
+                        Ok(key) => b.with_config(key, v.clone()),
+                        Err(_) => b,
+                    },
+                );
+                Arc::new(b.build().map_err(|e| e.to_string())?)
+            }};
+        }
+        let (store, signer, kind): (Arc<dyn ObjectStore>, Arc<dyn Signer>, &'static str) =
+            match scheme {
+                S::AmazonS3 => {
+                    let s = build!(object_store::aws::AmazonS3Builder);
+                    (s.clone(), s, "s3")
+                }
+                S::MicrosoftAzure => {
+                    let s = build!(object_store::azure::MicrosoftAzureBuilder);
+                    (s.clone(), s, "azure")
+                }
+                S::GoogleCloudStorage => {
+                    let s = build!(object_store::gcp::GoogleCloudStorageBuilder);
+                    (s.clone(), s, "gcs")
+                }
+                other => return Err(format!("{other:?} is not a cloud blob store")),
+            };
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            store
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                prefix.clone(),
+            ))
+        };
+        let mut backend = CloudBackend::new(store, url.to_string(), kind);
+        backend.signer = Some((signer, prefix.to_string()));
+        Ok(backend)
     }
 
     fn error(&self, op: &'static str, path: &str, e: object_store::Error) -> StorageError {
@@ -211,6 +271,31 @@ impl Backend for CloudBackend {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn signed_urls(
+        &self,
+        paths: &[String],
+        expires: std::time::Duration,
+    ) -> Result<Option<Vec<url::Url>>, StorageError> {
+        let Some((signer, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let full: Vec<ObjectPath> = paths
+            .iter()
+            .map(|p| {
+                if prefix.is_empty() {
+                    ObjectPath::from(p.as_str())
+                } else {
+                    ObjectPath::from(format!("{prefix}/{p}"))
+                }
+            })
+            .collect();
+        let urls = signer
+            .signed_urls(object_store::signer::Method::GET, &full, expires)
+            .await
+            .map_err(|e| self.error("sign", paths.first().map_or("", |p| p.as_str()), e))?;
+        Ok(Some(urls))
     }
 
     async fn has_any(&self, prefix: &str) -> Result<bool, StorageError> {

@@ -149,13 +149,13 @@ impl<B: Backend> Backend for Metered<B> {
         r
     }
 
-    async fn signed_url(
+    async fn signed_urls(
         &self,
-        path: &str,
+        paths: &[String],
         expires: Duration,
-    ) -> Result<Option<url::Url>, StorageError> {
+    ) -> Result<Option<Vec<url::Url>>, StorageError> {
         let started = Instant::now();
-        let r = self.inner.signed_url(path, expires).await;
+        let r = self.inner.signed_urls(paths, expires).await;
         observe(self.kind(), "sign", started, &r);
         r
     }

@@ -154,13 +154,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether anything lies under `prefix`, stopping at the first object.
     async fn has_any(&self, prefix: &str) -> Result<bool, StorageError>;
 
-    /// A URL that lets its bearer GET the object directly for `expires`, where the
-    /// backend can sign one; `None` otherwise (the server streams the bytes itself).
-    async fn signed_url(
+    /// URLs that let their bearer GET each object directly for `expires`, where the
+    /// backend can sign them; `None` otherwise (the server streams the bytes itself).
+    async fn signed_urls(
         &self,
-        _path: &str,
+        _paths: &[String],
         _expires: Duration,
-    ) -> Result<Option<url::Url>, StorageError> {
+    ) -> Result<Option<Vec<url::Url>>, StorageError> {
         Ok(None)
     }
 }

@@ -1,0 +1,108 @@
+//! Fan-out without the server in the byte path (`--direct-downloads`): on a blob store
+//! that signs URLs (Azurite, S3), a fetch downloads its large blobs straight from the store
+//! (the server sends none of their bytes), still verifies every byte, and fails on
+//! damaged bytes leaving nothing behind; on local disk, and for a client that opts out,
+//! the bytes stream through the server as before.
+
+use stagecache_client::{ClientError, FetchOptions};
+use stagecache_proto::Digest;
+use stagecache_tests::backends::Backend;
+use stagecache_tests::{
+    assert_same_tree, on_every_backend, pseudo_random, scrape_metrics, write_file,
+};
+
+on_every_backend!(large_blobs_come_straight_from_the_blob_store);
+
+/// What the server sent for `Cas.Download` calls, from its metrics.
+async fn streamed_by_server(server: &stagecache_tests::ServerProcess) -> f64 {
+    scrape_metrics(&server.metrics_url())
+        .await
+        .get(r#"stagecache_rpc_sent_bytes_total{method="stagecache.v1.Cas/Download"}"#)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+async fn large_blobs_come_straight_from_the_blob_store(backend: &Backend) {
+    let server = backend.server(&["--direct-downloads", "--metrics-listen", "127.0.0.1:0"]);
+    let client = server.client("prod").await;
+    let src = tempfile::tempdir().unwrap();
+    let big = pseudo_random(1, 3 * 1024 * 1024 + 17);
+    let other = pseudo_random(2, 2 * 1024 * 1024);
+    write_file(src.path(), "big.bin", &big, false);
+    write_file(src.path(), "dir/other.bin", &other, true);
+    write_file(
+        src.path(),
+        "small.txt",
+        b"small files come in batches",
+        false,
+    );
+    let report = client
+        .register(src.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let large = (big.len() + other.len()) as u64;
+
+    let out = tempfile::tempdir().unwrap();
+    let r = client
+        .fetch(report.manifest, out.path(), &FetchOptions::default())
+        .await
+        .unwrap();
+    assert_same_tree(src.path(), out.path());
+    let streamed = streamed_by_server(&server).await;
+    if backend.signs_urls() {
+        assert_eq!(r.direct_bytes, large, "{r:?}");
+        assert_eq!(streamed, 0.0, "the server sent blob bytes");
+    } else {
+        assert_eq!(r.direct_bytes, 0, "{r:?}");
+        assert!(streamed >= large as f64, "streamed {streamed}");
+    }
+
+    // A client that opts out streams through the server.
+    let out = tempfile::tempdir().unwrap();
+    let opt_out = FetchOptions {
+        no_direct: true,
+        ..Default::default()
+    };
+    let r = client
+        .fetch(report.manifest, out.path(), &opt_out)
+        .await
+        .unwrap();
+    assert_same_tree(src.path(), out.path());
+    assert_eq!(r.direct_bytes, 0);
+    assert!(streamed_by_server(&server).await >= streamed + large as f64);
+
+    // Bytes damaged in the store behind the server's back: the fetch fails verification
+    // and leaves neither the file nor a partial one.
+    let d = Digest::of_bytes(&big);
+    let hex = d.hash_hex();
+    let mut damaged = big.clone();
+    damaged[4096] ^= 0x40;
+    backend
+        .overwrite(&format!("cas/{}/{hex}", &hex[..2]), damaged)
+        .await;
+    let out = tempfile::tempdir().unwrap();
+    let e = client
+        .fetch(report.manifest, out.path(), &FetchOptions::default())
+        .await
+        .expect_err("damaged bytes were accepted");
+    assert!(matches!(e, ClientError::Verify(_)), "{e}");
+    let left: Vec<String> = walk(out.path());
+    assert!(
+        !left.iter().any(|p| p.contains("big.bin")),
+        "left behind: {left:?}"
+    );
+    server.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
