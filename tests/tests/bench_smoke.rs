@@ -162,7 +162,7 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         })
         .collect();
     // The same calls again with auth on (a minted token on every call), then with a
-    // metrics port (every call counted), at the fewest and the most callers.
+    // metrics port (every call counted), at the fewest and the most callers; writes last.
     assert_eq!(
         shape,
         [
@@ -170,9 +170,6 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             ("plan", 2, ""),
             ("status", 4, ""),
             ("plan", 4, ""),
-            ("record", 2, ""),
-            ("record", 4, ""),
-            ("record_batch", 1, ""),
             ("status", 2, "auth"),
             ("plan", 2, "auth"),
             ("status", 4, "auth"),
@@ -181,6 +178,9 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             ("plan", 2, "metrics"),
             ("status", 4, "metrics"),
             ("plan", 4, "metrics"),
+            ("record", 2, ""),
+            ("record", 4, ""),
+            ("record_batch", 1, ""),
         ]
     );
     let mut server_cpu_s = 0.0;
