@@ -83,8 +83,8 @@ impl ClientError {
     }
 
     /// The CLI's exit code for this error (documented in the README):
-    /// 2 invalid input, 3 not found, 4 conflict or precondition, 5 server unavailable,
-    /// 6 integrity failure, 1 anything else.
+    /// 2 invalid input, 3 not found, 4 conflict or precondition, 5 server unavailable or
+    /// its blob store full, 6 integrity failure, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         use tonic::Code;
         match self {
@@ -96,7 +96,7 @@ impl ClientError {
                 Code::InvalidArgument | Code::OutOfRange => 2,
                 Code::NotFound => 3,
                 Code::Aborted | Code::FailedPrecondition | Code::AlreadyExists => 4,
-                Code::Unavailable | Code::DeadlineExceeded => 5,
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 5,
                 Code::DataLoss => 6,
                 _ => 1,
             },

@@ -23,12 +23,10 @@ impl Default for RetryPolicy {
 }
 
 /// Whether a status is worth another attempt: the server (or the path to it) was not
-/// there, not that it refused the request.
+/// there, not that it refused the request. RESOURCE_EXHAUSTED is not: a full blob store
+/// (or a message over the size limit) does not change within a retry's backoff.
 pub fn retryable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-    )
+    status.code() == tonic::Code::Unavailable
 }
 
 impl RetryPolicy {

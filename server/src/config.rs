@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub direct_downloads: Option<bool>,
     /// `1h`, `30m` or seconds.
     pub direct_download_ttl: Option<String>,
+    /// `500GiB`, `2TB` or bytes.
+    pub max_bytes: Option<String>,
+    /// `1GiB`, `0` or bytes.
+    pub min_free_space: Option<String>,
     pub tls: Option<TlsFile>,
 }
 
@@ -80,6 +84,14 @@ impl FileConfig {
                 return Err(format!(
                     "direct_download_ttl {t:?}: expected e.g. \"1h\", \"30m\" or seconds"
                 ));
+            }
+        }
+        for (key, value) in [
+            ("max_bytes", &config.max_bytes),
+            ("min_free_space", &config.min_free_space),
+        ] {
+            if let Some(v) = value {
+                crate::store::space::parse_size(v).map_err(|e| format!("{key} {e}"))?;
             }
         }
         if let Some(tls) = &config.tls {

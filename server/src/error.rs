@@ -24,6 +24,9 @@ pub enum ServerError {
     Index(#[from] rocksdb::Error),
     #[error("blob store {0}")]
     Storage(#[from] crate::store::backend::StorageError),
+    /// No room: the blob store is at its limit (`--max-bytes`, `--min-free-space`).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server cannot take writes now (e.g. it lost the blob store's lease).
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +48,10 @@ impl From<ServerError> for Status {
             ServerError::Aborted(_) => Status::aborted(msg),
             ServerError::DataLoss(_) => Status::data_loss(msg),
             ServerError::Unavailable(_) => Status::unavailable(msg),
+            ServerError::ResourceExhausted(_) => {
+                tracing::warn!(error = %msg, "upload refused for room");
+                Status::resource_exhausted(msg)
+            }
             ServerError::Index(_) | ServerError::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

@@ -95,6 +95,15 @@ struct Args {
     /// goes on through the server.
     #[arg(long, env = "STAGECACHE_DIRECT_DOWNLOAD_TTL", default_value = "1h", value_parser = parse_duration)]
     direct_download_ttl: i64,
+    /// Refuse uploads (RESOURCE_EXHAUSTED) once the blobs stored would pass this size,
+    /// e.g. `500GiB`, `2TB`. Reads, refs and the ledger go on. No cap unless given.
+    #[arg(long, env = "STAGECACHE_MAX_BYTES", value_parser = parse_size)]
+    max_bytes: Option<u64>,
+    /// Refuse uploads that would leave less than this free on the data dir's file system
+    /// (and a local blob store's), keeping room for the index: e.g. `1GiB`, `0` for no
+    /// minimum.
+    #[arg(long, env = "STAGECACHE_MIN_FREE_SPACE", default_value = "1GiB", value_parser = parse_size)]
+    min_free_space: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -192,6 +201,16 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
     take!(insecure_open);
     take!(take_over);
     take!(direct_downloads);
+    if unset("max_bytes") {
+        if let Some(v) = f.max_bytes.as_deref().and_then(|v| parse_size(v).ok()) {
+            args.max_bytes = Some(v);
+        }
+    }
+    if unset("min_free_space") {
+        if let Some(v) = f.min_free_space.as_deref().and_then(|v| parse_size(v).ok()) {
+            args.min_free_space = v;
+        }
+    }
     if unset("direct_download_ttl") {
         if let Some(t) = &f.direct_download_ttl {
             if let Ok(s) = parse_duration(t) {
@@ -252,6 +271,8 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
         take_over: Some(args.take_over),
         direct_downloads: Some(args.direct_downloads),
         direct_download_ttl: Some(format!("{}s", args.direct_download_ttl)),
+        max_bytes: args.max_bytes.map(|b| b.to_string()),
+        min_free_space: Some(args.min_free_space.to_string()),
         tls: args.tls_cert.as_ref().map(|_| TlsFile {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
@@ -299,6 +320,10 @@ fn config_check(path: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    stagecache_server::store::space::parse_size(s)
 }
 
 /// `90d`, `12h`, `30m`, `45s` or plain seconds.
@@ -640,6 +665,8 @@ async fn main() -> ExitCode {
     config.insecure_open = args.insecure_open;
     config.tls = tls;
     config.take_over = args.take_over;
+    config.max_bytes = args.max_bytes;
+    config.min_free_space = args.min_free_space;
     config.direct_downloads = args
         .direct_downloads
         .then(|| std::time::Duration::from_secs(args.direct_download_ttl as u64));

@@ -52,6 +52,11 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// Journal entries written to the blob store.
     pub journal_entries: IntCounter,
+    /// Uploads refused for room, by the limit that refused them.
+    pub uploads_refused: IntCounterVec,
+    /// Bytes of the blobs stored, and the cap (0: none); read when scraped.
+    pub blob_bytes_stored: IntGauge,
+    pub blob_bytes_max: IntGauge,
     /// Read when scraped.
     pub index_live_bytes: IntGauge,
     pub index_pending_compaction_bytes: IntGauge,
@@ -198,6 +203,22 @@ impl Metrics {
                 "journal_entries_total",
                 "Journal entries written to the blob store",
             ),
+            uploads_refused: counter(
+                &r,
+                "uploads_refused_total",
+                "Uploads refused for room, by limit: max_bytes or min_free_space",
+                &["reason"],
+            ),
+            blob_bytes_stored: gauge(
+                &r,
+                "blob_stored_bytes",
+                "Bytes of the blobs in the index",
+            ),
+            blob_bytes_max: gauge(
+                &r,
+                "blob_max_bytes",
+                "The cap on blob bytes (--max-bytes); 0 for none",
+            ),
             index_live_bytes: gauge(
                 &r,
                 "index_live_data_bytes",
@@ -254,6 +275,9 @@ impl Metrics {
         }
         for o in ["open", "anonymous", "verified", "unauthenticated", "denied"] {
             m.auth.with_label_values(&[o]);
+        }
+        for r in ["max_bytes", "min_free_space"] {
+            m.uploads_refused.with_label_values(&[r]);
         }
         m
     }
@@ -335,6 +359,10 @@ async fn refresh(src: &std::sync::Arc<StatusSource>) -> (u64, u64, Option<u64>) 
     if let Some(free) = read.2 {
         m.data_dir_free_bytes.set(free as i64);
     }
+    if let Some(s) = src.store.space() {
+        m.blob_bytes_stored.set(s.used() as i64);
+        m.blob_bytes_max.set(s.max_bytes().unwrap_or(0) as i64);
+    }
     if let Some(j) = src.store.journal_state() {
         m.journal_writable.set(j.writable as i64);
         m.journal_next_entry.set(j.next_entry as i64);
@@ -366,6 +394,8 @@ struct Status {
     index_pending_compaction_bytes: u64,
     journal: Option<crate::store::JournalState>,
     damaged_blobs: u64,
+    blob_stored_bytes: Option<u64>,
+    blob_max_bytes: Option<u64>,
 }
 
 async fn status(axum::extract::State(src): Source) -> impl axum::response::IntoResponse {
@@ -382,6 +412,8 @@ async fn status(axum::extract::State(src): Source) -> impl axum::response::IntoR
         index_pending_compaction_bytes: pending,
         journal: src.store.journal_state(),
         damaged_blobs: src.store.damaged_blobs(),
+        blob_stored_bytes: src.store.space().map(|s| s.used()),
+        blob_max_bytes: src.store.space().and_then(|s| s.max_bytes()),
     };
     (
         [(http::header::CONTENT_TYPE, "application/json".to_string())],

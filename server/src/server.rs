@@ -24,6 +24,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+/// `--min-free-space` by default: room for RocksDB's own writes and compactions.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 1 << 30;
+
 /// How to run a server.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -48,6 +51,11 @@ pub struct ServerConfig {
     /// Answer `Cas.DownloadUrls` with URLs valid this long (`--direct-downloads`), where
     /// the blob store signs URLs.
     pub direct_downloads: Option<std::time::Duration>,
+    /// Refuse uploads past this many bytes of blobs (`--max-bytes`).
+    pub max_bytes: Option<u64>,
+    /// Refuse uploads that would leave less free on the data dir's (and a local blob
+    /// store's) file system (`--min-free-space`).
+    pub min_free_space: u64,
 }
 
 /// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
@@ -89,6 +97,8 @@ impl ServerConfig {
             tls: None,
             take_over: false,
             direct_downloads: None,
+            max_bytes: None,
+            min_free_space: DEFAULT_MIN_FREE_SPACE,
         }
     }
 }
@@ -173,6 +183,9 @@ pub async fn serve_listeners(
     // The blob store is the system of record: rebuild an empty index from its journal,
     // then journal every change from here on.
     let (_, lease) = store.start_journal(config.take_over).await?;
+    store
+        .limit_space(config.max_bytes, config.min_free_space, &config.data_dir)
+        .await?;
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),

@@ -73,6 +73,9 @@ pub struct Index {
     ref_writes: Mutex<()>,
     /// Serialises raises of the journal mark.
     mark_writes: Mutex<()>,
+    /// Serialises blob additions and removals, so the bytes each adds or removes are
+    /// counted once.
+    blob_writes: Mutex<()>,
     /// Serialises ledger read-modify-write (transitions, claims) and owns the next
     /// ledger sequence number.
     pub(crate) ledger_writes: Mutex<u64>,
@@ -131,6 +134,7 @@ impl Index {
             db,
             ref_writes: Mutex::new(()),
             mark_writes: Mutex::new(()),
+            blob_writes: Mutex::new(()),
             ledger_writes: Mutex::new(0),
         };
         index.check_schema()?;
@@ -208,14 +212,37 @@ impl Index {
     }
 
     /// Marks blobs present, durably. Call only after their bytes are stored and verified.
-    pub fn add_blobs(&self, digests: &[Digest]) -> Result<()> {
+    /// Indexes blobs whose bytes are stored; returns the bytes of those that were not
+    /// indexed yet.
+    pub fn add_blobs(&self, digests: &[Digest]) -> Result<u64> {
+        let _one = self
+            .blob_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("blob write lock poisoned".into()))?;
         let cf = self.cf(CF_BLOBS)?;
         let mut batch = WriteBatch::default();
-        for d in digests {
+        let mut added = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for (d, present) in digests.iter().zip(self.blob_sizes(digests)?) {
+            if present.is_none() && seen.insert(*d) {
+                added += d.size();
+            }
             batch.put_cf(cf, d.hash(), d.size().to_le_bytes());
         }
         self.db.write_opt(batch, &synced())?;
-        Ok(())
+        Ok(added)
+    }
+
+    /// The bytes of every indexed blob.
+    pub fn blob_bytes(&self) -> Result<u64> {
+        let mut total = 0u64;
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+            let (_, v) = item?;
+            if let Ok(b) = <[u8; 8]>::try_from(&*v) {
+                total = total.saturating_add(u64::from_le_bytes(b));
+            }
+        }
+        Ok(total)
     }
 
     /// Every indexed blob, in hash order (for scrub).
@@ -254,14 +281,24 @@ impl Index {
 
     /// Marks blobs absent, durably: their bytes are damaged or gone, so the next upload
     /// (FindMissing reports them missing) publishes them again.
-    pub fn remove_blobs(&self, digests: &[Digest]) -> Result<()> {
+    /// Drops blobs from the index; returns the bytes of those that were indexed.
+    pub fn remove_blobs(&self, digests: &[Digest]) -> Result<u64> {
+        let _one = self
+            .blob_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("blob write lock poisoned".into()))?;
         let cf = self.cf(CF_BLOBS)?;
         let mut batch = WriteBatch::default();
-        for d in digests {
+        let mut removed = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for (d, present) in digests.iter().zip(self.blob_sizes(digests)?) {
+            if present.is_some() && seen.insert(*d) {
+                removed += d.size();
+            }
             batch.delete_cf(cf, d.hash());
         }
         self.db.write_opt(batch, &synced())?;
-        Ok(())
+        Ok(removed)
     }
 
     pub fn blob_count(&self) -> Result<u64> {

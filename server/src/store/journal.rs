@@ -138,7 +138,7 @@ pub async fn rebuild(
     for chunk in digests.chunks(10_000) {
         let chunk = chunk.to_vec();
         let i = index.clone();
-        blocking(move || i.add_blobs(&chunk)).await?;
+        blocking(move || i.add_blobs(&chunk).map(|_| ())).await?;
     }
     let entries = blobs.list_objects(PREFIX).await?;
     progress(&format!("journal: {} entries", entries.len()));
@@ -163,7 +163,7 @@ pub async fn catch_up(index: Arc<Index>, blobs: &BlobStore) -> Result<RebuildRep
         for chunk in digests.chunks(10_000) {
             let chunk = chunk.to_vec();
             let i = index.clone();
-            blocking(move || i.add_blobs(&chunk)).await?;
+            blocking(move || i.add_blobs(&chunk).map(|_| ())).await?;
         }
         replay(&index, blobs, &entries, &mut report, &|p: &str| {
             tracing::info!("catch-up: {p}")

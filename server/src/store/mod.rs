@@ -9,6 +9,7 @@ pub mod journal;
 pub mod lease;
 pub mod ledger;
 pub mod scrub;
+pub mod space;
 pub mod verified;
 
 use crate::error::{Result, ServerError};
@@ -31,6 +32,8 @@ pub struct Store {
     /// Where acknowledged changes go before the answer; set by [`Store::start_journal`]
     /// (a server always does; offline tools that only read need not).
     journal: Arc<std::sync::OnceLock<journal::Journal>>,
+    /// Limits on the bytes stored; set by [`Store::limit_space`] (a server always does).
+    space: Arc<std::sync::OnceLock<space::Space>>,
 }
 
 impl Store {
@@ -63,6 +66,7 @@ impl Store {
             blobs: Arc::new(blobs),
             damaged_blobs: Arc::new(AtomicU64::new(0)),
             journal: Arc::new(std::sync::OnceLock::new()),
+            space: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -101,6 +105,45 @@ impl Store {
         let j = journal::Journal::open(self.blobs.clone(), held.clone(), mark).await?;
         let _ = self.journal.set(j);
         Ok((report, held))
+    }
+
+    /// Limits the bytes stored from now on ([`space::Space`]): `max_bytes` of blobs, and
+    /// `min_free` bytes kept free on the file systems of `data_dir` and of a local blob
+    /// store. Counts what the index holds first (after a rebuild, when one ran).
+    pub async fn limit_space(
+        &self,
+        max_bytes: Option<u64>,
+        min_free: u64,
+        data_dir: &Path,
+    ) -> Result<()> {
+        let used = self.with_index(|i| i.blob_bytes()).await?;
+        let mut dirs = vec![data_dir.to_path_buf()];
+        if let Some(root) = self.blobs.backend().local_root() {
+            dirs.push(root.to_path_buf());
+        }
+        tracing::info!(used, ?max_bytes, min_free, "blob bytes stored");
+        let _ = self
+            .space
+            .set(space::Space::new(max_bytes, min_free, dirs, used));
+        Ok(())
+    }
+
+    /// The limits on the bytes stored, once set.
+    pub fn space(&self) -> Option<&space::Space> {
+        self.space.get()
+    }
+
+    fn admit(&self, bytes: u64, what: &str) -> Result<()> {
+        match self.space.get() {
+            Some(s) => s.admit(bytes, what),
+            None => Ok(()),
+        }
+    }
+
+    fn indexed(&self, added: u64) {
+        if let Some(s) = self.space.get() {
+            s.added(added);
+        }
     }
 
     /// Rebuilds the index from the blob store (`stagecache-server rebuild`).
@@ -217,8 +260,14 @@ impl Store {
         Ok(self.missing_blobs(vec![d]).await?.is_empty())
     }
 
-    /// Starts writing a blob that must hash to `expected`.
+    /// Starts writing a blob that must hash to `expected`; refused when the store has no
+    /// room for it ([`space::Space`]).
     pub async fn begin_blob(&self, expected: Digest) -> Result<BlobWriter> {
+        self.admit(expected.size(), &format!("the upload of {expected}"))?;
+        self.begin_blob_unlimited(expected).await
+    }
+
+    async fn begin_blob_unlimited(&self, expected: Digest) -> Result<BlobWriter> {
         let sink = if expected.size() <= SINGLE_PUT_MAX_BYTES {
             Sink::Chunks(Vec::new())
         } else {
@@ -232,9 +281,10 @@ impl Store {
         })
     }
 
-    /// Stores a small blob given whole; verifies it first.
-    pub async fn put_blob(&self, expected: Digest, data: Bytes) -> Result<()> {
-        let mut w = self.begin_blob(expected).await?;
+    /// Stores a small blob given whole (a manifest's canonical bytes: metadata, never
+    /// refused for room); verifies it first.
+    async fn put_blob(&self, expected: Digest, data: Bytes) -> Result<()> {
+        let mut w = self.begin_blob_unlimited(expected).await?;
         w.write(data).await?;
         w.commit().await
     }
@@ -247,6 +297,11 @@ impl Store {
             .missing_blobs(blobs.iter().map(|(d, _)| *d).collect())
             .await?;
         let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
+        let needed: u64 = missing.iter().map(|d| d.size()).sum();
+        self.admit(
+            needed,
+            &format!("this batch of {} new blob(s)", missing.len()),
+        )?;
         // Verify every blob first, on a blocking thread: hashing megabytes would stall the
         // runtime's workers (and every other connection they serve).
         let check = blobs.clone();
@@ -294,7 +349,8 @@ impl Store {
                 .inc_by(published.iter().map(|d| d.size()).sum());
         }
         if !published.is_empty() {
-            self.with_index(move |i| i.add_blobs(&published)).await?;
+            let added = self.with_index(move |i| i.add_blobs(&published)).await?;
+            self.indexed(added);
         }
         Ok(outcomes)
     }
@@ -438,9 +494,12 @@ impl BlobWriter {
                     m.blobs_uploaded.inc();
                     m.blob_bytes_uploaded.inc_by(expected.size());
                 }
-                self.store
+                let added = self
+                    .store
                     .with_index(move |i| i.add_blobs(&[expected]))
-                    .await
+                    .await?;
+                self.store.indexed(added);
+                Ok(())
             }
         }
     }

@@ -124,7 +124,14 @@ impl Store {
         tracing::error!(digest = %d, reason = why, "damaged blob: dropped from the index and quarantined");
         // Index first: a crash between the two leaves bytes that a new upload overwrites,
         // never an index entry for bytes that are gone.
-        let dropped = self.with_index(move |i| i.remove_blobs(&[d])).await;
+        let dropped = self
+            .with_index(move |i| i.remove_blobs(&[d]))
+            .await
+            .map(|bytes| {
+                if let Some(s) = self.space.get() {
+                    s.removed(bytes);
+                }
+            });
         let moved = match &dropped {
             Ok(()) => self.blobs.quarantine(&d).await,
             Err(_) => Ok(()),
