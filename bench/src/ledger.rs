@@ -264,6 +264,11 @@ pub struct LoadFigure {
     /// Against a server with a metrics port (counting every call).
     #[serde(default)]
     pub metrics: bool,
+    /// A plain figure measured again after the auth and metrics variants: those are
+    /// judged against the mean of the plain figures before and after them, which cancels
+    /// a drift of the machine over the phase.
+    #[serde(default)]
+    pub again: bool,
     pub calls: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -348,6 +353,7 @@ pub async fn load(
         callers,
         auth: server.has_token(),
         metrics: server.has_metrics(),
+        again: false,
         calls: all.len(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),

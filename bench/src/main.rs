@@ -544,6 +544,17 @@ impl Bench {
         // and metrics, all see the ledger as the fill left it (no flush or compaction of
         // the writes' records running under them).
         let server = Server::start(&self.bins, &dir, &self.log("server-ledger")).await?;
+        for callers in extremes
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            for call in [ledger::Call::Status, ledger::Call::Plan] {
+                eprintln!("ledger: {} with {callers} callers, again ...", call.name());
+                let mut f = ledger::load(&server, call, callers, subjects, window, None).await?;
+                f.again = true;
+                figures.push(f);
+            }
+        }
         // Writes, journaled to the blob store before they answer: one success per call on
         // a stored subject, at the fewest and the most callers, and a release's worth of
         // assets in one RecordBatch.
