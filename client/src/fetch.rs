@@ -530,13 +530,16 @@ enum DirectEnd {
     Done,
     /// The writer stopped (its error is reported by the caller).
     WriterGone,
-    /// The blob store refused the URL (expired, say): go on through the server.
+    /// The blob store refused the URL (expired, say) or could not be reached: go on
+    /// through the server.
     Refused(String),
 }
 
 /// Bytes `[offset, size)` of a blob from its signed URL, regrouped into chunks of about
-/// `CHUNK_BYTES` for the writer; `took(n)` is told of every chunk sent. A broken
-/// connection is `UNAVAILABLE` (retried from where it stopped, like a Download).
+/// `CHUNK_BYTES` for the writer; `took(n)` is told of every chunk sent. A connection
+/// broken in the middle of the body is `UNAVAILABLE` (retried from where it stopped, like
+/// a Download); a store that cannot be reached or refuses the URL is
+/// [`DirectEnd::Refused`] (the fetch goes on through the server).
 async fn direct_range(
     http: &reqwest::Client,
     url: &url::Url,
@@ -547,15 +550,24 @@ async fn direct_range(
     mut took: impl FnMut(u64),
 ) -> std::result::Result<DirectEnd, tonic::Status> {
     let broken = |e: reqwest::Error| tonic::Status::unavailable(format!("direct download: {e}"));
-    let resp = tokio::time::timeout(
+    // No answer at all (an agent that cannot reach the object store, say): go on through
+    // the server rather than fail the fetch. A body broken half-way is retried below.
+    let resp = match tokio::time::timeout(
         idle,
         http.get(url.clone())
             .header(reqwest::header::RANGE, format!("bytes={offset}-"))
             .send(),
     )
     .await
-    .map_err(|_| tonic::Status::unavailable("direct download: no answer"))?
-    .map_err(broken)?;
+    {
+        Err(_) => return Ok(DirectEnd::Refused("the blob store did not answer".into())),
+        Ok(Err(e)) => {
+            return Ok(DirectEnd::Refused(format!(
+                "cannot reach the blob store: {e}"
+            )))
+        }
+        Ok(Ok(r)) => r,
+    };
     let status = resp.status().as_u16();
     // A whole-object answer to a ranged request would start over: only from 0.
     if !(status == 206 || (status == 200 && offset == 0)) {

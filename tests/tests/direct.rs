@@ -71,6 +71,40 @@ async fn large_blobs_come_straight_from_the_blob_store(backend: &Backend) {
     assert_eq!(r.direct_bytes, 0);
     assert!(streamed_by_server(&server).await >= streamed + large as f64);
 
+    // An agent that cannot reach the object store (here: its HTTP goes to a proxy that
+    // is not there) fetches through the server instead, with the CLI.
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(stagecache_tests::workspace_bin("stagecache"));
+    cmd.args([
+        "--server",
+        &server.url(),
+        "--namespace",
+        "prod",
+        "--json",
+        "fetch",
+    ])
+    .args(["--ref", "bar/1", "--out"])
+    .arg(out.path())
+    .env("HTTP_PROXY", "http://127.0.0.1:9")
+    .env("http_proxy", "http://127.0.0.1:9")
+    .env_remove("NO_PROXY")
+    .env_remove("no_proxy");
+    let before = streamed_by_server(&server).await;
+    let done = stagecache_tests::output_within(
+        &mut cmd,
+        stagecache_tests::test_timeout(),
+        "stagecache fetch",
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(printed["direct_bytes"], 0, "{printed}");
+    assert_same_tree(src.path(), out.path());
+    assert!(streamed_by_server(&server).await >= before + large as f64);
+
     // Bytes damaged in the store behind the server's back: the fetch fails verification
     // and leaves neither the file nor a partial one.
     let d = Digest::of_bytes(&big);
