@@ -180,7 +180,16 @@ impl Client {
                 .chunks(stagecache_proto::MAX_BATCH_ITEMS)
                 .enumerate()
             {
-                match self.download_urls(chunk).await? {
+                let asked = match self.download_urls(chunk).await {
+                    Ok(a) => a,
+                    // A blob the server does not hold fails the fetch either way.
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no direct downloads: the server could not give URLs; fetching through it");
+                        None
+                    }
+                };
+                match asked {
                     Some(got) => {
                         let at = n * stagecache_proto::MAX_BATCH_ITEMS;
                         for (i, u) in got.into_iter().enumerate() {
@@ -311,18 +320,33 @@ impl Client {
         bar: &ProgressBar,
         source: &Source<'_>,
     ) -> Result<u64> {
-        match self.fetch_large_once(t, bar, true, source).await? {
-            (resumed, Ok(())) => Ok(resumed),
-            // Only the whole file's hash is known, so bad bytes in a resumed prefix show
-            // only at the end: start over once from nothing.
-            (resumed, Err(m)) if resumed > 0 => {
-                tracing::warn!(path = %t.dest.display(), resumed, mismatch = %m, "resumed download failed verification; downloading again from the start");
-                bar.set_position(bar.position().saturating_sub(t.entry.digest.size()));
-                match self.fetch_large_once(t, bar, false, source).await? {
-                    (_, Ok(())) => Ok(0),
-                    (_, Err(m)) => Err(ClientError::Verify(format!("{}: {m}", t.dest.display()))),
-                }
-            }
+        let first = match self.fetch_large_once(t, bar, true, source).await {
+            Ok((resumed, Ok(()))) => return Ok(resumed),
+            Ok((resumed, Err(m))) => (resumed, m.to_string()),
+            // Bytes straight from the object store that came short or long: the server
+            // has not seen them.
+            Err(ClientError::Verify(m)) if source.url.is_some() => (0, m),
+            Err(e) => return Err(e),
+        };
+        // Only the whole file's hash is known, so bad bytes in a resumed prefix show only
+        // at the end; and bad bytes straight from the object store were never checked by
+        // the server. Start over once from nothing, through the server: it verifies what
+        // it sends and quarantines a damaged blob, so the next register stores it again.
+        let (resumed, m) = first;
+        if resumed == 0 && source.url.is_none() {
+            return Err(ClientError::Verify(format!("{}: {m}", t.dest.display())));
+        }
+        tracing::warn!(path = %t.dest.display(), resumed, mismatch = %m, "download failed verification; downloading again from the start, through the server");
+        bar.set_position(bar.position().saturating_sub(t.entry.digest.size()));
+        let through_server = Source {
+            url: None,
+            direct: source.direct,
+        };
+        match self
+            .fetch_large_once(t, bar, false, &through_server)
+            .await?
+        {
+            (_, Ok(())) => Ok(0),
             (_, Err(m)) => Err(ClientError::Verify(format!("{}: {m}", t.dest.display()))),
         }
     }
@@ -482,6 +506,12 @@ impl Client {
                     tracing::warn!(path = %t.dest.display(), at = received, "download interrupted; resuming");
                     tokio::time::sleep(policy.backoff(retry)).await;
                     retry += 1;
+                }
+                // The object store kept breaking off: the rest through the server.
+                Err(s) if crate::retry::retryable(&s) && direct.is_some() => {
+                    tracing::warn!(path = %t.dest.display(), at = received, error = %s.message(), "direct download keeps failing; going on through the server");
+                    direct = None;
+                    retry = 0;
                 }
                 Err(status) if status.code() == tonic::Code::DataLoss => {
                     return Err(ClientError::Verify(format!(

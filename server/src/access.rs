@@ -87,12 +87,12 @@ impl Line {
             request_id = %self.request_id,
             "rpc"
         );
-        // Unknown paths are answered UNIMPLEMENTED: one label for all of them, so that no
-        // caller can grow the metrics without bound.
-        let method = if code == "Unimplemented" {
-            "unknown"
-        } else {
+        // A path the server does not serve (answered UNIMPLEMENTED, or UNAUTHENTICATED
+        // before routing) is counted under one label, so no caller can grow the metrics.
+        let method = if known_method(&self.method) {
             self.method.as_str()
+        } else {
+            "unknown"
         };
         let Some(m) = crate::metrics::metrics() else {
             return;
@@ -106,6 +106,34 @@ impl Line {
             .with_label_values(&[method])
             .inc_by(self.bytes_out);
     }
+}
+
+/// Whether `method` (`package.Service/Method`) is one the server serves: the protocol's
+/// services, health and reflection, from their descriptors.
+fn known_method(method: &str) -> bool {
+    static KNOWN: std::sync::LazyLock<std::collections::HashSet<String>> =
+        std::sync::LazyLock::new(|| {
+            use prost::Message;
+            let mut set = std::collections::HashSet::new();
+            for bytes in [
+                stagecache_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ] {
+                let Ok(fds) = prost_types::FileDescriptorSet::decode(bytes) else {
+                    continue;
+                };
+                for f in fds.file {
+                    for s in &f.service {
+                        for m in &s.method {
+                            set.insert(format!("{}.{}/{}", f.package(), s.name(), m.name()));
+                        }
+                    }
+                }
+            }
+            set.insert("grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into());
+            set
+        });
+    KNOWN.contains(method)
 }
 
 fn new_request_id() -> String {
@@ -290,5 +318,24 @@ impl<B: Body> Body for LoggedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn served_methods_are_known_and_nothing_else() {
+        for m in [
+            "stagecache.v1.Cas/Upload",
+            "stagecache.v1.Ledger/Plan",
+            "stagecache.v1.Refs/Set",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(super::known_method(m), "{m}");
+        }
+        for m in ["stagecache.v1.Cas/x1", "a1", "", "stagecache.v1.Cas"] {
+            assert!(!super::known_method(m), "{m}");
+        }
     }
 }

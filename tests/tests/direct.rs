@@ -1,8 +1,9 @@
 //! Fan-out without the server in the byte path (`--direct-downloads`): on a blob store
 //! that signs URLs (Azurite, S3), a fetch downloads its large blobs straight from the store
 //! (the server sends none of their bytes), still verifies every byte, and fails on
-//! damaged bytes leaving nothing behind; on local disk, and for a client that opts out,
-//! the bytes stream through the server as before.
+//! damaged bytes leaving nothing behind, after which the server has quarantined the blob
+//! so the next register heals it; on local disk, for a client that opts out, and for one
+//! that cannot reach the store, the bytes stream through the server.
 
 use stagecache_client::{ClientError, FetchOptions};
 use stagecache_proto::Digest;
@@ -125,6 +126,19 @@ async fn large_blobs_come_straight_from_the_blob_store(backend: &Backend) {
         !left.iter().any(|p| p.contains("big.bin")),
         "left behind: {left:?}"
     );
+    // The client tried once more through the server, which verified, found the damage
+    // and quarantined the blob: it is missing now, and the next register heals it.
+    assert_eq!(client.find_missing(&[d]).await.unwrap(), vec![d]);
+    client
+        .register(src.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    client
+        .fetch(report.manifest, out.path(), &FetchOptions::default())
+        .await
+        .unwrap();
+    assert_same_tree(src.path(), out.path());
     server.stop().await;
 }
 

@@ -269,7 +269,24 @@ async fn auth_outcomes_are_counted() {
         .get_ref("bar/1")
         .await
         .expect_err("a bad token is refused");
+    // A bad token to made-up paths is refused before routing: still one label.
+    let channel = server.channel().await;
+    for n in 0..3 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_maybe_shared(format!("/made.up.Service/Call{n}"))
+            .unwrap();
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert("authorization", "Bearer not.a.token".parse().unwrap());
+        let e = grpc
+            .unary(req, path, tonic_prost::ProstCodec::<(), ()>::default())
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
     let after = scrape(&server).await;
+    assert!(after.keys().all(|k| !k.contains("made.up")), "{after:#?}");
     let g = |key: &str| grew(&before, &after, key);
     assert_eq!(
         g(r#"stagecache_auth_total{outcome="denied"}"#),

@@ -264,8 +264,15 @@ impl Cas for CasService {
             ))
             .into());
         }
-        let Some(urls) = store.blobs().signed_urls(&digests, ttl).await? else {
-            return unavailable();
+        let urls = match store.blobs().signed_urls(&digests, ttl).await {
+            Ok(Some(urls)) => urls,
+            Ok(None) => return unavailable(),
+            // The store cannot sign with these credentials (an Azure SAS, a GCS account
+            // without a key): the client streams through this server instead.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sign download URLs; answering unavailable");
+                return unavailable();
+            }
         };
         let expires_at_ms = self.state.clock.now_ms() + ttl.as_millis() as i64;
         Ok(Response::new(DownloadUrlsResponse {

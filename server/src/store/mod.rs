@@ -117,9 +117,9 @@ impl Store {
         data_dir: &Path,
     ) -> Result<()> {
         let used = self.with_index(|i| i.blob_bytes()).await?;
-        let mut dirs = vec![data_dir.to_path_buf()];
+        let mut dirs = vec![(data_dir.to_path_buf(), false)];
         if let Some(root) = self.blobs.backend().local_root() {
-            dirs.push(root.to_path_buf());
+            dirs.push((root.to_path_buf(), true));
         }
         tracing::info!(used, ?max_bytes, min_free, "blob bytes stored");
         let _ = self

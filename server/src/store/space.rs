@@ -13,15 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Space {
     max_bytes: Option<u64>,
     min_free: u64,
-    /// Directories whose file systems must keep `min_free` free (the data dir, a local
-    /// blob store's root); empty for a cloud store with its data dir elsewhere.
-    dirs: Vec<PathBuf>,
+    /// Directories whose file systems must keep `min_free` free, and whether an upload's
+    /// bytes land there (a local blob store's root) or not (the data dir of a server on a
+    /// cloud store, which only its index fills).
+    dirs: Vec<(PathBuf, bool)>,
     /// Bytes of the blobs in the index.
     used: AtomicU64,
 }
 
 impl Space {
-    pub fn new(max_bytes: Option<u64>, min_free: u64, dirs: Vec<PathBuf>, used: u64) -> Self {
+    pub fn new(
+        max_bytes: Option<u64>,
+        min_free: u64,
+        dirs: Vec<(PathBuf, bool)>,
+        used: u64,
+    ) -> Self {
         Space {
             max_bytes,
             min_free,
@@ -65,11 +71,12 @@ impl Space {
             }
         }
         if self.min_free > 0 {
-            for dir in &self.dirs {
+            for (dir, holds_blobs) in &self.dirs {
                 let Some(free) = crate::metrics::free_bytes(dir) else {
                     continue;
                 };
-                if free < bytes.saturating_add(self.min_free) {
+                let landing = if *holds_blobs { bytes } else { 0 };
+                if free < landing.saturating_add(self.min_free) {
                     refused("min_free_space");
                     return Err(ServerError::ResourceExhausted(format!(
                         "the file system of {} has {} bytes free and keeps at least {} free (--min-free-space); {what} needs {} more; uploads are refused until space is freed (reads, refs and the ledger still work)",
@@ -154,10 +161,13 @@ mod tests {
     fn free_space_below_the_minimum_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let free = crate::metrics::free_bytes(dir.path()).unwrap();
-        let s = Space::new(None, free, vec![dir.path().to_path_buf()], 0);
+        let s = Space::new(None, free, vec![(dir.path().to_path_buf(), true)], 0);
         let e = s.admit(free, "this upload").unwrap_err().to_string();
         assert!(e.contains("--min-free-space"), "{e}");
-        let s = Space::new(None, 1, vec![dir.path().to_path_buf()], 0);
+        let s = Space::new(None, 1, vec![(dir.path().to_path_buf(), true)], 0);
         s.admit(1, "this upload").unwrap();
+        // A directory that only the index fills refuses only below the minimum itself.
+        let s = Space::new(None, free / 2, vec![(dir.path().to_path_buf(), false)], 0);
+        s.admit(free, "this upload").unwrap();
     }
 }

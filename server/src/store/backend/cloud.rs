@@ -128,6 +128,9 @@ impl Backend for CloudBackend {
         let location = ObjectPath::from(path);
         let payload: PutPayload = data.into_iter().collect();
         let conditional = !matches!(mode, PutMode::Overwrite);
+        // Only an update may degrade to a plain put on a store without conditional
+        // updates (the lease); a create-only put (a journal entry) must never overwrite.
+        let may_degrade = matches!(mode, PutMode::Update(_));
         let mode = match mode {
             PutMode::Overwrite => object_store::PutMode::Overwrite,
             PutMode::Create => object_store::PutMode::Create,
@@ -148,7 +151,7 @@ impl Backend for CloudBackend {
             {
                 Ok(Written::Conflict)
             }
-            Err(object_store::Error::NotImplemented { .. }) if conditional => {
+            Err(object_store::Error::NotImplemented { .. }) if may_degrade => {
                 // An S3 without `aws_conditional_put`: the lease degrades to a plain put.
                 if !self.warned_unconditional.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
