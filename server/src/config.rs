@@ -76,13 +76,10 @@ impl FileConfig {
             }
         }
         if let Some(t) = &config.direct_download_ttl {
-            let ok = t
-                .trim_end_matches(['d', 'h', 'm', 's'])
-                .parse::<u64>()
-                .is_ok_and(|n| n > 0);
-            if !ok {
+            let secs = parse_duration(t).map_err(|e| format!("direct_download_ttl {e}"))?;
+            if secs > 7 * 86_400 {
                 return Err(format!(
-                    "direct_download_ttl {t:?}: expected e.g. \"1h\", \"30m\" or seconds"
+                    "direct_download_ttl {t:?}: at most 7d (S3 and GCS refuse signed URLs valid longer)"
                 ));
             }
         }
@@ -116,6 +113,30 @@ impl FileConfig {
         }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
+}
+
+/// `90d`, `12h`, `30m`, `45s` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 90d, 12h, 30m or seconds"))?;
+    let unit = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(format!("{s:?}: the unit must be d, h, m or s")),
+    };
+    if n <= 0 {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// Whether a cloud option's value is a credential.
@@ -157,6 +178,11 @@ mod tests {
         assert!(e.contains("region"), "{e}");
         let e = FileConfig::parse("[tls]\ncert = \"a\"\n").unwrap_err();
         assert!(e.contains("key"), "{e}");
+        for ttl in ["1hm", "0", "8d", "soon"] {
+            let e = FileConfig::parse(&format!("direct_download_ttl = \"{ttl}\"\n")).unwrap_err();
+            assert!(e.contains("direct_download_ttl"), "{ttl}: {e}");
+        }
+        FileConfig::parse("direct_download_ttl = \"7d\"\nmax_bytes = \"2TiB\"\n").unwrap();
     }
 
     #[test]

@@ -93,7 +93,7 @@ struct Args {
     direct_downloads: bool,
     /// How long a signed URL is valid: `1h`, `30m` or seconds. A download that outlives it
     /// goes on through the server.
-    #[arg(long, env = "STAGECACHE_DIRECT_DOWNLOAD_TTL", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "STAGECACHE_DIRECT_DOWNLOAD_TTL", default_value = "1h", value_parser = parse_ttl)]
     direct_download_ttl: i64,
     /// Refuse uploads (RESOURCE_EXHAUSTED) once the blobs stored would pass this size,
     /// e.g. `500GiB`, `2TB`. Reads, refs and the ledger go on. No cap unless given.
@@ -213,7 +213,7 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
     }
     if unset("direct_download_ttl") {
         if let Some(t) = &f.direct_download_ttl {
-            if let Ok(s) = parse_duration(t) {
+            if let Ok(s) = parse_ttl(t) {
                 args.direct_download_ttl = s;
             }
         }
@@ -326,28 +326,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
     stagecache_server::store::space::parse_size(s)
 }
 
-/// `90d`, `12h`, `30m`, `45s` or plain seconds.
 fn parse_duration(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected e.g. 90d, 12h, 30m or seconds"))?;
-    let unit = match unit {
-        'd' => 86_400,
-        'h' => 3_600,
-        'm' => 60,
-        's' => 1,
-        _ => return Err(format!("{s:?}: the unit must be d, h, m or s")),
-    };
-    if n <= 0 {
-        return Err(format!("{s:?}: must be positive"));
+    stagecache_server::config::parse_duration(s)
+}
+
+/// A signed URL's lifetime: S3 and GCS refuse more than 7 days.
+fn parse_ttl(s: &str) -> Result<i64, String> {
+    let secs = parse_duration(s)?;
+    if secs > 7 * 86_400 {
+        return Err(format!(
+            "{s:?}: at most 7d (S3 and GCS refuse signed URLs valid longer)"
+        ));
     }
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("{s:?}: too long"))
+    Ok(secs)
 }
 
 fn token_command(auth_config: Option<&std::path::Path>, action: TokenAction) -> Result<(), String> {

@@ -33,7 +33,7 @@ pub struct Store {
     /// (a server always does; offline tools that only read need not).
     journal: Arc<std::sync::OnceLock<journal::Journal>>,
     /// Limits on the bytes stored; set by [`Store::limit_space`] (a server always does).
-    space: Arc<std::sync::OnceLock<space::Space>>,
+    space: Arc<std::sync::OnceLock<Arc<space::Space>>>,
 }
 
 impl Store {
@@ -57,10 +57,6 @@ impl Store {
         })?;
         let index = Index::open(&data_dir.join("index"))?;
         let blobs = BlobStore::open_configured(blob_url, data_dir, blob_options)?;
-        let swept = blobs.sweep_staging();
-        if swept > 0 {
-            tracing::info!(swept, "removed staging files of interrupted uploads");
-        }
         Ok(Store {
             index: Arc::new(index),
             blobs: Arc::new(blobs),
@@ -80,6 +76,13 @@ impl Store {
     ) -> Result<(Option<journal::RebuildReport>, Arc<lease::Lease>)> {
         let id = self.with_index(|i| i.data_dir_id()).await?;
         let held = lease::Lease::acquire(self.blobs.clone(), &id, take_over).await?;
+        // Only the lease holder sweeps: another server sharing a local blob store must not
+        // remove the staging files of the one writing to it.
+        let blobs = self.blobs.clone();
+        let swept = tokio::task::spawn_blocking(move || blobs.sweep_staging()).await?;
+        if swept > 0 {
+            tracing::info!(swept, "removed staging files of interrupted uploads");
+        }
         let index = self.index.clone();
         let empty = self.with_index(|i| i.is_empty()).await?;
         let mut report = None;
@@ -124,19 +127,20 @@ impl Store {
         tracing::info!(used, ?max_bytes, min_free, "blob bytes stored");
         let _ = self
             .space
-            .set(space::Space::new(max_bytes, min_free, dirs, used));
+            .set(Arc::new(space::Space::new(max_bytes, min_free, dirs, used)));
         Ok(())
     }
 
     /// The limits on the bytes stored, once set.
     pub fn space(&self) -> Option<&space::Space> {
-        self.space.get()
+        self.space.get().map(|s| s.as_ref())
     }
 
-    fn admit(&self, bytes: u64, what: &str) -> Result<()> {
+    /// Room for an upload of `bytes` (held until dropped), or `RESOURCE_EXHAUSTED`.
+    fn reserve(&self, bytes: u64, what: &str) -> Result<space::Reservation> {
         match self.space.get() {
-            Some(s) => s.admit(bytes, what),
-            None => Ok(()),
+            Some(s) => s.reserve(bytes, what),
+            None => Ok(space::Reservation::none()),
         }
     }
 
@@ -263,8 +267,10 @@ impl Store {
     /// Starts writing a blob that must hash to `expected`; refused when the store has no
     /// room for it ([`space::Space`]).
     pub async fn begin_blob(&self, expected: Digest) -> Result<BlobWriter> {
-        self.admit(expected.size(), &format!("the upload of {expected}"))?;
-        self.begin_blob_unlimited(expected).await
+        let room = self.reserve(expected.size(), &format!("the upload of {expected}"))?;
+        let mut w = self.begin_blob_unlimited(expected).await?;
+        w.room = room;
+        Ok(w)
     }
 
     async fn begin_blob_unlimited(&self, expected: Digest) -> Result<BlobWriter> {
@@ -278,6 +284,7 @@ impl Store {
             expected,
             verifier: Verifier::new(expected),
             sink,
+            room: space::Reservation::none(),
         })
     }
 
@@ -298,7 +305,7 @@ impl Store {
             .await?;
         let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
         let needed: u64 = missing.iter().map(|d| d.size()).sum();
-        self.admit(
+        let _room = self.reserve(
             needed,
             &format!("this batch of {} new blob(s)", missing.len()),
         )?;
@@ -447,6 +454,8 @@ pub struct BlobWriter {
     expected: Digest,
     verifier: Verifier,
     sink: Sink,
+    /// The room this upload holds until its blob is indexed, or it is dropped.
+    room: space::Reservation,
 }
 
 impl BlobWriter {

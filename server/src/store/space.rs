@@ -1,7 +1,9 @@
 //! Room for blobs. A cap on the bytes of blobs stored (`--max-bytes`), and for a local
 //! blob store a minimum of free space kept on its file system and the data dir's
 //! (`--min-free-space`): past either, an upload is refused with `RESOURCE_EXHAUSTED`
-//! naming what is used and what is allowed, before any byte of it is stored. Reads, refs
+//! naming what is used and what is allowed, before any byte of it is stored. An admitted
+//! upload holds a [`Reservation`] until its blob is indexed (or not stored), so that
+//! concurrent uploads cannot together pass a limit that each alone respects. Reads, refs
 //! and the ledger go on, and RocksDB keeps room for its own writes. Manifests (a few
 //! kilobytes of metadata over blobs already stored) are not refused.
 
@@ -9,6 +11,7 @@ use crate::error::{Result, ServerError};
 use stagecache_proto::thousands;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub struct Space {
     max_bytes: Option<u64>,
@@ -19,6 +22,33 @@ pub struct Space {
     dirs: Vec<(PathBuf, bool)>,
     /// Bytes of the blobs in the index.
     used: AtomicU64,
+    /// Bytes of admitted uploads not indexed yet.
+    reserved: AtomicU64,
+}
+
+/// Room set aside for an upload in flight, given back when dropped (once its blob is
+/// indexed, or when it is not stored).
+pub struct Reservation {
+    space: Option<Arc<Space>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// No room held (a store without limits).
+    pub fn none() -> Self {
+        Reservation {
+            space: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(s) = &self.space {
+            s.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Space {
@@ -33,6 +63,7 @@ impl Space {
             min_free,
             dirs,
             used: AtomicU64::new(used),
+            reserved: AtomicU64::new(0),
         }
     }
 
@@ -56,16 +87,33 @@ impl Space {
             });
     }
 
-    /// `Ok` when `bytes` more may be stored; `RESOURCE_EXHAUSTED` saying why not.
-    pub fn admit(&self, bytes: u64, what: &str) -> Result<()> {
+    /// Sets `bytes` aside for an upload, or refuses with `RESOURCE_EXHAUSTED` saying why.
+    pub fn reserve(self: &Arc<Self>, bytes: u64, what: &str) -> Result<Reservation> {
+        let pending = self.reserved.fetch_add(bytes, Ordering::SeqCst);
+        // Given back on a refusal too, when this is dropped.
+        let held = Reservation {
+            space: Some(self.clone()),
+            bytes,
+        };
+        self.check(bytes, pending, what)?;
+        Ok(held)
+    }
+
+    /// `Ok` when `bytes` more fit beside `pending` bytes of other uploads in flight.
+    fn check(&self, bytes: u64, pending: u64, what: &str) -> Result<()> {
         let used = self.used();
         if let Some(max) = self.max_bytes {
-            if used.saturating_add(bytes) > max {
+            if used.saturating_add(pending).saturating_add(bytes) > max {
                 refused("max_bytes");
                 return Err(ServerError::ResourceExhausted(format!(
-                    "the blob store is full: {} of {} bytes allowed are used (--max-bytes), and {what} needs {} more; uploads are refused until space is freed (reads, refs and the ledger still work)",
+                    "the blob store is full: {} of {} bytes allowed are used (--max-bytes){}, and {what} needs {} more; uploads are refused until space is freed (reads, refs and the ledger still work)",
                     thousands(used),
                     thousands(max),
+                    if pending > 0 {
+                        format!(", {} more are being uploaded", thousands(pending))
+                    } else {
+                        String::new()
+                    },
                     thousands(bytes)
                 )));
             }
@@ -75,7 +123,11 @@ impl Space {
                 let Some(free) = crate::metrics::free_bytes(dir) else {
                     continue;
                 };
-                let landing = if *holds_blobs { bytes } else { 0 };
+                let landing = if *holds_blobs {
+                    pending.saturating_add(bytes)
+                } else {
+                    0
+                };
                 if free < landing.saturating_add(self.min_free) {
                     refused("min_free_space");
                     return Err(ServerError::ResourceExhausted(format!(
@@ -144,30 +196,59 @@ mod tests {
 
     #[test]
     fn the_cap_refuses_what_would_pass_it_and_says_so() {
-        let s = Space::new(Some(3_000), 0, Vec::new(), 2_000);
-        s.admit(1_000, "this upload").unwrap();
-        let e = s.admit(1_001, "this upload").unwrap_err().to_string();
+        let s = Arc::new(Space::new(Some(3_000), 0, Vec::new(), 2_000));
+        drop(s.reserve(1_000, "this upload").unwrap());
+        let e = s.reserve(1_001, "this upload").err().unwrap().to_string();
         assert!(
             e.contains("2,000 of 3,000 bytes") && e.contains("1,001"),
             "{e}"
         );
         s.removed(1_500);
-        s.admit(1_001, "this upload").unwrap();
+        drop(s.reserve(1_001, "this upload").unwrap());
         s.removed(10_000);
         assert_eq!(s.used(), 0);
+    }
+
+    #[test]
+    fn uploads_in_flight_hold_their_room_until_done() {
+        let s = Arc::new(Space::new(Some(3_000), 0, Vec::new(), 0));
+        let a = s.reserve(2_000, "upload a").unwrap();
+        let e = s.reserve(2_000, "upload b").err().unwrap().to_string();
+        assert!(e.contains("2,000 more are being uploaded"), "{e}");
+        // The refused one gave its room back; the admitted one holds it until dropped.
+        drop(s.reserve(1_000, "upload c").unwrap());
+        s.added(2_000);
+        drop(a);
+        assert!(s.reserve(1_001, "upload d").is_err());
+        drop(s.reserve(1_000, "upload e").unwrap());
     }
 
     #[test]
     fn free_space_below_the_minimum_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let free = crate::metrics::free_bytes(dir.path()).unwrap();
-        let s = Space::new(None, free, vec![(dir.path().to_path_buf(), true)], 0);
-        let e = s.admit(free, "this upload").unwrap_err().to_string();
+        let s = Arc::new(Space::new(
+            None,
+            free,
+            vec![(dir.path().to_path_buf(), true)],
+            0,
+        ));
+        let e = s.reserve(free, "this upload").err().unwrap().to_string();
         assert!(e.contains("--min-free-space"), "{e}");
-        let s = Space::new(None, 1, vec![(dir.path().to_path_buf(), true)], 0);
-        s.admit(1, "this upload").unwrap();
+        let s = Arc::new(Space::new(
+            None,
+            1,
+            vec![(dir.path().to_path_buf(), true)],
+            0,
+        ));
+        drop(s.reserve(1, "this upload").unwrap());
         // A directory that only the index fills refuses only below the minimum itself.
-        let s = Space::new(None, free / 2, vec![(dir.path().to_path_buf(), false)], 0);
-        s.admit(free, "this upload").unwrap();
+        let s = Arc::new(Space::new(
+            None,
+            free / 2,
+            vec![(dir.path().to_path_buf(), false)],
+            0,
+        ));
+        drop(s.reserve(free, "this upload").unwrap());
     }
 }

@@ -113,13 +113,29 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents, syncing each parent a directory was created in:
+/// an object published in a new directory (`cas/ab/`, `journal/`) survives a power cut
+/// with the directory that holds it.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let up = parent(dir);
+    create_dirs(up)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(up),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn parent(p: &Path) -> &Path {
     p.parent().unwrap_or(Path::new("."))
 }
 
 /// Writes `data` to a new staging file beside `target`, synced; returns its path.
 fn stage(target: &Path, data: &[Bytes]) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(parent(target))?;
+    create_dirs(parent(target))?;
     let staged = staging_path(target);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create_new(&staged)?;
@@ -205,7 +221,7 @@ impl Backend for LocalBackend {
                 }
             }
             PutMode::Update(expected) => {
-                std::fs::create_dir_all(parent(&target))?;
+                create_dirs(parent(&target))?;
                 let mut lock_name = target.file_name().unwrap_or_default().to_os_string();
                 lock_name.push(".lock");
                 let lock = std::fs::OpenOptions::new()
@@ -232,7 +248,7 @@ impl Backend for LocalBackend {
         let open = (target.clone(), staged.clone());
         let file = self
             .blocking("upload", name, move || {
-                std::fs::create_dir_all(parent(&open.0))?;
+                create_dirs(parent(&open.0))?;
                 std::fs::File::create_new(&open.1)
             })
             .await?;
@@ -329,7 +345,7 @@ impl Backend for LocalBackend {
             if !from.exists() {
                 return Ok(false);
             }
-            std::fs::create_dir_all(parent(&to))?;
+            create_dirs(parent(&to))?;
             match std::fs::rename(&from, &to) {
                 Ok(()) => sync_dir(parent(&to)).map(|_| true),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -372,7 +388,18 @@ impl Backend for LocalBackend {
                 if after.as_deref().is_some_and(|a| name.as_str() <= a) {
                     continue;
                 }
-                let meta = e.metadata().map_err(std::io::Error::from)?;
+                // A file removed while the listing walks (a quarantine, a delete) is not
+                // an error: it is simply not listed.
+                let meta = match e.metadata() {
+                    Ok(m) => m,
+                    Err(err)
+                        if err.io_error().map(|e| e.kind())
+                            == Some(std::io::ErrorKind::NotFound) =>
+                    {
+                        continue
+                    }
+                    Err(err) => return Err(err.into()),
+                };
                 out.push(Entry {
                     name,
                     size: meta.len(),
