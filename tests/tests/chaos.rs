@@ -170,9 +170,24 @@ async fn acknowledged_writes_survive_rounds_of_sigkill() {
                 ))
             })
             .collect();
-        // Let the writers get going, then kill the server under them.
-        let before = acked.lock().unwrap().blobs.len();
-        tokio::time::sleep(Duration::from_millis(300 + 150 * round as u64)).await;
+        // Let the writers get going (every kind acknowledged something this round, however
+        // loaded the machine), then kill the server under them a little later.
+        let (before, records_before) = {
+            let a = acked.lock().unwrap();
+            (a.blobs.len(), a.records.len())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let going = {
+                let a = acked.lock().unwrap();
+                a.blobs.len() > before && a.records.len() > records_before
+            };
+            if going || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + 100 * round as u64)).await;
         tokio::task::block_in_place(|| server.crash_and_restart());
         stop.store(true, Ordering::SeqCst);
         for w in writers {
@@ -183,7 +198,7 @@ async fn acknowledged_writes_survive_rounds_of_sigkill() {
         }
         let snapshot = std::mem::take(&mut *acked.lock().unwrap());
         assert!(
-            snapshot.blobs.len() > before && !snapshot.records.is_empty(),
+            snapshot.blobs.len() > before && snapshot.records.len() > records_before,
             "round {round}: the writers acknowledged too little to test ({} blobs, {} records)",
             snapshot.blobs.len(),
             snapshot.records.len()
