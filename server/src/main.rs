@@ -8,7 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use stagecache_server::auth::{AuthConfig, Authenticator};
-use stagecache_server::config::{FileConfig, TlsFile};
+use stagecache_server::config::{parse_duration, FileConfig, TlsFile};
+use stagecache_server::store::space::parse_size;
 use stagecache_server::{serve_listeners, Listeners, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -320,14 +321,6 @@ fn config_check(path: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    stagecache_server::store::space::parse_size(s)
-}
-
-fn parse_duration(s: &str) -> Result<i64, String> {
-    stagecache_server::config::parse_duration(s)
 }
 
 /// A signed URL's lifetime: S3 and GCS refuse more than 7 days.

@@ -212,25 +212,9 @@ impl Index {
     }
 
     /// Marks blobs present, durably. Call only after their bytes are stored and verified.
-    /// Indexes blobs whose bytes are stored; returns the bytes of those that were not
-    /// indexed yet.
+    /// Returns the bytes of those that were not indexed yet.
     pub fn add_blobs(&self, digests: &[Digest]) -> Result<u64> {
-        let _one = self
-            .blob_writes
-            .lock()
-            .map_err(|_| ServerError::Internal("blob write lock poisoned".into()))?;
-        let cf = self.cf(CF_BLOBS)?;
-        let mut batch = WriteBatch::default();
-        let mut added = 0u64;
-        let mut seen = std::collections::HashSet::new();
-        for (d, present) in digests.iter().zip(self.blob_sizes(digests)?) {
-            if present.is_none() && seen.insert(*d) {
-                added += d.size();
-            }
-            batch.put_cf(cf, d.hash(), d.size().to_le_bytes());
-        }
-        self.db.write_opt(batch, &synced())?;
-        Ok(added)
+        self.change_blobs(digests, true)
     }
 
     /// The bytes of every indexed blob.
@@ -280,25 +264,35 @@ impl Index {
     }
 
     /// Marks blobs absent, durably: their bytes are damaged or gone, so the next upload
-    /// (FindMissing reports them missing) publishes them again.
-    /// Drops blobs from the index; returns the bytes of those that were indexed.
+    /// (FindMissing reports them missing) publishes them again. Returns the bytes of those
+    /// that were indexed.
     pub fn remove_blobs(&self, digests: &[Digest]) -> Result<u64> {
+        self.change_blobs(digests, false)
+    }
+
+    /// Adds (`present`) or drops blobs in one synced batch, under one lock so that the
+    /// bytes each call changes are counted once; returns those bytes.
+    fn change_blobs(&self, digests: &[Digest], present: bool) -> Result<u64> {
         let _one = self
             .blob_writes
             .lock()
             .map_err(|_| ServerError::Internal("blob write lock poisoned".into()))?;
         let cf = self.cf(CF_BLOBS)?;
         let mut batch = WriteBatch::default();
-        let mut removed = 0u64;
+        let mut changed = 0u64;
         let mut seen = std::collections::HashSet::new();
-        for (d, present) in digests.iter().zip(self.blob_sizes(digests)?) {
-            if present.is_some() && seen.insert(*d) {
-                removed += d.size();
+        for (d, indexed) in digests.iter().zip(self.blob_sizes(digests)?) {
+            if indexed.is_some() != present && seen.insert(*d) {
+                changed += d.size();
             }
-            batch.delete_cf(cf, d.hash());
+            if present {
+                batch.put_cf(cf, d.hash(), d.size().to_le_bytes());
+            } else {
+                batch.delete_cf(cf, d.hash());
+            }
         }
         self.db.write_opt(batch, &synced())?;
-        Ok(removed)
+        Ok(changed)
     }
 
     pub fn blob_count(&self) -> Result<u64> {
