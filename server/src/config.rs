@@ -62,7 +62,7 @@ impl FileConfig {
 
     /// Parses a configuration's text (see [`FileConfig::load`]).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let config: FileConfig = toml::from_str(text).map_err(|e| one_line(text, &e))?;
         for key in config.blob_store_options.keys() {
             if !OPTION_PREFIXES.iter().any(|p| key.starts_with(p)) {
                 return Err(format!(
@@ -112,6 +112,30 @@ impl FileConfig {
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// A TOML error as one line naming where and which key: `line 2: [tls] kye: unknown
+/// field ...` (toml's own rendering spans several lines and names the key only in its
+/// snippet of the file).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    let key = line.split('=').next().unwrap_or_default().trim();
+    // Inside a table: name it too.
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    match table {
+        Some(t) if !key.starts_with('[') => format!("line {line_no}: {t} {key}: {message}"),
+        _ => format!("line {line_no}: {key}: {message}"),
     }
 }
 
@@ -171,7 +195,11 @@ mod tests {
         let e = FileConfig::parse("[tls]\ncert = \"a\"\nkye = \"b\"\n").unwrap_err();
         assert!(e.contains("kye"), "{e}");
         let e = FileConfig::parse("listen = \"nowhere\"\n").unwrap_err();
-        assert!(e.contains("listen"), "{e}");
+        assert!(e.starts_with("line 1: listen: "), "{e}");
+        let e =
+            FileConfig::parse("log = \"info\"\n[tls]\ncert = \"a\"\nkye = \"b\"\n").unwrap_err();
+        assert!(e.starts_with("line 4: [tls] kye: unknown field"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
         let e = FileConfig::parse("log_format = \"xml\"\n").unwrap_err();
         assert!(e.contains("xml"), "{e}");
         let e = FileConfig::parse("[blob_store_options]\nregion = \"x\"\n").unwrap_err();

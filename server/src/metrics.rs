@@ -45,7 +45,8 @@ pub struct Metrics {
     pub ledger_records: IntCounterVec,
     /// Plan decisions by RUN / SKIP / BLOCKED.
     pub plan_decisions: IntCounterVec,
-    /// Claims by outcome: granted, refused_held, refused_succeeded, renewed, released.
+    /// Claims by outcome: granted, refused_held, refused_succeeded, renewed, released;
+    /// expired (a grant that replaced another holder's expired claim).
     pub claims: IntCounterVec,
     /// How callers were resolved (open, anonymous, verified, unauthenticated), and
     /// permission checks denied (denied).
@@ -189,7 +190,7 @@ impl Metrics {
             claims: counter(
                 &r,
                 "claims_total",
-                "Claims by outcome: granted, refused_held, refused_succeeded, renewed, released",
+                "Claims by outcome: granted, refused_held, refused_succeeded, renewed, released; expired: a grant that replaced another holder's expired claim",
                 &["outcome"],
             ),
             auth: counter(
@@ -270,6 +271,7 @@ impl Metrics {
             "refused_succeeded",
             "renewed",
             "released",
+            "expired",
         ] {
             m.claims.with_label_values(&[o]);
         }

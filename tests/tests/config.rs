@@ -61,6 +61,24 @@ fn check_accepts_a_good_file_and_names_an_unknown_key_and_the_file() {
         err.contains("metric_listen") && err.contains("bad.toml"),
         "{err}"
     );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // A bad value: one line naming the file, the line and the key.
+    let bad_value = write(
+        dir.path(),
+        "value.toml",
+        "log = \"info\"\nlisten = \"nowhere\"\n",
+    );
+    let out = output_within(
+        server().args(["config", "check"]).arg(&bad_value),
+        test_timeout(),
+        "stagecache-server",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("value.toml: line 2: listen: ") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 
     // A server is not started on a file it cannot read either.
     let out = output_within(

@@ -102,6 +102,22 @@ async fn counters_follow_the_calls() {
             .await
             .unwrap();
     }
+    // A claim that expires, then another holder's: granted, and counted as an expiry.
+    let third = file.stages[2].name.clone();
+    for (holder, ttl) in [("agent-1", 1), ("agent-2", 60)] {
+        let r = client
+            .claim(ClaimRequest {
+                subject: Some(manifest.to_proto()),
+                stage: third.clone(),
+                holder: holder.into(),
+                ttl_seconds: ttl,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(r.granted, "{holder}: {r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    }
 
     let after = scrape(&server).await;
     let g = |key: &str| grew(&before, &after, key);
@@ -136,7 +152,8 @@ async fn counters_follow_the_calls() {
         g(r#"stagecache_plan_decisions_total{decision="blocked"}"#),
         blocked as f64
     );
-    assert_eq!(g(r#"stagecache_claims_total{outcome="granted"}"#), 1.0);
+    assert_eq!(g(r#"stagecache_claims_total{outcome="granted"}"#), 3.0);
+    assert_eq!(g(r#"stagecache_claims_total{outcome="expired"}"#), 1.0);
     assert_eq!(g(r#"stagecache_claims_total{outcome="refused_held"}"#), 1.0);
     // Per-RPC figures, from the layer in front of the services.
     let record_ok =

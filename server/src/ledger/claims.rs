@@ -22,7 +22,11 @@ pub fn validate_ttl(ttl_seconds: u32) -> Result<()> {
 /// Outcome of a claim request.
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
-    Granted(ClaimRecord),
+    /// `expired`: it replaced another holder's claim that had expired (counted).
+    Granted {
+        claim: ClaimRecord,
+        expired: bool,
+    },
     /// Someone else holds a live claim.
     Held(ClaimRecord),
     AlreadySucceeded(Box<StageResultRecord>),
@@ -48,7 +52,11 @@ pub fn claim(
         }
     }
     let expires_at_ms = now_ms + i64::from(ttl_seconds) * 1000;
-    let record = match txn.claim(key)? {
+    let previous = txn.claim(key)?;
+    let expired = previous
+        .as_ref()
+        .is_some_and(|c| c.expires_at_ms <= now_ms && c.holder != holder);
+    let record = match previous {
         Some(c) if c.expires_at_ms > now_ms && c.holder != holder => {
             return Ok(ClaimOutcome::Held(c));
         }
@@ -63,7 +71,10 @@ pub fn claim(
         },
     };
     txn.put_claim(key, record.clone())?;
-    Ok(ClaimOutcome::Granted(record))
+    Ok(ClaimOutcome::Granted {
+        claim: record,
+        expired,
+    })
 }
 
 fn held_by_token(txn: &LedgerTxn, key: &StageKey, token: &str, now_ms: i64) -> Result<ClaimRecord> {

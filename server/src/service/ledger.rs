@@ -480,14 +480,17 @@ impl Ledger for LedgerService {
         if let Some(m) = crate::metrics::metrics() {
             m.claims
                 .with_label_values(&[match outcome {
-                    ClaimOutcome::Granted(_) => "granted",
+                    ClaimOutcome::Granted { .. } => "granted",
                     ClaimOutcome::Held(_) => "refused_held",
                     ClaimOutcome::AlreadySucceeded(_) => "refused_succeeded",
                 }])
                 .inc();
+            if let ClaimOutcome::Granted { expired: true, .. } = outcome {
+                m.claims.with_label_values(&["expired"]).inc();
+            }
         }
         Ok(Response::new(match outcome {
-            ClaimOutcome::Granted(c) => ClaimResponse {
+            ClaimOutcome::Granted { claim: c, .. } => ClaimResponse {
                 granted: true,
                 claim: Some(claim_proto(&c, true)),
                 already_succeeded: None,
