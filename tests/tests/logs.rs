@@ -90,10 +90,13 @@ async fn one_access_line_per_call_with_the_request_id() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|v: &serde_json::Value| v["message"] == "rpc")
         .collect();
-    let missing = lines
+    // Exactly one access line for the one call with this request id.
+    let for_call: Vec<&serde_json::Value> = lines
         .iter()
-        .find(|v| v["request_id"] == "pipeline-step-42")
-        .unwrap_or_else(|| panic!("no access line for the request id: {lines:?}"));
+        .filter(|v| v["request_id"] == "pipeline-step-42")
+        .collect();
+    assert_eq!(for_call.len(), 1, "{for_call:?}");
+    let missing = for_call[0];
     assert_eq!(missing["method"], "stagecache.v1.Refs/Get", "{missing}");
     assert_eq!(missing["code"], "NotFound", "{missing}");
     assert_eq!(missing["caller"], "anonymous", "{missing}");
