@@ -396,6 +396,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

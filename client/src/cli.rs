@@ -119,6 +119,14 @@ pub enum Command {
     Claim(command::claim::ClaimCommand),
     /// Counts of what the server holds.
     Stats,
+    /// Keep a ref (a released build) from expiring: retention never removes it, nor what
+    /// it reaches. Needs the `ref` permission on the name; audited in the ref's history.
+    Pin(command::pin::PinArgs),
+    /// Let a pinned ref expire again (its namespace's expiry counts from now).
+    Unpin(command::pin::PinArgs),
+    /// Run garbage collection on the server (admin on every namespace), or --dry-run to
+    /// see what it would remove: counts, bytes, oldest and newest, per namespace.
+    Gc(command::gc::GcArgs),
     /// Recent refs (builds) with time, manifest, size and file count, newest first.
     Builds(command::builds::BuildsArgs),
     /// What changed between two asset sets, each a ref or a manifest digest: files added,

@@ -737,6 +737,20 @@ impl Client {
         }
     }
 
+    /// Pins a ref (retention never expires it) or, `pin` false, unpins it; `reason` is
+    /// kept in its history.
+    pub async fn pin_ref(&self, name: &str, pin: bool, reason: &str) -> Result<v1::PinRefResponse> {
+        let name = RefName::parse("ref", name)?;
+        let req = v1::PinRefRequest {
+            namespace: self.ns(),
+            name: name.to_string(),
+            unpin: !pin,
+            actor: self.config.actor.clone(),
+            reason: reason.to_string(),
+        };
+        Ok(retrying!(self, self.refs.clone(), pin, req, "Refs.Pin")?.into_inner())
+    }
+
     /// Changes of a ref, newest first.
     pub async fn ref_history(&self, name: &str, limit: u32) -> Result<Vec<v1::RefChange>> {
         let name = RefName::parse("ref", name)?;

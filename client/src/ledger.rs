@@ -128,6 +128,25 @@ impl Client {
         .into_inner())
     }
 
+    /// Runs a garbage collection on the server, or (`dry_run`) asks what one would remove.
+    pub async fn collect_garbage(
+        &self,
+        dry_run: bool,
+    ) -> Result<stagecache_proto::v1::CollectGarbageResponse> {
+        let req = stagecache_proto::v1::CollectGarbageRequest {
+            namespace: self.ns(),
+            dry_run,
+        };
+        Ok(retrying!(
+            self,
+            stagecache_proto::v1::admin_client::AdminClient::new(self.channel()),
+            collect_garbage,
+            req,
+            "Admin.CollectGarbage"
+        )?
+        .into_inner())
+    }
+
     /// Opens a watch; events describing the current state come first (`initial`).
     pub async fn watch(&self, mut req: WatchRequest) -> Result<tonic::Streaming<WatchEvent>> {
         req.namespace = self.ns();

@@ -44,6 +44,17 @@ fn changed(path: &Path, detail: &str) -> ClientError {
     ))
 }
 
+/// How often a register goes round again when the server collected what it relied on.
+const MAX_ROUNDS: u32 = 3;
+
+/// The server's answer when a manifest names blobs it does not hold, or a ref a manifest
+/// it does not hold: FAILED_PRECONDITION saying "not stored".
+fn missing_on_server(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { status, .. }
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message().contains("not stored"))
+}
+
 pub(crate) fn digest_str<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(d)
 }
@@ -69,11 +80,57 @@ impl Client {
             .filter(|h| seen.insert(h.digest))
             .cloned()
             .collect();
+        // A garbage collection on the server may remove a blob between FindMissing and
+        // the manifest put (only one it had not been asked for within its grace period),
+        // or the manifest before the ref moves: the server then says what is missing, and
+        // the register goes round again from FindMissing.
+        let (mut round, mut files, mut bytes) = (0, 0, 0);
+        let (digest, uploaded_files, uploaded_bytes, set) = loop {
+            round += 1;
+            let (f, b) = self.upload_missing(&unique, opts).await?;
+            (files, bytes) = (files + f, bytes + b);
+            let put = match self.put_manifest(&manifest).await {
+                Err(e) if round < MAX_ROUNDS && missing_on_server(&e) => continue,
+                r => r?,
+            };
+            if ref_name.is_empty() {
+                break (put, files, bytes, None);
+            }
+            match self.set_ref(ref_name, put, opts.expect, &opts.reason).await {
+                Err(e) if round < MAX_ROUNDS && missing_on_server(&e) => continue,
+                r => break (put, files, bytes, Some(r?)),
+            }
+        };
+        let mut report = RegisterReport {
+            manifest: digest,
+            files: manifest.entries().len() as u64,
+            bytes: manifest.total_bytes(),
+            uploaded_files,
+            uploaded_bytes,
+            ref_name: None,
+            ref_version: None,
+            ref_changed: false,
+        };
+        if let Some(set) = set {
+            report.ref_name = Some(ref_name.to_string());
+            report.ref_version = set.r#ref.map(|r| r.version);
+            report.ref_changed = set.changed;
+        }
+        Ok(report)
+    }
+
+    /// Uploads what of `unique` the server lacks; returns the files and bytes uploaded.
+    async fn upload_missing(
+        &self,
+        unique: &[HashedFile],
+        opts: &RegisterOptions,
+    ) -> Result<(u64, u64)> {
         let digests: Vec<Digest> = unique.iter().map(|h| h.digest).collect();
         let missing: HashSet<Digest> = self.find_missing(&digests).await?.into_iter().collect();
         let to_upload: Vec<HashedFile> = unique
-            .into_iter()
+            .iter()
             .filter(|h| missing.contains(&h.digest))
+            .cloned()
             .collect();
         let uploaded_bytes: u64 = to_upload.iter().map(|h| h.digest.size()).sum();
         let bar = bytes_bar(opts.progress, uploaded_bytes, "upload");
@@ -168,25 +225,6 @@ impl Client {
             .await?;
         bar.finish_and_clear();
 
-        let digest = self.put_manifest(&manifest).await?;
-        let mut report = RegisterReport {
-            manifest: digest,
-            files: manifest.entries().len() as u64,
-            bytes: manifest.total_bytes(),
-            uploaded_files,
-            uploaded_bytes,
-            ref_name: None,
-            ref_version: None,
-            ref_changed: false,
-        };
-        if !ref_name.is_empty() {
-            let set = self
-                .set_ref(ref_name, digest, opts.expect, &opts.reason)
-                .await?;
-            report.ref_name = Some(ref_name.to_string());
-            report.ref_version = set.r#ref.map(|r| r.version);
-            report.ref_changed = set.changed;
-        }
-        Ok(report)
+        Ok((uploaded_files, uploaded_bytes))
     }
 }

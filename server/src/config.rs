@@ -37,6 +37,21 @@ pub struct FileConfig {
     /// `1GiB`, `0` or bytes.
     pub min_free_space: Option<String>,
     pub tls: Option<TlsFile>,
+    pub retention: Option<RetentionFile>,
+}
+
+/// `[retention]`: what garbage collection keeps, and how often it runs.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// `24h`: anything uploaded (or asked for by a register) this recently stays.
+    pub grace: Option<String>,
+    /// `1h`: collect this often (absent: only when asked, or when the store is full).
+    pub gc_interval: Option<String>,
+    /// `["test*=7d", "prod=90d"]`: refs of a namespace matching the pattern expire this
+    /// long after their last change unless pinned; first match wins; `never` keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ref_expiry: Vec<String>,
 }
 
 /// `[tls]`: the gRPC port's certificate, key and, for mutual TLS, the client CA.
@@ -89,6 +104,17 @@ impl FileConfig {
         ] {
             if let Some(v) = value {
                 crate::store::space::parse_size(v).map_err(|e| format!("{key} {e}"))?;
+            }
+        }
+        if let Some(r) = &config.retention {
+            for (key, value) in [("grace", &r.grace), ("gc_interval", &r.gc_interval)] {
+                if let Some(v) = value {
+                    parse_duration(v).map_err(|e| format!("[retention] {key} {e}"))?;
+                }
+            }
+            for e in &r.ref_expiry {
+                crate::store::gc::Retention::parse_expiry(e)
+                    .map_err(|e| format!("[retention] ref_expiry: {e}"))?;
             }
         }
         if let Some(tls) = &config.tls {

@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use stagecache_server::auth::{AuthConfig, Authenticator};
-use stagecache_server::config::{parse_duration, FileConfig, TlsFile};
+use stagecache_server::config::{parse_duration, FileConfig, RetentionFile, TlsFile};
 use stagecache_server::store::space::parse_size;
 use stagecache_server::{serve_listeners, Listeners, ServerConfig};
 use std::net::SocketAddr;
@@ -105,6 +105,20 @@ struct Args {
     /// minimum.
     #[arg(long, env = "STAGECACHE_MIN_FREE_SPACE", default_value = "1GiB", value_parser = parse_size)]
     min_free_space: u64,
+    /// Collect garbage this often (`1h`, `30m`): expire refs past their namespace's
+    /// `--ref-expiry`, then remove what nothing live reaches. Without it a collection runs
+    /// when asked (`stagecache gc`) or when an upload is refused for room.
+    #[arg(long, env = "STAGECACHE_GC_INTERVAL", value_parser = parse_duration)]
+    gc_interval: Option<i64>,
+    /// A collection keeps anything uploaded (or reported present to a register) this
+    /// recently, whatever reaches it: longer than your longest register.
+    #[arg(long, env = "STAGECACHE_GC_GRACE", default_value = "24h", value_parser = parse_duration)]
+    gc_grace: i64,
+    /// `PATTERN=DURATION`, repeatable: refs of the namespaces matching PATTERN (`test*`,
+    /// `prod`, `*`) expire this long after their last change unless pinned
+    /// (`stagecache pin`); first match wins; `never` keeps them. No expiry unless given.
+    #[arg(long = "ref-expiry", value_parser = stagecache_server::store::gc::Retention::parse_expiry)]
+    ref_expiry: Vec<(String, Option<i64>)>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -219,6 +233,29 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             }
         }
     }
+    if let Some(r) = &f.retention {
+        if unset("gc_interval") {
+            if let Some(v) = r
+                .gc_interval
+                .as_deref()
+                .and_then(|v| parse_duration(v).ok())
+            {
+                args.gc_interval = Some(v);
+            }
+        }
+        if unset("gc_grace") {
+            if let Some(v) = r.grace.as_deref().and_then(|v| parse_duration(v).ok()) {
+                args.gc_grace = v;
+            }
+        }
+        if unset("ref_expiry") {
+            args.ref_expiry = r
+                .ref_expiry
+                .iter()
+                .filter_map(|e| stagecache_server::store::gc::Retention::parse_expiry(e).ok())
+                .collect();
+        }
+    }
     take_some!(blob_store);
     take_some!(web_listen);
     take_some!(web_stage_files);
@@ -274,6 +311,18 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
         direct_download_ttl: Some(format!("{}s", args.direct_download_ttl)),
         max_bytes: args.max_bytes.map(|b| b.to_string()),
         min_free_space: Some(args.min_free_space.to_string()),
+        retention: Some(RetentionFile {
+            grace: Some(format!("{}s", args.gc_grace)),
+            gc_interval: args.gc_interval.map(|s| format!("{s}s")),
+            ref_expiry: args
+                .ref_expiry
+                .iter()
+                .map(|(p, e)| match e {
+                    Some(ms) => format!("{p}={}s", ms / 1000),
+                    None => format!("{p}=never"),
+                })
+                .collect(),
+        }),
         tls: args.tls_cert.as_ref().map(|_| TlsFile {
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
@@ -651,6 +700,14 @@ async fn main() -> ExitCode {
     config.take_over = args.take_over;
     config.max_bytes = args.max_bytes;
     config.min_free_space = args.min_free_space;
+    config.retention = stagecache_server::store::gc::Retention {
+        grace_ms: args.gc_grace.saturating_mul(1000),
+        ref_expiry: args.ref_expiry,
+    };
+    config.gc_interval = args
+        .gc_interval
+        .filter(|s| *s > 0)
+        .map(|s| std::time::Duration::from_secs(s as u64));
     config.direct_downloads = args
         .direct_downloads
         .then(|| std::time::Duration::from_secs(args.direct_download_ttl as u64));

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// Journal entries written to the blob store.
     pub journal_entries: IntCounter,
+    /// Garbage collections run (not dry), and the blobs (manifests included) and bytes
+    /// they removed.
+    pub gc_runs: IntCounter,
+    pub gc_blobs: IntCounter,
+    pub gc_bytes: IntCounter,
     /// Uploads refused for room, by the limit that refused them.
     pub uploads_refused: IntCounterVec,
     /// Bytes of the blobs stored, and the cap (0: none); read when scraped.
@@ -159,6 +164,17 @@ impl Metrics {
                 &r,
                 "blob_uploaded_bytes_total",
                 "Bytes of the blobs stored",
+            ),
+            gc_runs: counter1(&r, "gc_runs_total", "Garbage collections run"),
+            gc_blobs: counter1(
+                &r,
+                "gc_collected_blobs_total",
+                "Blobs (manifests included) removed by garbage collection",
+            ),
+            gc_bytes: counter1(
+                &r,
+                "gc_collected_bytes_total",
+                "Bytes of the blobs removed by garbage collection",
             ),
             blobs_refused: counter1(
                 &r,

@@ -8,9 +8,10 @@ use crate::error::{Result, ServerError};
 use crate::service::cas::CasService;
 use crate::service::ledger::LedgerService;
 use crate::service::manifests::ManifestsService;
-use crate::service::refs::{InfoService, RefsService};
+use crate::service::refs::{AdminService, InfoService, RefsService};
 use crate::service::AppState;
 use crate::store::Store;
+use stagecache_proto::v1::admin_server::AdminServer;
 use stagecache_proto::v1::cas_server::CasServer;
 use stagecache_proto::v1::info_server::InfoServer;
 use stagecache_proto::v1::ledger_server::LedgerServer;
@@ -56,6 +57,11 @@ pub struct ServerConfig {
     /// Refuse uploads that would leave less free on the data dir's (and a local blob
     /// store's) file system (`--min-free-space`).
     pub min_free_space: u64,
+    /// What retention keeps: the grace period and ref expiry per namespace.
+    pub retention: crate::store::gc::Retention,
+    /// Collect garbage this often (`--gc-interval`); `None`: only when asked, or when an
+    /// upload is refused for room.
+    pub gc_interval: Option<std::time::Duration>,
 }
 
 /// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
@@ -99,6 +105,8 @@ impl ServerConfig {
             direct_downloads: None,
             max_bytes: None,
             min_free_space: DEFAULT_MIN_FREE_SPACE,
+            retention: Default::default(),
+            gc_interval: None,
         }
     }
 }
@@ -179,7 +187,9 @@ pub async fn serve_listeners(
     let store = tokio::task::spawn_blocking(move || {
         Store::open_configured(&data_dir, blob_url.as_deref(), &blob_options)
     })
-    .await??;
+    .await??
+    .with_clock(config.clock.clone());
+    store.set_retention(config.retention.clone());
     // The blob store is the system of record: rebuild an empty index from its journal,
     // then journal every change from here on.
     let (_, lease) = store.start_journal(config.take_over).await?;
@@ -249,6 +259,11 @@ pub async fn serve_listeners(
         ))
     });
     let lease_task = tokio::spawn(lease.clone().keep(state.shutdown.clone()));
+    let gc_task = tokio::spawn(collect_garbage(
+        store.clone(),
+        config.gc_interval,
+        state.shutdown.clone(),
+    ));
     let stopping = state.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
@@ -265,6 +280,9 @@ pub async fn serve_listeners(
         .await;
     health_reporter
         .set_serving::<LedgerServer<LedgerService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -321,6 +339,7 @@ pub async fn serve_listeners(
         .add_service(refs)
         .add_service(ledger)
         .add_service(InfoServer::new(InfoService::new(state.clone())))
+        .add_service(AdminServer::new(AdminService::new(state.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| ServerError::Internal(format!("transport: {e}")))?;
@@ -342,7 +361,45 @@ pub async fn serve_listeners(
     tracing::info!("shutting down: flushing the index");
     store.with_index(|i| i.flush()).await?;
     let _ = lease_task.await;
+    let _ = gc_task.await;
     lease.release().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Collects garbage every `interval` (if any), and when an upload was refused for room (at
+/// most once a minute), until `stop`.
+async fn collect_garbage(
+    store: Store,
+    interval: Option<std::time::Duration>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const WOKEN_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    let mut last_woken: Option<std::time::Instant> = None;
+    loop {
+        let tick = async {
+            match interval {
+                Some(i) => tokio::time::sleep(i).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick => {}
+            _ = store.gc.woken() => {
+                if last_woken.is_some_and(|t| t.elapsed() < WOKEN_AT_MOST_EVERY) {
+                    continue;
+                }
+                last_woken = Some(std::time::Instant::now());
+                tracing::info!("an upload was refused for room: collecting garbage");
+            }
+        }
+        let run = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = crate::store::gc::collect(&store, false) => r,
+        };
+        if let Err(e) = run {
+            tracing::warn!(error = %e, "garbage collection failed; the next one finishes its work");
+        }
+    }
 }

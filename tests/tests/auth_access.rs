@@ -31,6 +31,8 @@ enum Need {
     Ref,
     Record,
     Invalidate,
+    /// `admin` on every namespace (a grant for `*`).
+    AdminEverywhere,
 }
 
 const RPCS: &[(&str, Need)] = &[
@@ -45,6 +47,9 @@ const RPCS: &[(&str, Need)] = &[
     ("Refs.Get", Need::Read),
     ("Refs.List", Need::Read),
     ("Refs.History", Need::Read),
+    ("Refs.Pin", Need::Ref),
+    ("Admin.CollectGarbage (dry run)", Need::Read),
+    ("Admin.CollectGarbage", Need::AdminEverywhere),
     ("Info.Stats", Need::Read),
     ("Ledger.Record", Need::Record),
     ("Ledger.RecordBatch", Need::Record),
@@ -73,6 +78,7 @@ struct Fixture {
     refs: RefsClient<Channel>,
     info: InfoClient<Channel>,
     ledger: LedgerClient<Channel>,
+    cas_channel: Channel,
     admin: String,
     /// A stored blob and a stored manifest naming it (the subject of ledger calls).
     blob: D,
@@ -87,7 +93,8 @@ async fn fixture(server: &ServerProcess, admin: String) -> Fixture {
         manifests: ManifestsClient::new(ch.clone()),
         refs: RefsClient::new(ch.clone()),
         info: InfoClient::new(ch.clone()),
-        ledger: LedgerClient::new(ch),
+        ledger: LedgerClient::new(ch.clone()),
+        cas_channel: ch,
         admin,
         blob: D::of_bytes(b""),
         subject: D::of_bytes(b""),
@@ -377,6 +384,31 @@ impl Fixture {
                     ))
                     .await?;
             }
+            "Refs.Pin" => {
+                self.refs
+                    .pin(bearer(
+                        PinRefRequest {
+                            namespace: ns(),
+                            name: "bar/1".into(),
+                            unpin: n.is_multiple_of(2),
+                            reason: "released".into(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await?;
+            }
+            "Admin.CollectGarbage (dry run)" | "Admin.CollectGarbage" => {
+                stagecache_proto::v1::admin_client::AdminClient::new(self.cas_channel.clone())
+                    .collect_garbage(bearer(
+                        CollectGarbageRequest {
+                            namespace: ns(),
+                            dry_run: rpc.ends_with("(dry run)"),
+                        },
+                        token,
+                    ))
+                    .await?;
+            }
             "Info.Stats" => {
                 self.info
                     .stats(bearer(StatsRequest { namespace: ns() }, token))
@@ -596,6 +628,7 @@ async fn every_rpc_by_every_caller() {
                 Need::Ref,
                 Need::Record,
                 Need::Invalidate,
+                Need::AdminEverywhere,
             ],
         },
     ];

@@ -4,6 +4,7 @@
 //! names the field, and changes nothing.
 
 use bytes::Bytes;
+use stagecache_proto::v1::admin_client::AdminClient;
 use stagecache_proto::v1::cas_client::CasClient;
 use stagecache_proto::v1::info_client::InfoClient;
 use stagecache_proto::v1::ledger_client::LedgerClient;
@@ -250,6 +251,29 @@ async fn every_rpc_refuses_bad_input_precisely_and_changes_nothing() {
         "namespace",
     );
     refused(
+        "Refs.Pin",
+        c.refs
+            .pin(PinRefRequest {
+                namespace: ns.into(),
+                name: "bar/1".into(),
+                ..Default::default()
+            })
+            .await,
+        ia,
+        "namespace",
+    );
+    refused(
+        "Admin.CollectGarbage",
+        AdminClient::new(server.channel().await)
+            .collect_garbage(CollectGarbageRequest {
+                namespace: ns.into(),
+                dry_run: false,
+            })
+            .await,
+        ia,
+        "namespace",
+    );
+    refused(
         "Record",
         c.ledger.record(stage_req(ns, stored, "Validation")).await,
         ia,
@@ -426,6 +450,20 @@ async fn every_rpc_refuses_bad_input_precisely_and_changes_nothing() {
         ("actor", big.clone(), String::new()),
         ("reason", String::new(), big.clone()),
     ] {
+        refused(
+            "long pin actor/reason",
+            c.refs
+                .pin(PinRefRequest {
+                    namespace: "prod".into(),
+                    name: "bar/1".into(),
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ia,
+            field,
+        );
         refused(
             "long ref actor/reason",
             c.refs

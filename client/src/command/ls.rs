@@ -22,13 +22,20 @@ pub async fn run(ctx: &Context, a: LsArgs) -> Result<u8> {
     if ctx.json() {
         let rows: Vec<_> = refs
             .iter()
-            .map(|r| json!({"name": r.name, "manifest": digest_of(&r.target), "version": r.version, "updated_at": format_time(r.updated_at_ms), "actor": r.actor}))
+            .map(|r| json!({"name": r.name, "manifest": digest_of(&r.target), "version": r.version, "updated_at": format_time(r.updated_at_ms), "actor": r.actor, "pinned": r.pinned, "expires_at": (r.expires_at_ms != 0).then(|| format_time(r.expires_at_ms))}))
             .collect();
         println!("{}", json!({ "refs": rows }));
     } else {
         for r in refs {
+            let keep = if r.pinned {
+                "\tpinned".to_string()
+            } else if r.expires_at_ms != 0 {
+                format!("\texpires {}", format_time(r.expires_at_ms))
+            } else {
+                String::new()
+            };
             println!(
-                "{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}{keep}",
                 r.name,
                 digest_of(&r.target),
                 format_time(r.updated_at_ms),

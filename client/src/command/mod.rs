@@ -6,12 +6,14 @@ pub mod builds;
 pub mod claim;
 pub mod diff;
 pub mod fetch;
+pub mod gc;
 pub mod get;
 pub mod graph;
 pub mod health;
 pub mod history;
 pub mod invalidate;
 pub mod ls;
+pub mod pin;
 pub mod plan;
 pub mod put;
 pub mod record;
@@ -114,6 +116,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Plan(a) => plan::run(&connect().await?, a).await,
         Command::Claim(a) => claim::run(&connect().await?, a).await,
         Command::Stats => stats::run(&connect().await?).await,
+        Command::Pin(a) => pin::run(&connect().await?, a, true).await,
+        Command::Unpin(a) => pin::run(&connect().await?, a, false).await,
+        Command::Gc(a) => gc::run(&connect().await?, a).await,
         Command::Builds(a) => builds::run(&connect().await?, a).await,
         Command::Diff(a) => diff::run(&connect().await?, a).await,
         Command::Graph(a) => graph::run(&connect().await?, a).await,

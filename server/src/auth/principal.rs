@@ -184,6 +184,25 @@ impl Principal {
         Err(self.denied(&format!("{} in namespace {ns}", perm.word())))
     }
 
+    /// `Ok` when a grant for every namespace (pattern `*`) gives `perm`: actions that
+    /// reach across namespaces (a garbage collection).
+    /// `ns` is where the call was made, for the message.
+    pub fn check_everywhere(&self, perm: Permission, ns: &Namespace) -> Result<(), Status> {
+        let ok = self.grants.iter().any(|g| {
+            g.namespaces == "*"
+                && g.permissions
+                    .iter()
+                    .any(|p| *p == perm || *p == Permission::Admin)
+        });
+        if ok {
+            return Ok(());
+        }
+        Err(self.denied(&format!(
+            "{} in every namespace (needs a grant for namespaces \"*\"; asked in namespace {ns})",
+            perm.word()
+        )))
+    }
+
     /// `Ok` when some grant gives `ref` in `ns` on a prefix of `name`.
     pub fn check_ref(&self, ns: &Namespace, name: &str) -> Result<(), Status> {
         let ok = self.grants.iter().any(|g| {

@@ -63,11 +63,19 @@ impl Cas for CasService {
     ) -> Result<Response<FindMissingResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        caller.check(Permission::Read, &namespace(&req.namespace)?)?;
+        let ns = namespace(&req.namespace)?;
+        caller.check(Permission::Read, &ns)?;
         check_batch_len("digests", req.digests.len(), MAX_FIND_MISSING)?;
         let digests =
             Digest::list_from_proto("digests", &req.digests).map_err(ServerError::from)?;
-        let missing = self.state.store.missing_blobs(digests).await?;
+        // A caller that may upload is about to name what is present in a manifest:
+        // protect it from a collection for the grace period. A reader's question keeps
+        // nothing alive.
+        let missing = if caller.allows(Permission::Write, &ns) {
+            self.state.store.protect_blobs(digests).await?
+        } else {
+            self.state.store.missing_blobs(digests).await?
+        };
         Ok(Response::new(FindMissingResponse {
             missing: missing.iter().map(Digest::to_proto).collect(),
         }))

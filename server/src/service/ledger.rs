@@ -40,11 +40,17 @@ impl LedgerService {
         self.state.clock.now_ms()
     }
 
-    /// Which of these digests are neither a stored manifest nor a stored blob.
+    /// Which of these digests are neither a stored manifest nor a stored blob. Those
+    /// stored are protected from a collection running now (the record about to be written
+    /// would otherwise be collected with its subject).
     async fn unknown_subjects(&self, subjects: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
+        let missing = self.state.store.protect_blobs(subjects).await?;
+        if missing.is_empty() {
+            return Ok(missing);
+        }
         self.state
             .store
-            .with_index(move |i| i.missing_manifests(&i.missing_blobs(&subjects)?))
+            .with_index(move |i| i.missing_manifests(&missing))
             .await
     }
 
@@ -59,14 +65,16 @@ impl LedgerService {
         )))
     }
 
+    /// The outputs that are not stored manifests; those stored are protected from a
+    /// collection running now.
     async fn missing_manifests(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
-        if digests.is_empty() {
-            return Ok(Vec::new());
+        let mut missing = Vec::new();
+        for d in digests {
+            if !self.state.store.protect_manifest(d).await? {
+                missing.push(d);
+            }
         }
-        self.state
-            .store
-            .with_index(move |i| i.missing_manifests(&digests))
-            .await
+        Ok(missing)
     }
 
     fn publish(&self, ns: &Namespace, r: &StageResultRecord) {
@@ -74,6 +82,23 @@ impl LedgerService {
             self.state.events.publish(ns, Change::StageRecorded(p));
         }
     }
+}
+
+/// When retention collected `subject` in `ns` (0: never), looked up only where the
+/// subject has no lines (`lineless`): collection removes them all, so a subject with
+/// lines has either never been collected or been recorded on since.
+fn expired_at(
+    index: &crate::store::index::Index,
+    ns: &Namespace,
+    subject: &Digest,
+    lineless: bool,
+) -> Result<i64, ServerError> {
+    if !lineless {
+        return Ok(0);
+    }
+    Ok(index
+        .collected_subject(ns, subject)?
+        .map_or(0, |c| c.collected_at_ms))
 }
 
 fn stage_key(
@@ -282,10 +307,13 @@ impl Ledger for LedgerService {
         validate_stage_name("target", &req.target, true)?;
         validate_text("fingerprint", &req.fingerprint)?;
         // Point reads of short prefixes: cheap enough to serve on the async workers.
-        let heads = self.state.store.index().ledger_heads(&ns, &subject)?;
+        let index = self.state.store.index();
+        let heads = index.ledger_heads(&ns, &subject)?;
+        let expired_at_ms = expired_at(index, &ns, &subject, heads.is_empty())?;
         let results = effective(heads, &req.stage, &req.target, &req.fingerprint);
         Ok(Response::new(StatusResponse {
             results: protos(&results)?,
+            expired_at_ms,
         }))
     }
 
@@ -312,9 +340,11 @@ impl Ledger for LedgerService {
                     .iter()
                     .map(|s| {
                         let heads = i.ledger_heads(&ns, s)?;
+                        let expired_at_ms = expired_at(i, &ns, s, heads.is_empty())?;
                         Ok(SubjectStatus {
                             subject: Some(s.to_proto()),
                             results: protos(&effective(heads, &stage, &target, &fingerprint))?,
+                            expired_at_ms,
                         })
                     })
                     .collect::<Result<Vec<_>, ServerError>>()
@@ -378,7 +408,9 @@ impl Ledger for LedgerService {
         ] {
             check_batch_len(field, names.len(), plan::MAX_GRAPH_STAGES)?;
         }
-        let heads = self.state.store.index().ledger_heads(&ns, &subject)?;
+        let index = self.state.store.index();
+        let heads = index.ledger_heads(&ns, &subject)?;
+        let expired_at_ms = expired_at(index, &ns, &subject, heads.is_empty())?;
         let selection = Selection {
             only: req.only,
             from: req.from,
@@ -412,13 +444,24 @@ impl Ledger for LedgerService {
                         plan::Decision::Skip => v1::Decision::Skip,
                         plan::Decision::Blocked => v1::Decision::Blocked,
                     } as i32,
-                    reason: p.reason,
+                    reason: if expired_at_ms != 0 && p.decision == plan::Decision::Run {
+                        format!(
+                            "{}; earlier results for this subject expired: retention collected it at {}",
+                            p.reason,
+                            stagecache_proto::time::format_time(expired_at_ms)
+                        )
+                    } else {
+                        p.reason
+                    },
                     succeeded: p.succeeded.as_ref().map(to_proto).transpose()?,
                     blocked_by: p.blocked_by,
                 })
             })
             .collect::<Result<Vec<_>, ServerError>>()?;
-        Ok(Response::new(PlanResponse { stages }))
+        Ok(Response::new(PlanResponse {
+            stages,
+            expired_at_ms,
+        }))
     }
 
     async fn invalidate(

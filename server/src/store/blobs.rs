@@ -185,6 +185,11 @@ impl BlobStore {
         Ok(self.backend.put(path, vec![data], mode).await? == Written::Done)
     }
 
+    /// Deletes a blob's bytes (a garbage collection); absent is fine.
+    pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
+        Ok(self.backend.delete(&Self::location(d)).await?)
+    }
+
     /// Deletes a small object; absent is fine.
     pub async fn delete_object(&self, path: &str) -> Result<()> {
         Ok(self.backend.delete(path).await?)

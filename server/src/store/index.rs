@@ -8,7 +8,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteOptions, DB,
 };
-use stagecache_proto::records::{RefChangeRecord, RefRecord};
+use stagecache_proto::records::{RefChangeKind, RefChangeRecord, RefRecord};
 use stagecache_proto::{Digest, Namespace, RefName};
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,7 +21,8 @@ const CF_META: &str = "meta";
 pub(crate) const CF_LEDGER_HEAD: &str = "ledger_head";
 pub(crate) const CF_LEDGER_HISTORY: &str = "ledger_history";
 pub(crate) const CF_CLAIMS: &str = "claims";
-const ALL_CFS: [&str; 8] = [
+pub(crate) const CF_LEDGER_COLLECTED: &str = "ledger_collected";
+const ALL_CFS: [&str; 9] = [
     CF_BLOBS,
     CF_MANIFESTS,
     CF_REFS,
@@ -30,10 +31,55 @@ const ALL_CFS: [&str; 8] = [
     CF_LEDGER_HEAD,
     CF_LEDGER_HISTORY,
     CF_CLAIMS,
+    CF_LEDGER_COLLECTED,
 ];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const JOURNAL_MARK: &[u8] = b"journal_mark";
 const SCHEMA_VERSION: u32 = 1;
+
+/// A blob's index entry: its size, when it was last stored or asked for (retention keeps
+/// anything this recent, and a register that asked for it relies on that), and whether a
+/// garbage collection is deleting it (then it counts as missing: a manifest cannot name it
+/// and the next upload stores it again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub size: u64,
+    /// Ms since the Unix epoch; `None` in entries written before retention existed.
+    pub stamp_ms: Option<i64>,
+    pub deleting: bool,
+}
+
+impl BlobEntry {
+    fn encode(&self) -> [u8; 17] {
+        let mut v = [0u8; 17];
+        v[..8].copy_from_slice(&self.size.to_le_bytes());
+        v[8..16].copy_from_slice(&self.stamp_ms.unwrap_or(0).to_le_bytes());
+        v[16] = self.deleting as u8;
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<BlobEntry> {
+        let size = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        match v.len() {
+            8 => Some(BlobEntry {
+                size,
+                stamp_ms: None,
+                deleting: false,
+            }),
+            17 => Some(BlobEntry {
+                size,
+                stamp_ms: Some(i64::from_le_bytes(v[8..16].try_into().ok()?)),
+                deleting: v[16] != 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Present for readers: stored, of this size, not being deleted.
+    fn serves(&self, d: &Digest) -> bool {
+        !self.deleting && self.size == d.size()
+    }
+}
 
 /// What a ref must point at before a [`Index::set_ref`] may change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +125,11 @@ pub struct Index {
     /// Serialises ledger read-modify-write (transitions, claims) and owns the next
     /// ledger sequence number.
     pub(crate) ledger_writes: Mutex<u64>,
+}
+
+fn lock<'a>(m: &'a Mutex<()>, what: &str) -> Result<std::sync::MutexGuard<'a, ()>> {
+    m.lock()
+        .map_err(|_| ServerError::Internal(format!("{what} write lock poisoned")))
 }
 
 pub(crate) fn synced() -> WriteOptions {
@@ -187,34 +238,212 @@ impl Index {
         Ok((live, pending))
     }
 
-    /// Indexed size of each digest's blob, or `None` where it is absent.
-    pub fn blob_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
+    /// The index entry of each digest's blob (any size, deleting or not), or `None`.
+    pub fn blob_entries(&self, digests: &[Digest]) -> Result<Vec<Option<BlobEntry>>> {
         let cf = self.cf(CF_BLOBS)?;
         // RocksDB's batched MultiGet: one pass over the memtables and files for the whole
         // list, values pinned rather than copied.
         let keys = digests.iter().map(|d| d.hash().as_slice());
         let mut out = Vec::with_capacity(digests.len());
         for r in self.db.batched_multi_get_cf(cf, keys, false) {
-            out.push(r?.and_then(|v| <[u8; 8]>::try_from(&*v).ok().map(u64::from_le_bytes)));
+            out.push(r?.and_then(|v| BlobEntry::decode(&v)));
         }
         Ok(out)
     }
 
-    /// The digests whose blobs are absent (or indexed with another size).
+    /// Indexed size of each digest's blob, or `None` where it is absent (or being
+    /// deleted).
+    pub fn blob_sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
+        Ok(self
+            .blob_entries(digests)?
+            .into_iter()
+            .map(|e| e.filter(|e| !e.deleting).map(|e| e.size))
+            .collect())
+    }
+
+    /// The digests whose blobs are absent (or indexed with another size, or being
+    /// deleted).
     pub fn missing_blobs(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let sizes = self.blob_sizes(digests)?;
+        let entries = self.blob_entries(digests)?;
         Ok(digests
             .iter()
-            .zip(sizes)
-            .filter(|(d, s)| *s != Some(d.size()))
+            .zip(entries)
+            .filter(|(d, e)| !e.is_some_and(|e| e.serves(d)))
             .map(|(d, _)| *d)
             .collect())
     }
 
-    /// Marks blobs present, durably. Call only after their bytes are stored and verified.
-    /// Returns the bytes of those that were not indexed yet.
-    pub fn add_blobs(&self, digests: &[Digest]) -> Result<u64> {
-        self.change_blobs(digests, true)
+    /// [`Index::missing_blobs`], and what is present is protected from garbage collection:
+    /// an entry stamped before `refresh_before` is stamped `now_ms`. A collection deletes
+    /// only blobs stamped before its grace cutoff and checks the stamp under the same lock,
+    /// so a blob reported present here stays for at least the grace period minus
+    /// `now_ms - refresh_before`. Most entries are fresh and cost no write.
+    pub fn protect_blobs(
+        &self,
+        digests: &[Digest],
+        now_ms: i64,
+        refresh_before: i64,
+    ) -> Result<Vec<Digest>> {
+        let entries = self.blob_entries(digests)?;
+        let mut missing = Vec::new();
+        let mut stale = Vec::new();
+        for (d, e) in digests.iter().zip(entries) {
+            match e {
+                Some(e) if e.serves(d) => {
+                    if e.stamp_ms.is_none_or(|t| t < refresh_before) {
+                        stale.push(*d);
+                    }
+                }
+                _ => missing.push(*d),
+            }
+        }
+        if stale.is_empty() {
+            return Ok(missing);
+        }
+        let _one = self.lock_blobs()?;
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        for (d, e) in stale.iter().zip(self.blob_entries(&stale)?) {
+            match e {
+                Some(e) if e.serves(d) => batch.put_cf(
+                    cf,
+                    d.hash(),
+                    BlobEntry {
+                        stamp_ms: Some(now_ms),
+                        ..e
+                    }
+                    .encode(),
+                ),
+                _ => missing.push(*d),
+            }
+        }
+        // Not synced: a stamp lost in a crash only leaves a blob as old as it was.
+        self.db.write(batch)?;
+        Ok(missing)
+    }
+
+    fn lock_blobs(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        lock(&self.blob_writes, "blob")
+    }
+
+    /// Marks blobs deleting, durably, for a garbage collection: only those still stamped
+    /// before `cutoff_ms` (or already deleting) and not `busy` (being published again).
+    /// Returns the digests marked. Under the blob lock, so that a concurrent
+    /// [`Index::protect_blobs`] either stamped first (the blob stays) or finds it missing.
+    pub fn mark_deleting(
+        &self,
+        digests: &[Digest],
+        cutoff_ms: i64,
+        busy: &dyn Fn(&Digest) -> bool,
+    ) -> Result<Vec<Digest>> {
+        let _one = self.lock_blobs()?;
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        let mut marked = Vec::new();
+        for (d, e) in digests.iter().zip(self.blob_entries(digests)?) {
+            let Some(e) = e else { continue };
+            if busy(d) {
+                continue;
+            }
+            if e.deleting {
+                marked.push(*d);
+            } else if e.stamp_ms.is_some_and(|t| t < cutoff_ms) {
+                batch.put_cf(
+                    cf,
+                    d.hash(),
+                    BlobEntry {
+                        deleting: true,
+                        ..e
+                    }
+                    .encode(),
+                );
+                marked.push(*d);
+            }
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(marked)
+    }
+
+    /// Makes deleting blobs present again, stamped `now_ms` (a collection found them in
+    /// use after marking them).
+    pub fn unmark_deleting(&self, digests: &[Digest], now_ms: i64) -> Result<()> {
+        let _one = self.lock_blobs()?;
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        for (d, e) in digests.iter().zip(self.blob_entries(digests)?) {
+            if let Some(e) = e.filter(|e| e.deleting) {
+                let e = BlobEntry {
+                    deleting: false,
+                    stamp_ms: Some(now_ms),
+                    ..e
+                };
+                batch.put_cf(cf, d.hash(), e.encode());
+            }
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Drops the entries of blobs whose bytes a garbage collection deleted (those still
+    /// marked deleting). Returns the bytes dropped.
+    pub fn drop_deleted(&self, digests: &[Digest]) -> Result<u64> {
+        let _one = self.lock_blobs()?;
+        let cf = self.cf(CF_BLOBS)?;
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0u64;
+        for (d, e) in digests.iter().zip(self.blob_entries(digests)?) {
+            if e.is_some_and(|e| e.deleting) {
+                batch.delete_cf(cf, d.hash());
+                bytes += e.map_or(0, |e| e.size);
+            }
+        }
+        self.db.write_opt(batch, &synced())?;
+        Ok(bytes)
+    }
+
+    /// Every blob entry, in hash order (a garbage collection's sweep). Entries without a
+    /// stamp (written before retention existed) count as uploaded `now_ms`, so retention
+    /// starts their grace period rather than deleting them at once; with `write` the stamp
+    /// is stored.
+    pub fn all_blob_entries(&self, now_ms: i64, write: bool) -> Result<Vec<(Digest, BlobEntry)>> {
+        let mut out = Vec::new();
+        let mut unstamped = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let e = BlobEntry::decode(&v).ok_or_else(|| {
+                ServerError::DataLoss(format!("blob index value of {} bytes", v.len()))
+            })?;
+            let d = record_digest(&k, e.size)?;
+            if e.stamp_ms.is_none() {
+                unstamped.push(d);
+            }
+            out.push((d, e));
+        }
+        if !unstamped.is_empty() && write {
+            let _one = self.lock_blobs()?;
+            let cf = self.cf(CF_BLOBS)?;
+            let mut batch = WriteBatch::default();
+            for (d, e) in unstamped.iter().zip(self.blob_entries(&unstamped)?) {
+                if let Some(e) = e.filter(|e| e.stamp_ms.is_none()) {
+                    let e = BlobEntry {
+                        stamp_ms: Some(now_ms),
+                        ..e
+                    };
+                    batch.put_cf(cf, d.hash(), e.encode());
+                }
+            }
+            self.db.write_opt(batch, &synced())?;
+        }
+        for (_, e) in out.iter_mut().filter(|(_, e)| e.stamp_ms.is_none()) {
+            e.stamp_ms = Some(now_ms);
+        }
+        Ok(out)
+    }
+
+    /// Marks blobs present (stamped `now_ms`), durably. Call only after their bytes are
+    /// stored and verified. Returns the bytes of those that were not indexed yet.
+    pub fn add_blobs(&self, digests: &[Digest], now_ms: i64) -> Result<u64> {
+        self.change_blobs(digests, Some(now_ms))
     }
 
     /// The bytes of every indexed blob.
@@ -222,30 +451,33 @@ impl Index {
         let mut total = 0u64;
         for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
             let (_, v) = item?;
-            if let Ok(b) = <[u8; 8]>::try_from(&*v) {
-                total = total.saturating_add(u64::from_le_bytes(b));
+            if let Some(e) = BlobEntry::decode(&v) {
+                total = total.saturating_add(e.size);
             }
         }
         Ok(total)
     }
 
-    /// Every indexed blob, in hash order (for scrub).
+    /// Every indexed blob, in hash order (for scrub); not those being deleted.
     pub fn blob_digests(&self) -> Result<Vec<Digest>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
-            let (k, v) = item?;
-            let size = <[u8; 8]>::try_from(&*v)
-                .map(u64::from_le_bytes)
-                .map_err(|_| {
-                    ServerError::DataLoss(format!("blob index value of {} bytes, not 8", v.len()))
-                })?;
-            out.push(record_digest(&k, size)?);
-        }
-        Ok(out)
+        Ok(self
+            .all_blob_entries(0, false)?
+            .into_iter()
+            .filter(|(_, e)| !e.deleting)
+            .map(|(d, _)| d)
+            .collect())
     }
 
     /// Every ref of every namespace: (namespace, name, target manifest).
     pub fn all_refs(&self) -> Result<Vec<(String, String, Digest)>> {
+        self.all_ref_records()?
+            .into_iter()
+            .map(|(ns, name, r)| Ok((ns, name, record_digest(&r.target_hash, r.target_size)?)))
+            .collect()
+    }
+
+    /// Every ref of every namespace with its record: (namespace, name, record).
+    pub fn all_ref_records(&self) -> Result<Vec<(String, String, RefRecord)>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_REFS)?, IteratorMode::Start) {
             let (k, v) = item?;
@@ -257,7 +489,7 @@ impl Index {
             out.push((
                 String::from_utf8_lossy(&k[..split]).into_owned(),
                 String::from_utf8_lossy(&k[split + 1..]).into_owned(),
-                record_digest(&r.target_hash, r.target_size)?,
+                r,
             ));
         }
         Ok(out)
@@ -267,28 +499,35 @@ impl Index {
     /// (FindMissing reports them missing) publishes them again. Returns the bytes of those
     /// that were indexed.
     pub fn remove_blobs(&self, digests: &[Digest]) -> Result<u64> {
-        self.change_blobs(digests, false)
+        self.change_blobs(digests, None)
     }
 
-    /// Adds (`present`) or drops blobs in one synced batch, under one lock so that the
-    /// bytes each call changes are counted once; returns those bytes.
-    fn change_blobs(&self, digests: &[Digest], present: bool) -> Result<u64> {
-        let _one = self
-            .blob_writes
-            .lock()
-            .map_err(|_| ServerError::Internal("blob write lock poisoned".into()))?;
+    /// Adds (stamped `Some(now)`) or drops blobs in one synced batch, under one lock so
+    /// that the bytes each call changes are counted once; returns those bytes. An entry
+    /// being deleted counts as indexed: its bytes are still counted until it is dropped.
+    fn change_blobs(&self, digests: &[Digest], added_at: Option<i64>) -> Result<u64> {
+        let _one = self.lock_blobs()?;
+        let present = added_at.is_some();
         let cf = self.cf(CF_BLOBS)?;
         let mut batch = WriteBatch::default();
         let mut changed = 0u64;
         let mut seen = std::collections::HashSet::new();
-        for (d, indexed) in digests.iter().zip(self.blob_sizes(digests)?) {
+        for (d, indexed) in digests.iter().zip(self.blob_entries(digests)?) {
             if indexed.is_some() != present && seen.insert(*d) {
                 changed += d.size();
             }
-            if present {
-                batch.put_cf(cf, d.hash(), d.size().to_le_bytes());
-            } else {
-                batch.delete_cf(cf, d.hash());
+            match added_at {
+                Some(now) => batch.put_cf(
+                    cf,
+                    d.hash(),
+                    BlobEntry {
+                        size: d.size(),
+                        stamp_ms: Some(now),
+                        deleting: false,
+                    }
+                    .encode(),
+                ),
+                None => batch.delete_cf(cf, d.hash()),
             }
         }
         self.db.write_opt(batch, &synced())?;
@@ -306,6 +545,33 @@ impl Index {
     pub fn put_manifest(&self, digest: &Digest, canonical: &[u8]) -> Result<()> {
         self.db
             .put_cf_opt(self.cf(CF_MANIFESTS)?, digest.hash(), canonical, &synced())?;
+        Ok(())
+    }
+
+    /// Every stored manifest's digest, in hash order (a garbage collection's mark).
+    pub fn manifest_digests(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_MANIFESTS)?, rocksdb::ReadOptions::default());
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            out.push(record_digest(k, v.len() as u64)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Removes manifests from the index (a garbage collection; their blobs go
+    /// separately).
+    pub fn remove_manifests(&self, digests: &[Digest]) -> Result<()> {
+        let cf = self.cf(CF_MANIFESTS)?;
+        let mut batch = WriteBatch::default();
+        for d in digests {
+            batch.delete_cf(cf, d.hash());
+        }
+        self.db.write_opt(batch, &synced())?;
         Ok(())
     }
 
@@ -346,10 +612,7 @@ impl Index {
     pub fn set_ref(&self, ns: &Namespace, name: &RefName, w: &RefWrite) -> Result<RefUpdate> {
         let (target, expect, actor, reason, now_ms) =
             (&w.target, w.expect, w.actor, w.reason, w.now_ms);
-        let _guard = self
-            .ref_writes
-            .lock()
-            .map_err(|_| ServerError::Internal("ref write lock poisoned".into()))?;
+        let _guard = self.lock_refs()?;
         let current = self.get_ref(ns, name)?;
         let current_target = current
             .as_ref()
@@ -383,7 +646,7 @@ impl Index {
                 });
             }
         }
-        let version = current.as_ref().map_or(0, |r| r.version) + 1;
+        let version = self.next_ref_version(ns, name, current.as_ref())?;
         let record = RefRecord {
             target_hash: target.hash().to_vec(),
             target_size: target.size(),
@@ -391,6 +654,8 @@ impl Index {
             updated_at_ms: now_ms,
             actor: actor.to_string(),
             identity: w.identity.to_string(),
+            // A pin stays through moves.
+            ..current.clone().unwrap_or_default()
         };
         let change = RefChangeRecord {
             version,
@@ -405,45 +670,186 @@ impl Index {
             actor: actor.to_string(),
             reason: reason.to_string(),
             identity: w.identity.to_string(),
+            kind: RefChangeKind::Move as i32,
         };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
-        batch.put_cf(
-            self.cf(CF_REF_HISTORY)?,
-            history_key(ns, name, version),
-            change.encode_to_vec(),
-        );
-        self.db.write_opt(batch, &synced())?;
+        self.write_ref_change(ns, name, Some(&record), &change)?;
         Ok(RefUpdate {
             record,
             change: Some(change),
         })
     }
 
-    /// Replays a journaled ref move (a rebuild): the change joins the ref's history, and
-    /// the record becomes the ref unless a later version is there. Idempotent.
+    /// The version the next change of a ref takes: after its current one, or after the
+    /// last in its history when it expired (its history is kept, so versions never repeat).
+    fn next_ref_version(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        current: Option<&RefRecord>,
+    ) -> Result<u64> {
+        let last = match current {
+            Some(r) => r.version,
+            None => self
+                .ref_history(ns, name, 1)?
+                .first()
+                .map_or(0, |c| c.version),
+        };
+        Ok(last + 1)
+    }
+
+    fn lock_refs(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        lock(&self.ref_writes, "ref")
+    }
+
+    /// Pins (`pin`) or unpins a ref, recorded in its history as a change of its own kind.
+    /// `Ok(None)`: the ref does not exist. No change when it already is as asked.
+    pub fn pin_ref(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        pin: bool,
+        w: &RefWrite,
+    ) -> Result<Option<RefUpdate>> {
+        let _guard = self.lock_refs()?;
+        let Some(current) = self.get_ref(ns, name)? else {
+            return Ok(None);
+        };
+        if current.pinned == pin {
+            return Ok(Some(RefUpdate {
+                record: current,
+                change: None,
+            }));
+        }
+        let version = current.version + 1;
+        let record = RefRecord {
+            version,
+            updated_at_ms: w.now_ms,
+            actor: w.actor.to_string(),
+            identity: w.identity.to_string(),
+            pinned: pin,
+            pinned_at_ms: if pin { w.now_ms } else { 0 },
+            pinned_by: if pin {
+                w.identity.to_string()
+            } else {
+                String::new()
+            },
+            pin_reason: if pin {
+                w.reason.to_string()
+            } else {
+                String::new()
+            },
+            ..current.clone()
+        };
+        let change = RefChangeRecord {
+            version,
+            old_hash: current.target_hash.clone(),
+            old_size: current.target_size,
+            had_old: true,
+            new_hash: current.target_hash.clone(),
+            new_size: current.target_size,
+            changed_at_ms: w.now_ms,
+            actor: w.actor.to_string(),
+            reason: w.reason.to_string(),
+            identity: w.identity.to_string(),
+            kind: if pin {
+                RefChangeKind::Pin
+            } else {
+                RefChangeKind::Unpin
+            } as i32,
+        };
+        self.write_ref_change(ns, name, Some(&record), &change)?;
+        Ok(Some(RefUpdate {
+            record,
+            change: Some(change),
+        }))
+    }
+
+    /// Removes a ref for retention, if it is still at `version` and not pinned (a ref
+    /// moved or pinned since the collection decided stays). Its history keeps the change.
+    pub fn expire_ref(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        version: u64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Option<RefChangeRecord>> {
+        let _guard = self.lock_refs()?;
+        let Some(current) = self.get_ref(ns, name)? else {
+            return Ok(None);
+        };
+        if current.version != version || current.pinned {
+            return Ok(None);
+        }
+        let change = RefChangeRecord {
+            version: version + 1,
+            old_hash: current.target_hash.clone(),
+            old_size: current.target_size,
+            had_old: true,
+            new_hash: current.target_hash.clone(),
+            new_size: current.target_size,
+            changed_at_ms: now_ms,
+            actor: "retention".into(),
+            reason: reason.to_string(),
+            identity: "retention".into(),
+            kind: RefChangeKind::Expire as i32,
+        };
+        self.write_ref_change(ns, name, None, &change)?;
+        Ok(Some(change))
+    }
+
+    /// One synced write: the ref's new record (`None`: the ref is removed) and the
+    /// change in its history.
+    fn write_ref_change(
+        &self,
+        ns: &Namespace,
+        name: &RefName,
+        record: Option<&RefRecord>,
+        change: &RefChangeRecord,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        match record {
+            Some(r) => batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), r.encode_to_vec()),
+            None => batch.delete_cf(self.cf(CF_REFS)?, ref_key(ns, name)),
+        }
+        batch.put_cf(
+            self.cf(CF_REF_HISTORY)?,
+            history_key(ns, name, change.version),
+            change.encode_to_vec(),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Replays a journaled ref change (a rebuild): the change joins the ref's history,
+    /// and the record (`None`: an expiry, the ref is removed) becomes the ref unless a
+    /// later version is there. Idempotent.
     pub fn apply_ref(
         &self,
         ns: &Namespace,
         name: &RefName,
-        record: &RefRecord,
+        record: Option<&RefRecord>,
         change: &RefChangeRecord,
     ) -> Result<()> {
-        let _guard = self
-            .ref_writes
-            .lock()
-            .map_err(|_| ServerError::Internal("ref write lock poisoned".into()))?;
+        let _guard = self.lock_refs()?;
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(CF_REF_HISTORY)?,
             history_key(ns, name, change.version),
             change.encode_to_vec(),
         );
-        if self
-            .get_ref(ns, name)?
-            .is_none_or(|cur| cur.version <= record.version)
-        {
-            batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
+        let current = self.get_ref(ns, name)?;
+        match record {
+            Some(record) => {
+                if current.is_none_or(|cur| cur.version <= record.version) {
+                    batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
+                }
+            }
+            None => {
+                if current.is_some_and(|cur| cur.version < change.version) {
+                    batch.delete_cf(self.cf(CF_REFS)?, ref_key(ns, name));
+                }
+            }
         }
         self.db.write_opt(batch, &synced())?;
         Ok(())
@@ -462,10 +868,7 @@ impl Index {
     /// Raises the mark to `seq` (never lowers it). Not synced: a mark lost in a crash only
     /// makes the next start replay a little more (replay is idempotent).
     pub fn raise_journal_mark(&self, seq: u64) -> Result<()> {
-        let _guard = self
-            .mark_writes
-            .lock()
-            .map_err(|_| ServerError::Internal("journal mark lock poisoned".into()))?;
+        let _guard = lock(&self.mark_writes, "journal mark")?;
         if self.journal_mark()? < seq {
             self.db
                 .put_cf(self.meta_cf()?, JOURNAL_MARK, seq.to_le_bytes())?;
@@ -570,7 +973,7 @@ impl Index {
         for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
             let (_, v) = item?;
             out[0] += 1;
-            out[1] += v.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
+            out[1] += BlobEntry::decode(&v).map_or(0, |e| e.size);
         }
         for item in self
             .db
@@ -738,7 +1141,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"bb"));
-        index.add_blobs(&[a]).unwrap();
+        index.add_blobs(&[a], 1).unwrap();
         assert_eq!(index.missing_blobs(&[a, b]).unwrap(), vec![b]);
         // A digest with the right hash but a wrong size counts as missing.
         let wrong = Digest::new(*a.hash(), 99);

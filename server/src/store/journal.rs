@@ -51,7 +51,15 @@ pub struct RebuildReport {
     pub manifests: usize,
     pub ref_changes: usize,
     pub ledger_records: usize,
+    /// Manifests the journal names whose blob is gone (a collection removed it later).
+    pub manifests_gone: usize,
+    /// Collections replayed.
+    pub collections: usize,
     pub seconds: f64,
+}
+
+fn now_ms() -> i64 {
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
 }
 
 impl Journal {
@@ -138,7 +146,7 @@ pub async fn rebuild(
     for chunk in digests.chunks(10_000) {
         let chunk = chunk.to_vec();
         let i = index.clone();
-        blocking(move || i.add_blobs(&chunk).map(|_| ())).await?;
+        blocking(move || i.add_blobs(&chunk, now_ms()).map(|_| ())).await?;
     }
     let entries = blobs.list_objects(PREFIX).await?;
     progress(&format!("journal: {} entries", entries.len()));
@@ -163,7 +171,7 @@ pub async fn catch_up(index: Arc<Index>, blobs: &BlobStore) -> Result<RebuildRep
         for chunk in digests.chunks(10_000) {
             let chunk = chunk.to_vec();
             let i = index.clone();
-            blocking(move || i.add_blobs(&chunk).map(|_| ())).await?;
+            blocking(move || i.add_blobs(&chunk, now_ms()).map(|_| ())).await?;
         }
         replay(&index, blobs, &entries, &mut report, &|p: &str| {
             tracing::info!("catch-up: {p}")
@@ -191,7 +199,20 @@ async fn replay(
             None => return Err(bad("no change".into())),
             Some(Change::Manifest(m)) => {
                 let digest = record_digest(&m.hash, m.size)?;
-                let canonical = blobs.get_blob(&digest).await?;
+                let canonical = match blobs.get_blob(&digest).await {
+                    Ok(c) => c,
+                    Err(ServerError::Storage(super::backend::StorageError::NotFound {
+                        ..
+                    })) => {
+                        // Collected since (a later entry says so), or lost: either way
+                        // there is no manifest to restore.
+                        report.manifests_gone += 1;
+                        continue_after(index, path).await?;
+                        report.journal_entries += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if stagecache_proto::Digest::of_bytes(&canonical) != digest {
                     return Err(bad(format!(
                         "manifest {digest}: its blob does not hash to it"
@@ -205,30 +226,47 @@ async fn replay(
                 let ns =
                     Namespace::parse("namespace", &r.namespace).map_err(|e| bad(e.to_string()))?;
                 let name = RefName::parse("name", &r.name).map_err(|e| bad(e.to_string()))?;
-                let (record, change) = match (r.record, r.change) {
-                    (Some(a), Some(b)) => (a, b),
-                    _ => return Err(bad("ref move without record or change".into())),
-                };
+                let change = r
+                    .change
+                    .ok_or_else(|| bad("ref change without its history entry".into()))?;
+                let record = r.record;
+                let expiry = change.kind == stagecache_proto::records::RefChangeKind::Expire as i32;
+                if record.is_none() != expiry {
+                    return Err(bad(
+                        "a ref change has a record unless it is an expiry".into()
+                    ));
+                }
                 let i = index.clone();
-                blocking(move || i.apply_ref(&ns, &name, &record, &change)).await?;
+                blocking(move || i.apply_ref(&ns, &name, record.as_ref(), &change)).await?;
                 report.ref_changes += 1;
             }
             Some(Change::Ledger(l)) => {
                 let i = index.clone();
                 report.ledger_records += blocking(move || i.apply_ledger(&l.records)).await?;
             }
+            Some(Change::Collected(c)) => {
+                let i = index.clone();
+                blocking(move || super::gc::apply_collected(&i, &c)).await?;
+                report.collections += 1;
+            }
         }
         report.journal_entries += 1;
-        if let Some(seq) = seq_of(path) {
-            let i = index.clone();
-            blocking(move || i.raise_journal_mark(seq)).await?;
-        }
+        continue_after(index, path).await?;
         if (n + 1) % 10_000 == 0 {
             progress(&format!("journal: {} of {} replayed", n + 1, entries.len()));
         }
     }
     let i = index.clone();
     blocking(move || i.flush()).await?;
+    Ok(())
+}
+
+/// Raises the index's journal mark to the entry at `path`.
+async fn continue_after(index: &Arc<Index>, path: &str) -> Result<()> {
+    if let Some(seq) = seq_of(path) {
+        let i = index.clone();
+        blocking(move || i.raise_journal_mark(seq)).await?;
+    }
     Ok(())
 }
 

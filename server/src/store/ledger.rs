@@ -7,11 +7,15 @@
 //! result survives a crash and is visible to the very next read. The rules (transitions,
 //! claims, plans) live in `crate::ledger`; this file only stores.
 
-use super::index::{synced, Index, CF_CLAIMS, CF_LEDGER_HEAD, CF_LEDGER_HISTORY};
+use super::index::{
+    synced, Index, CF_CLAIMS, CF_LEDGER_COLLECTED, CF_LEDGER_HEAD, CF_LEDGER_HISTORY,
+};
 use crate::error::{Result, ServerError};
 use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
-use stagecache_proto::records::{ClaimRecord, JournalLedgerRecord, StageResultRecord};
+use stagecache_proto::records::{
+    ClaimRecord, CollectedSubjectRecord, JournalLedgerRecord, StageResultRecord,
+};
 use stagecache_proto::{Digest, Namespace};
 use std::collections::HashMap;
 
@@ -318,6 +322,108 @@ impl Index {
         out.sort_by_key(|r| std::cmp::Reverse(r.seq));
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// The head of every ledger line of every namespace: (namespace, record), for a
+    /// garbage collection's mark (records name their subject and outputs).
+    pub fn all_ledger_heads(&self) -> Result<Vec<(String, StageResultRecord)>> {
+        let mut out = Vec::new();
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_LEDGER_HEAD)?, rocksdb::ReadOptions::default());
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let ns = k.iter().position(|b| *b == 0).map_or(k, |p| &k[..p]);
+            out.push((String::from_utf8_lossy(ns).into_owned(), decode_result(v)?));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// How many records a subject's ledger lines hold in `ns`, and the newest one's time
+    /// (when it finished, or started).
+    pub fn subject_records(&self, ns: &Namespace, subject: &Digest) -> Result<(u64, i64)> {
+        let prefix = subject_prefix(ns, subject);
+        let (mut n, mut last) = (0u64, 0i64);
+        for item in self.db.iterator_cf(
+            self.cf(CF_LEDGER_HISTORY)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let r = decode_result(&v)?;
+            n += 1;
+            last = last.max(r.finished_at_ms.max(r.started_at_ms));
+        }
+        Ok((n, last))
+    }
+
+    /// Removes every ledger line (history, head, claim) of a subject in `ns` whose bytes a
+    /// garbage collection removed, leaving a [`CollectedSubjectRecord`] so status and
+    /// plan can say the results expired. Returns the record left. Idempotent.
+    pub fn collect_subject(
+        &self,
+        ns: &Namespace,
+        subject: &Digest,
+        at_ms: i64,
+    ) -> Result<CollectedSubjectRecord> {
+        let _one = self
+            .ledger_writes
+            .lock()
+            .map_err(|_| ServerError::Internal("ledger write lock poisoned".into()))?;
+        let prefix = subject_prefix(ns, subject);
+        let (records, last) = self.subject_records(ns, subject)?;
+        let mut batch = WriteBatch::default();
+        for cf in [CF_LEDGER_HISTORY, CF_LEDGER_HEAD, CF_CLAIMS] {
+            let cf = self.cf(cf)?;
+            for item in self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+            {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                batch.delete_cf(cf, k);
+            }
+        }
+        let earlier = self.collected_subject(ns, subject)?;
+        let record = match earlier {
+            // Collected again with nothing recorded since: the first collection stands.
+            Some(e) if records == 0 => e,
+            _ => CollectedSubjectRecord {
+                collected_at_ms: at_ms,
+                records,
+                last_record_at_ms: last,
+            },
+        };
+        batch.put_cf(
+            self.cf(CF_LEDGER_COLLECTED)?,
+            &prefix,
+            record.encode_to_vec(),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(record)
+    }
+
+    /// What a garbage collection left of a subject's ledger in `ns`, if it collected it.
+    pub fn collected_subject(
+        &self,
+        ns: &Namespace,
+        subject: &Digest,
+    ) -> Result<Option<CollectedSubjectRecord>> {
+        match self
+            .db
+            .get_cf(self.cf(CF_LEDGER_COLLECTED)?, subject_prefix(ns, subject))?
+        {
+            Some(v) => Ok(Some(CollectedSubjectRecord::decode(v.as_slice()).map_err(
+                |e| ServerError::DataLoss(format!("stored collection record is corrupt: {e}")),
+            )?)),
+            None => Ok(None),
+        }
     }
 
     pub fn claim(&self, key: &StageKey) -> Result<Option<ClaimRecord>> {

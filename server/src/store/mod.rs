@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod blobs;
+pub mod gc;
 pub mod index;
 pub mod journal;
 pub mod lease;
@@ -34,6 +35,14 @@ pub struct Store {
     journal: Arc<std::sync::OnceLock<journal::Journal>>,
     /// Limits on the bytes stored; set by [`Store::limit_space`] (a server always does).
     space: Arc<std::sync::OnceLock<Arc<space::Space>>>,
+    /// Time for blob stamps, ref expiry and collections (a server's injectable clock).
+    clock: Arc<dyn crate::clock::Clock>,
+    /// What retention keeps; [`gc::Retention::default`] until [`Store::set_retention`].
+    retention: Arc<std::sync::OnceLock<gc::Retention>>,
+    /// Blobs being published and blobs a collection is deleting: one waits for the other.
+    busy: Arc<gc::Busy>,
+    /// One collection at a time; woken early when an upload is refused for room.
+    pub(crate) gc: Arc<gc::GcState>,
 }
 
 impl Store {
@@ -63,7 +72,52 @@ impl Store {
             damaged_blobs: Arc::new(AtomicU64::new(0)),
             journal: Arc::new(std::sync::OnceLock::new()),
             space: Arc::new(std::sync::OnceLock::new()),
+            clock: Arc::new(crate::clock::SystemClock),
+            retention: Arc::new(std::sync::OnceLock::new()),
+            busy: Arc::new(gc::Busy::default()),
+            gc: Arc::new(gc::GcState::default()),
         })
+    }
+
+    /// Uses `clock` for stamps, expiry and collections (before the store is shared).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Sets what retention keeps (once; a server does at start).
+    pub fn set_retention(&self, r: gc::Retention) {
+        let _ = self.retention.set(r);
+    }
+
+    pub fn retention(&self) -> &gc::Retention {
+        static DEFAULT: std::sync::OnceLock<gc::Retention> = std::sync::OnceLock::new();
+        self.retention
+            .get()
+            .unwrap_or_else(|| DEFAULT.get_or_init(gc::Retention::default))
+    }
+
+    /// [`index::Index::protect_blobs`] with this store's clock and grace: the digests not
+    /// stored; those stored stay through a collection that starts within half the grace
+    /// period.
+    pub async fn protect_blobs(&self, digests: Vec<Digest>) -> Result<Vec<Digest>> {
+        let now = self.now_ms();
+        let refresh_before = now - self.retention().grace_ms / 2;
+        self.with_index(move |i| i.protect_blobs(&digests, now, refresh_before))
+            .await
+    }
+
+    /// Whether `d` is a stored manifest whose blob is not being collected; protects it
+    /// from a collection as [`Store::protect_blobs`] does.
+    pub async fn protect_manifest(&self, d: Digest) -> Result<bool> {
+        if !self.with_index(move |i| i.has_manifest(&d)).await? {
+            return Ok(false);
+        }
+        Ok(self.protect_blobs(vec![d]).await?.is_empty())
     }
 
     /// Starts journaling every change (after a rebuild, if the index was empty and the
@@ -138,10 +192,15 @@ impl Store {
 
     /// Room for an upload of `bytes` (held until dropped), or `RESOURCE_EXHAUSTED`.
     fn reserve(&self, bytes: u64, what: &str) -> Result<space::Reservation> {
-        match self.space.get() {
+        let r = match self.space.get() {
             Some(s) => s.reserve(bytes, what),
             None => Ok(space::Reservation::none()),
+        };
+        if r.is_err() {
+            // Full: a collection may make room for the retry.
+            self.gc.wake();
         }
+        r
     }
 
     fn indexed(&self, added: u64) {
@@ -324,6 +383,9 @@ impl Store {
         .await
         .map_err(|e| ServerError::Internal(format!("verifying task failed: {e}")))?;
         let refused = verified.iter().filter(|v| v.is_some()).count() as u64;
+        // Published blobs wait for a collection deleting the same digest, and are not
+        // deleted under it until indexed.
+        let _publishing = self.busy.publishing(missing.iter().copied()).await;
         let outcomes: Vec<Result<()>> = stream::iter(blobs.iter().cloned().zip(verified))
             .map(|((d, data), mismatch)| {
                 let store = self.clone();
@@ -356,7 +418,10 @@ impl Store {
                 .inc_by(published.iter().map(|d| d.size()).sum());
         }
         if !published.is_empty() {
-            let added = self.with_index(move |i| i.add_blobs(&published)).await?;
+            let now = self.now_ms();
+            let added = self
+                .with_index(move |i| i.add_blobs(&published, now))
+                .await?;
             self.indexed(added);
         }
         Ok(outcomes)
@@ -369,13 +434,11 @@ impl Store {
         let bytes = Bytes::from(canonical);
         // The canonical bytes are a blob too, so a replacement server can rebuild the
         // manifest index from the object store.
-        let (missing, known) = self
-            .with_index(move |i| {
-                let digests: Vec<Digest> = manifest.entries().iter().map(|e| e.digest).collect();
-                let missing = i.missing_blobs(&digests)?;
-                Ok((missing, i.has_manifest(&digest)?))
-            })
-            .await?;
+        // Protected: a collection running now keeps what this manifest names, or it is
+        // reported missing here and the client uploads it again.
+        let digests: Vec<Digest> = manifest.entries().iter().map(|e| e.digest).collect();
+        let missing = self.protect_blobs(digests).await?;
+        let known = self.protect_manifest(digest).await?;
         if !missing.is_empty() {
             let shown: Vec<String> = missing.iter().take(20).map(|d| d.to_string()).collect();
             return Err(ServerError::FailedPrecondition(format!(
@@ -493,6 +556,7 @@ impl BlobWriter {
                 )))
             }
             Ok(_) => {
+                let _publishing = self.store.busy.publishing([expected]).await;
                 match self.sink {
                     Sink::Chunks(chunks) => {
                         self.store.blobs.put_verified(&expected, chunks).await?
@@ -503,9 +567,10 @@ impl BlobWriter {
                     m.blobs_uploaded.inc();
                     m.blob_bytes_uploaded.inc_by(expected.size());
                 }
+                let now = self.store.now_ms();
                 let added = self
                     .store
-                    .with_index(move |i| i.add_blobs(&[expected]))
+                    .with_index(move |i| i.add_blobs(&[expected], now))
                     .await?;
                 self.store.indexed(added);
                 Ok(())

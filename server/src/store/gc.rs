@@ -1,0 +1,602 @@
+//! Retention: refs expire unless pinned, and a collection (mark and sweep) removes what
+//! nothing live reaches.
+//!
+//! **Live** is: the manifests of the refs that remain after expiry; every blob and manifest
+//! stamped within the grace period (uploaded, or reported present to a `FindMissing`, a
+//! manifest put or a record, since the cutoff); everything a live manifest names; and the
+//! outputs of the ledger lines of live subjects (a signing result's signed set), to a
+//! fixed point. Everything else is collected: its ledger lines in every namespace go with
+//! it, leaving a record of when, so status and plan say the results expired instead of
+//! answering SKIP for bytes that are gone.
+//!
+//! **Sweep, safe against everything running at once.** Candidates are marked *deleting* in
+//! the index first, under the blob lock and only if their stamp is still older than the
+//! cutoff ([`Index::mark_deleting`]); a deleting blob counts as missing, so a manifest put,
+//! ref move or record racing the collection either stamped it first (it stays) or finds
+//! it missing (the client uploads it again). What a candidate that stayed reaches is
+//! restored. Then the collection is journaled (manifests and ledger subjects), applied to
+//! the index, and only then are the bytes deleted and the entries dropped. An upload of a
+//! digest being deleted waits for that deletion ([`Busy`]); a deletion skips a digest
+//! being published. A crash anywhere leaves deleting entries that the next collection
+//! finishes (it is idempotent), and a journaled collection that was not applied is
+//! replayed at start.
+//!
+//! [`Index::mark_deleting`]: super::index::Index::mark_deleting
+
+use super::index::record_digest;
+use super::Store;
+use crate::error::{Result, ServerError};
+use stagecache_proto::records::{
+    journal_entry::Change, JournalCollected, JournalCollectedSubject, JournalManifest,
+    JournalRefSet,
+};
+use stagecache_proto::{Digest, Manifest, Namespace, RefName};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+/// What retention keeps.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Anything stamped this recently stays, whatever reaches it (ms).
+    pub grace_ms: i64,
+    /// Ref expiry per namespace pattern (first match wins; `None`: never), in ms since
+    /// the ref's last change.
+    pub ref_expiry: Vec<(String, Option<i64>)>,
+}
+
+/// The grace period by default: a day.
+pub const DEFAULT_GRACE_MS: i64 = 24 * 3600 * 1000;
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            grace_ms: DEFAULT_GRACE_MS,
+            ref_expiry: Vec::new(),
+        }
+    }
+}
+
+impl Retention {
+    /// How long refs of `ns` live after their last change; `None`: forever.
+    pub fn expiry_ms(&self, ns: &str) -> Option<i64> {
+        self.ref_expiry
+            .iter()
+            .find(|(pattern, _)| crate::auth::pattern::matches(pattern, ns))
+            .and_then(|(_, e)| *e)
+    }
+
+    /// When a ref last changed at `updated_at_ms` expires, unless pinned (0: never).
+    pub fn expires_at_ms(&self, ns: &str, pinned: bool, updated_at_ms: i64) -> i64 {
+        match self.expiry_ms(ns) {
+            Some(e) if !pinned => updated_at_ms.saturating_add(e),
+            _ => 0,
+        }
+    }
+
+    /// Parses `PATTERN=DURATION` (`prod=90d`, `test*=7d`, `*=never`).
+    pub fn parse_expiry(text: &str) -> std::result::Result<(String, Option<i64>), String> {
+        let (pattern, duration) = text.split_once('=').ok_or_else(|| {
+            format!("ref expiry {text:?}: expected NAMESPACE-PATTERN=DURATION, e.g. test*=7d")
+        })?;
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err(format!(
+                "ref expiry {text:?}: the namespace pattern is empty"
+            ));
+        }
+        let duration = duration.trim();
+        let ms = if duration == "never" {
+            None
+        } else {
+            let d = crate::config::parse_duration(duration)
+                .map_err(|e| format!("ref expiry {text:?}: {e}"))?;
+            if d <= 0 {
+                return Err(format!(
+                    "ref expiry {text:?}: must be longer than 0 (or `never`)"
+                ));
+            }
+            Some(d.saturating_mul(1000))
+        };
+        Ok((pattern.to_string(), ms))
+    }
+}
+
+/// Blobs being published, and blobs a collection is deleting.
+#[derive(Default)]
+pub struct Busy {
+    state: Mutex<BusyState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct BusyState {
+    publishing: HashMap<Digest, usize>,
+    deleting: HashSet<Digest>,
+}
+
+/// Held while blobs are published and indexed; see [`Busy::publishing`].
+pub struct Publishing<'a> {
+    busy: &'a Busy,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        let mut s = self.busy.state.lock().unwrap_or_else(|e| e.into_inner());
+        for d in &self.digests {
+            if let Some(n) = s.publishing.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    s.publishing.remove(d);
+                }
+            }
+        }
+    }
+}
+
+impl Busy {
+    /// Waits until no collection is deleting any of `digests`, then holds them as being
+    /// published (a collection leaves them alone) until the guard drops.
+    pub async fn publishing(&self, digests: impl IntoIterator<Item = Digest>) -> Publishing<'_> {
+        let digests: Vec<Digest> = digests.into_iter().collect();
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !digests.iter().any(|d| s.deleting.contains(d)) {
+                    for d in &digests {
+                        *s.publishing.entry(*d).or_default() += 1;
+                    }
+                    return Publishing {
+                        busy: self,
+                        digests,
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Claims `d` for deletion unless it is being published.
+    fn start_deleting(&self, d: &Digest) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.publishing.contains_key(d) {
+            return false;
+        }
+        s.deleting.insert(*d);
+        true
+    }
+
+    fn done_deleting(&self, digests: &[Digest]) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            for d in digests {
+                s.deleting.remove(d);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// One collection at a time, and the wake-up of the scheduled one.
+#[derive(Default)]
+pub struct GcState {
+    running: tokio::sync::Mutex<()>,
+    wake: tokio::sync::Notify,
+    last: Mutex<Option<GcReport>>,
+}
+
+impl GcState {
+    /// Asks the scheduled collection to run now (an upload was refused for room).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// The last collection's report.
+    pub fn last(&self) -> Option<GcReport> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// Count, bytes, and oldest and newest time of one kind of thing collected.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Tally {
+    pub count: u64,
+    pub bytes: u64,
+    pub oldest_ms: i64,
+    pub newest_ms: i64,
+}
+
+impl Tally {
+    fn add(&mut self, bytes: u64, at_ms: i64) {
+        if self.count == 0 || at_ms < self.oldest_ms {
+            self.oldest_ms = at_ms;
+        }
+        if self.count == 0 || at_ms > self.newest_ms {
+            self.newest_ms = at_ms;
+        }
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// What a namespace loses in a collection.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NamespaceTally {
+    pub refs: Tally,
+    pub subjects: Tally,
+    pub ledger_records: u64,
+}
+
+/// What a collection removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub started_at_ms: i64,
+    pub grace_cutoff_ms: i64,
+    pub blobs: Tally,
+    pub manifests: Tally,
+    pub namespaces: BTreeMap<String, NamespaceTally>,
+    pub live_blobs: u64,
+    pub live_bytes: u64,
+    /// Candidates left alone because they were used while the collection ran.
+    pub kept_in_use: u64,
+    pub mark_seconds: f64,
+    pub sweep_seconds: f64,
+}
+
+/// Runs one collection (or, `dry_run`, reports what it would remove). ABORTED when one
+/// is running already.
+pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
+    let _one = store.gc.running.try_lock().map_err(|_| {
+        ServerError::Aborted(
+            "a garbage collection is running already; try again when it ends".into(),
+        )
+    })?;
+    if !dry_run {
+        store.check_writable()?;
+    }
+    let started = std::time::Instant::now();
+    let now = store.now_ms();
+    let retention = store.retention().clone();
+    let cutoff = now - retention.grace_ms;
+    let mut report = GcReport {
+        dry_run,
+        started_at_ms: now,
+        grace_cutoff_ms: cutoff,
+        ..Default::default()
+    };
+
+    // 1. Refs past their namespace's expiry go first: what they named is then unreachable.
+    let refs = store.with_index(|i| i.all_ref_records()).await?;
+    let mut roots = Vec::new();
+    for (ns, name, r) in refs {
+        let expires = retention.expires_at_ms(&ns, r.pinned, r.updated_at_ms);
+        let target = record_digest(&r.target_hash, r.target_size)?;
+        if expires == 0 || expires > now {
+            roots.push(target);
+            continue;
+        }
+        let tally = &mut report.namespaces.entry(ns.clone()).or_default().refs;
+        if dry_run {
+            tally.add(0, r.updated_at_ms);
+            continue;
+        }
+        let n = Namespace::parse("namespace", &ns)?;
+        let rn = RefName::parse("name", &name)?;
+        let days = retention.expiry_ms(&ns).unwrap_or(0) / 86_400_000;
+        let reason = format!("expired: not changed for {days} day(s) and not pinned");
+        let (n2, rn2, version) = (n.clone(), rn.clone(), r.version);
+        let expired = store
+            .with_index(move |i| i.expire_ref(&n2, &rn2, version, &reason, now))
+            .await?;
+        match expired {
+            Some(change) => {
+                tally.add(0, r.updated_at_ms);
+                store
+                    .journal(Change::RefSet(JournalRefSet {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        record: None,
+                        change: Some(change),
+                    }))
+                    .await?;
+                tracing::info!(namespace = %ns, r#ref = %name, "ref expired");
+                pause().await;
+            }
+            // Moved or pinned since it was read: it stays, and so does what it names now.
+            None => {
+                if let Some(cur) = store.with_index(move |i| i.get_ref(&n, &rn)).await? {
+                    roots.push(record_digest(&cur.target_hash, cur.target_size)?);
+                }
+            }
+        }
+    }
+
+    if !dry_run {
+        tracing::info!(
+            refs_expired = report
+                .namespaces
+                .values()
+                .map(|n| n.refs.count)
+                .sum::<u64>(),
+            "collection: marking"
+        );
+        pause().await;
+    }
+
+    // 2. Mark.
+    let entries = store
+        .with_index(move |i| i.all_blob_entries(now, !dry_run))
+        .await?;
+    let manifests: HashSet<Digest> = store
+        .with_index(|i| i.manifest_digests())
+        .await?
+        .into_iter()
+        .collect();
+    let heads = store.with_index(|i| i.all_ledger_heads()).await?;
+    // Subject -> the outputs its lines name, and the (namespace, subject) lines.
+    let mut outputs: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    let mut lines: HashMap<Digest, HashSet<String>> = HashMap::new();
+    for (ns, h) in &heads {
+        let subject = record_digest(&h.subject_hash, h.subject_size)?;
+        lines.entry(subject).or_default().insert(ns.clone());
+        if !h.outputs_hash.is_empty() {
+            outputs
+                .entry(subject)
+                .or_default()
+                .push(record_digest(&h.outputs_hash, h.outputs_size)?);
+        }
+    }
+    let fresh = entries
+        .iter()
+        .filter(|(_, e)| !e.deleting && e.stamp_ms.is_some_and(|t| t >= cutoff))
+        .map(|(d, _)| *d);
+    let mut live = HashSet::new();
+    let seeds: Vec<Digest> = roots.into_iter().chain(fresh).collect();
+    reach(store, seeds, &mut live, &manifests, &outputs).await?;
+    let candidates: Vec<(Digest, i64)> = entries
+        .iter()
+        .filter(|(d, _)| !live.contains(d))
+        .map(|(d, e)| (*d, e.stamp_ms.unwrap_or(now)))
+        .collect();
+    report.mark_seconds = started.elapsed().as_secs_f64();
+    let sweep_started = std::time::Instant::now();
+
+    // 3. Sweep: mark deleting, restore what a candidate in use reaches.
+    let stamp_of: HashMap<Digest, i64> = candidates.iter().copied().collect();
+    let mut marked: HashSet<Digest> = HashSet::new();
+    if dry_run {
+        marked = candidates.iter().map(|(d, _)| *d).collect();
+    } else {
+        for chunk in candidates.chunks(10_000) {
+            let chunk: Vec<Digest> = chunk.iter().map(|(d, _)| *d).collect();
+            let busy = store.busy.clone();
+            let got = store
+                .with_index(move |i| i.mark_deleting(&chunk, cutoff, &|d| !busy.start_deleting(d)))
+                .await?;
+            marked.extend(got);
+        }
+        // `start_deleting` claimed some that `mark_deleting` then left (stamped since):
+        // release those.
+        let unclaimed: Vec<Digest> = candidates
+            .iter()
+            .map(|(d, _)| *d)
+            .filter(|d| !marked.contains(d))
+            .collect();
+        store.busy.done_deleting(&unclaimed);
+        let in_use: Vec<Digest> = unclaimed;
+        report.kept_in_use = in_use.len() as u64;
+        if !in_use.is_empty() {
+            let mut keep = HashSet::new();
+            reach(store, in_use, &mut keep, &manifests, &outputs).await?;
+            let restore: Vec<Digest> = marked
+                .iter()
+                .filter(|d| keep.contains(d))
+                .copied()
+                .collect();
+            if !restore.is_empty() {
+                let r = restore.clone();
+                store
+                    .with_index(move |i| i.unmark_deleting(&r, now))
+                    .await?;
+                for d in &restore {
+                    marked.remove(d);
+                }
+                store.busy.done_deleting(&restore);
+                report.kept_in_use += restore.len() as u64;
+            }
+        }
+    }
+
+    if !dry_run {
+        tracing::info!(
+            marked = marked.len(),
+            kept_in_use = report.kept_in_use,
+            "collection: blobs marked deleting"
+        );
+        pause().await;
+    }
+
+    // 4. The collection, journaled before the index forgets anything.
+    let mut collected_manifests = Vec::new();
+    let mut collected_subjects = Vec::new();
+    for d in &marked {
+        let at = stamp_of.get(d).copied().unwrap_or(now);
+        if manifests.contains(d) {
+            report.manifests.add(d.size(), at);
+            collected_manifests.push(*d);
+        } else {
+            report.blobs.add(d.size(), at);
+        }
+        for ns in lines.get(d).into_iter().flatten() {
+            let n = Namespace::parse("namespace", ns)?;
+            let d2 = *d;
+            let (records, last) = store
+                .with_index(move |i| i.subject_records(&n, &d2))
+                .await?;
+            let t = report.namespaces.entry(ns.clone()).or_default();
+            t.subjects.add(0, last);
+            t.ledger_records += records;
+            collected_subjects.push(JournalCollectedSubject {
+                namespace: ns.clone(),
+                subject_hash: d.hash().to_vec(),
+                subject_size: d.size(),
+                records,
+                last_record_at_ms: last,
+            });
+        }
+    }
+    let (live_blobs, live_bytes) = entries
+        .iter()
+        .filter(|(d, _)| !marked.contains(d))
+        .fold((0u64, 0u64), |(n, b), (d, _)| (n + 1, b + d.size()));
+    report.live_blobs = live_blobs;
+    report.live_bytes = live_bytes;
+    if dry_run {
+        report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let collected = JournalCollected {
+        collected_at_ms: now,
+        manifests: collected_manifests
+            .iter()
+            .map(|d| JournalManifest {
+                hash: d.hash().to_vec(),
+                size: d.size(),
+            })
+            .collect(),
+        subjects: collected_subjects,
+    };
+    if !collected.manifests.is_empty() || !collected.subjects.is_empty() {
+        store.journal(Change::Collected(collected.clone())).await?;
+        tracing::info!(
+            manifests = collected.manifests.len(),
+            subjects = collected.subjects.len(),
+            "garbage collection journaled"
+        );
+        pause().await;
+        let index = store.index.clone();
+        tokio::task::spawn_blocking(move || apply_collected(&index, &collected)).await??;
+    }
+
+    // 5. The bytes, then the entries, a chunk at a time (an upload of one of them waits
+    // for its chunk only).
+    tracing::info!(blobs = marked.len(), "collection: deleting bytes");
+    let marked: Vec<Digest> = marked.into_iter().collect();
+    for chunk in marked.chunks(1_000) {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(chunk.iter().copied())
+            .map(|d| async move { store.blobs.delete_blob(&d).await })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        tracing::info!(blobs = chunk.len(), "collection: bytes deleted");
+        pause().await;
+        let c = chunk.to_vec();
+        let dropped = store.with_index(move |i| i.drop_deleted(&c)).await?;
+        if let Some(s) = store.space.get() {
+            s.removed(dropped);
+        }
+        store.busy.done_deleting(chunk);
+    }
+    report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
+    if let Some(m) = crate::metrics::metrics() {
+        m.gc_runs.inc();
+        m.gc_blobs
+            .inc_by(report.blobs.count + report.manifests.count);
+        m.gc_bytes
+            .inc_by(report.blobs.bytes + report.manifests.bytes);
+    }
+    tracing::info!(
+        blobs = report.blobs.count + report.manifests.count,
+        bytes = report.blobs.bytes + report.manifests.bytes,
+        manifests = report.manifests.count,
+        refs_expired = report
+            .namespaces
+            .values()
+            .map(|n| n.refs.count)
+            .sum::<u64>(),
+        subjects = report
+            .namespaces
+            .values()
+            .map(|n| n.subjects.count)
+            .sum::<u64>(),
+        ledger_records = report
+            .namespaces
+            .values()
+            .map(|n| n.ledger_records)
+            .sum::<u64>(),
+        live_blobs = report.live_blobs,
+        live_bytes = report.live_bytes,
+        kept_in_use = report.kept_in_use,
+        mark_s = report.mark_seconds,
+        sweep_s = report.sweep_seconds,
+        "garbage collection done"
+    );
+    if let Ok(mut l) = store.gc.last.lock() {
+        *l = Some(report.clone());
+    }
+    Ok(report)
+}
+
+/// Waits `STAGECACHE_TEST_GC_PAUSE_MS` after each step a collection logs, when set: lets
+/// tests kill a server at a known point inside a collection.
+async fn pause() {
+    static PAUSE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let ms = PAUSE.get_or_init(|| {
+        std::env::var("STAGECACHE_TEST_GC_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(ms) = ms {
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    }
+}
+
+/// Applies a journaled collection to the index (a collection, or a replay). Idempotent.
+pub fn apply_collected(index: &super::index::Index, c: &JournalCollected) -> Result<()> {
+    let manifests = c
+        .manifests
+        .iter()
+        .map(|m| record_digest(&m.hash, m.size))
+        .collect::<Result<Vec<_>>>()?;
+    index.remove_manifests(&manifests)?;
+    for s in &c.subjects {
+        let ns = Namespace::parse("namespace", &s.namespace)?;
+        let subject = record_digest(&s.subject_hash, s.subject_size)?;
+        index.collect_subject(&ns, &subject, c.collected_at_ms)?;
+    }
+    Ok(())
+}
+
+/// Adds to `live` everything reachable from `seeds`: a manifest's entries, the outputs of
+/// a subject's ledger lines, to a fixed point.
+async fn reach(
+    store: &Store,
+    seeds: Vec<Digest>,
+    live: &mut HashSet<Digest>,
+    manifests: &HashSet<Digest>,
+    outputs: &HashMap<Digest, Vec<Digest>>,
+) -> Result<()> {
+    let mut todo = seeds;
+    while let Some(d) = todo.pop() {
+        if !live.insert(d) {
+            continue;
+        }
+        if let Some(outs) = outputs.get(&d) {
+            todo.extend(outs.iter().copied());
+        }
+        if manifests.contains(&d) {
+            let m: Option<Manifest> = store.get_manifest(d).await?;
+            if let Some(m) = m {
+                todo.extend(m.entries().iter().map(|e| e.digest));
+            }
+        }
+    }
+    Ok(())
+}
