@@ -10,10 +10,13 @@
 //! 3. fetch cold (empty output dir) and warm (every file present and correct);
 //! 4. FindMissing of 100,000 digests;
 //! 5. ledger Status and Plan with 1, 16 and 64 callers on 1,000,000 attempts;
-//! 6. peak RSS of server and CLI moving one 4 GiB file.
+//! 6. peak RSS of server and CLI moving one 4 GiB file;
+//! 7. a garbage collection over 1,000,000 blobs in 100 builds, and fetch and Status
+//!    latency during it against the same calls idle.
 //!
 //! Transfer figures are medians of `--runs` runs after one warm-up run.
 
+mod gc;
 mod ledger;
 mod process;
 mod report;
@@ -45,6 +48,8 @@ enum Phase {
     Ledger,
     /// Peak RSS moving one big file.
     Memory,
+    /// A garbage collection over --gc-blobs blobs, and calls' latency during it.
+    Gc,
 }
 
 #[derive(Parser, Debug)]
@@ -71,6 +76,12 @@ struct Args {
     /// Measuring window per ledger figure, seconds (plus a fifth of it as warm-up).
     #[arg(long, default_value_t = 3.0)]
     ledger_seconds: f64,
+    /// Blobs the garbage-collection phase stores (half of them collected).
+    #[arg(long, default_value_t = 1_000_000)]
+    gc_blobs: usize,
+    /// Builds (manifests with a ref) those blobs are in.
+    #[arg(long, default_value_t = 100)]
+    gc_builds: usize,
     /// Seed of the tree's contents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -743,10 +754,16 @@ async fn run(args: Args) -> Result<()> {
     // The transfer phase holds up to four copies of the tree at once (tree, server blobs,
     // fetched copy, and the second `cp -r` baseline); the memory phase three of the big
     // file (source, server blob, fetched copy). With --keep the phases' files add up.
-    let needed = if bench.args.keep {
-        transfer * 4 + big * 3
+    // The gc phase's blobs are small files: a 4 KiB block each, and their index.
+    let gc = if bench.wants(Phase::Gc) {
+        a.gc_blobs as u64 * 5 * 1024
     } else {
-        (transfer * 4).max(big * 3)
+        0
+    };
+    let needed = if bench.args.keep {
+        transfer * 4 + big * 3 + gc
+    } else {
+        (transfer * 4).max(big * 3).max(gc)
     } + 256 * 1024 * 1024;
     let free = free_bytes(&bench.work)?;
     if free < needed {
@@ -768,6 +785,23 @@ async fn run(args: Args) -> Result<()> {
     }
     if bench.wants(Phase::Memory) && big > 0 {
         results.memory = Some(bench.memory().await?);
+    }
+    if bench.wants(Phase::Gc) && bench.args.gc_blobs > 0 {
+        eprintln!(
+            "gc: writing {} blobs in {} builds ...",
+            bench.args.gc_blobs, bench.args.gc_builds
+        );
+        results.gc = Some(
+            gc::run(
+                &bench.bins,
+                &bench.work,
+                bench.args.gc_blobs,
+                bench.args.gc_builds,
+                Duration::from_secs_f64(bench.args.ledger_seconds),
+            )
+            .await?,
+        );
+        bench.clean_up(&bench.work.join("data-gc"))?;
     }
     // Deleting the cleared directories frees thousands of inodes: done last, so that no
     // measurement of this run allocates files among them (see `Bench::discard`).

@@ -215,6 +215,7 @@ pub struct Results {
     pub transfer: Option<Transfer>,
     pub ledger: Option<Ledger>,
     pub memory: Option<Memory>,
+    pub gc: Option<crate::gc::Gc>,
     /// Each target with the measured value and whether it is met.
     pub targets: Vec<Target>,
 }
@@ -246,6 +247,7 @@ impl Results {
             transfer: None,
             ledger: None,
             memory: None,
+            gc: None,
             targets: Vec::new(),
         }
     }
@@ -413,6 +415,48 @@ impl Results {
                 });
             }
         }
+        if let Some(g) = &self.gc {
+            let reported = |figure: String, time: String, ratio: String| Row {
+                figure,
+                time,
+                rate: String::new(),
+                ratio,
+                target: "reported".into(),
+                met: None,
+                cpu: String::new(),
+            };
+            rows.push(reported(
+                format!(
+                    "gc mark, {} blobs in {} builds",
+                    thousands(g.blobs as f64),
+                    g.builds
+                ),
+                format!("{:.2} s", g.mark_s),
+                String::new(),
+            ));
+            rows.push(reported(
+                format!(
+                    "gc sweep, {} blobs and {} manifests removed",
+                    thousands(g.collected_blobs as f64),
+                    g.collected_manifests
+                ),
+                format!("{:.2} s", g.sweep_s),
+                String::new(),
+            ));
+            for (what, idle, during) in [
+                ("fetch of a live build", g.fetch_idle, g.fetch_during),
+                ("Status", g.status_idle, g.status_during),
+            ] {
+                rows.push(reported(
+                    format!("{what} during gc (idle)"),
+                    format!(
+                        "p50 {:.2} ms, p99 {:.2} ms ({:.2}, {:.2})",
+                        during.p50_ms, during.p99_ms, idle.p50_ms, idle.p99_ms
+                    ),
+                    format!("{:.2}x idle p50", during.p50_ms / idle.p50_ms.max(1e-9)),
+                ));
+            }
+        }
         rows
     }
 
@@ -530,6 +574,12 @@ impl Results {
             {
                 parts.push(format!("plan_p50={:.3}ms", f.p50_ms));
             }
+        }
+        if let Some(g) = &self.gc {
+            parts.push(format!(
+                "gc_mark={:.2}s gc_sweep={:.2}s",
+                g.mark_s, g.sweep_s
+            ));
         }
         format!("summary: {}", parts.join(" "))
     }

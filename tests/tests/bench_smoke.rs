@@ -58,6 +58,10 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             // No 1-caller row: the latency targets must be judged anyway.
             "--callers",
             "2,4",
+            "--gc-blobs",
+            "2000",
+            "--gc-builds",
+            "10",
             "--keep",
             "--work-dir",
             work.path().join("bench").to_str().unwrap(),
@@ -136,7 +140,36 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         .unwrap_or_else(|| panic!("summary {last:?} does not start with {expected:?}"));
     let plan2 = &v["ledger"]["figures"][1];
     assert_eq!(plan2["call"], "plan");
-    assert_eq!(rest, format!("{:.3}ms", plan2["p50_ms"].as_f64().unwrap()));
+    let g = &v["gc"];
+    assert_eq!(
+        rest,
+        format!(
+            "{:.3}ms gc_mark={:.2}s gc_sweep={:.2}s",
+            plan2["p50_ms"].as_f64().unwrap(),
+            g["mark_s"].as_f64().unwrap(),
+            g["sweep_s"].as_f64().unwrap()
+        )
+    );
+
+    // Garbage collection: the refs of 5 of the 10 builds were past expiry, so their 200
+    // blobs each, their manifests and their 18 ledger records each went (the bench checks
+    // the counts itself; these are what it reported), and calls ran during it.
+    assert_eq!(g["collected_blobs"], 1000);
+    assert_eq!(g["collected_manifests"], 5);
+    assert_eq!(g["expired_refs"], 5);
+    assert_eq!(g["ledger_records"], 90);
+    for f in ["fetch_idle", "fetch_during", "status_idle", "status_during"] {
+        let l = &g[f];
+        assert!(l["calls"].as_u64().unwrap() > 0, "{f}: {l}");
+        assert!(
+            l["p50_ms"].as_f64().unwrap() <= l["p99_ms"].as_f64().unwrap(),
+            "{f}: {l}"
+        );
+    }
+    assert!(
+        stdout.contains("gc mark, 2,000 blobs in 10 builds"),
+        "{stdout}"
+    );
 
     // Ledger: the record count is the server's (Info.Stats after the fill): 300 subjects
     // x 20 stage lines x 5 records; every reply was checked at attempt 3 of each line.

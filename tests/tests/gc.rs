@@ -14,9 +14,10 @@ use stagecache_proto::Digest;
 use stagecache_server::clock::ManualClock;
 use stagecache_server::store::gc::Retention;
 use stagecache_server::ServerConfig;
+use stagecache_tests::backends::Backend;
 use stagecache_tests::{
-    assert_same_tree, output_within, pseudo_random, test_timeout, workspace_bin, write_file,
-    ServerProcess, TestServer,
+    assert_same_tree, on_every_backend, output_within, pseudo_random, test_timeout, workspace_bin,
+    write_file, ServerProcess, TestServer,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -678,4 +679,68 @@ async fn pin_and_collect_need_their_permissions() {
     let e = client.pin_ref("bar/404", true, "").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound));
     server.stop().await;
+}
+
+on_every_backend!(collected_bytes_leave_the_blob_store_and_a_rebuild_agrees);
+
+/// On every backend (local disk, Azurite, S3): a collection deletes the bytes through the
+/// storage trait, and a replacement server rebuilt from the blob store alone (its journal
+/// and a listing) holds exactly what the first one kept: the expired refs, manifests,
+/// blobs and ledger records stay gone, and what is live fetches.
+async fn collected_bytes_leave_the_blob_store_and_a_rebuild_agrees(backend: &Backend) {
+    let server = backend.server(&["--gc-grace", "1s", "--ref-expiry", "old=1s"]);
+    let prod = server.client("prod").await;
+    let old = server.client("old").await;
+    let keep = tempfile::tempdir().unwrap();
+    build_tree(keep.path(), 1, false);
+    let kept = prod
+        .register(keep.path(), "bar/1", &Default::default())
+        .await
+        .unwrap()
+        .manifest;
+    prod.record(rec(kept, "Validate", None)).await.unwrap();
+    let gone = tempfile::tempdir().unwrap();
+    build_tree(gone.path(), 2, false);
+    let expired = old
+        .register(gone.path(), "bar/2", &Default::default())
+        .await
+        .unwrap()
+        .manifest;
+    old.record(rec(expired, "Validate", None)).await.unwrap();
+    let own = Digest::of_bytes(&std::fs::read(gone.path().join("pkg/build-2.nupkg")).unwrap());
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let report = prod.collect_garbage(false).await.unwrap();
+    // The expired build's own package and manifest; the runtime and the common file are
+    // shared with the live build.
+    assert_eq!(report.blobs.unwrap().count, 1, "{report:?}");
+    assert_eq!(report.manifests.unwrap().count, 1, "{report:?}");
+    assert_eq!(prod.find_missing(&[own]).await.unwrap(), vec![own]);
+    let stats = prod.stats().await.unwrap();
+    server.stop().await;
+
+    // A replacement server on an empty data dir rebuilds from the blob store.
+    let replacement = backend.server(&[]);
+    let prod = replacement.client("prod").await;
+    let old = replacement.client("old").await;
+    let rebuilt = prod.stats().await.unwrap();
+    assert_eq!(
+        (rebuilt.blobs, rebuilt.blob_bytes, rebuilt.manifests),
+        (stats.blobs, stats.blob_bytes, stats.manifests),
+        "bytes the collection deleted are still in the blob store, or the journal disagrees"
+    );
+    let e = old.get_ref("bar/2").await.unwrap_err();
+    assert!(e.to_string().contains("retention removed it"), "{e}");
+    let (results, expired_at) = status(&replacement.url(), "old", expired).await;
+    assert!(results.is_empty() && expired_at > 0);
+    assert_eq!(
+        prod.get_manifest(expired).await.unwrap_err().code(),
+        Some(Code::NotFound)
+    );
+    let out = tempfile::tempdir().unwrap();
+    prod.fetch(kept, out.path(), &Default::default())
+        .await
+        .unwrap();
+    assert_same_tree(keep.path(), out.path());
+    assert_eq!(status(&replacement.url(), "prod", kept).await.0.len(), 1);
+    replacement.stop().await;
 }
