@@ -185,9 +185,10 @@ impl BlobStore {
         Ok(self.backend.put(path, vec![data], mode).await? == Written::Done)
     }
 
-    /// Deletes a blob's bytes (a garbage collection); absent is fine.
-    pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
-        Ok(self.backend.delete(&Self::location(d)).await?)
+    /// Deletes blobs' bytes (a garbage collection); absent is fine.
+    pub async fn delete_blobs(&self, digests: &[Digest]) -> Result<()> {
+        let paths = digests.iter().map(Self::location).collect();
+        Ok(self.backend.delete_many(paths).await?)
     }
 
     /// Deletes a small object; absent is fine.

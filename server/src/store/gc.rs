@@ -489,12 +489,7 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     tracing::info!(blobs = marked.len(), "collection: deleting bytes");
     let marked: Vec<Digest> = marked.into_iter().collect();
     for chunk in marked.chunks(1_000) {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        stream::iter(chunk.iter().copied())
-            .map(|d| async move { store.blobs.delete_blob(&d).await })
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await?;
+        store.blobs.delete_blobs(chunk).await?;
         tracing::info!(blobs = chunk.len(), "collection: bytes deleted");
         pause().await;
         let c = chunk.to_vec();

@@ -239,6 +239,21 @@ impl Backend for CloudBackend {
         }
     }
 
+    /// The store's bulk delete (S3 DeleteObjects of up to 1,000 keys; others one request
+    /// per object, concurrently).
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
+        let first = paths.first().cloned().unwrap_or_default();
+        let locations = futures::stream::iter(paths.into_iter().map(|p| Ok(ObjectPath::from(p))));
+        let mut deleted = self.store.delete_stream(locations.boxed());
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error("delete", &first, e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
         match self
             .store

@@ -339,6 +339,32 @@ impl Backend for LocalBackend {
         .await
     }
 
+    /// One blocking task for the whole list: a thread hand-off per file would cost more
+    /// than its unlink. The directories are not synced: a crash of the machine (not the
+    /// process) may bring a file back, which then only holds space (its index entry is
+    /// gone; a rebuild would list it again).
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
+        let Some(first) = paths.first().cloned() else {
+            return Ok(());
+        };
+        let files: Vec<PathBuf> = paths.iter().map(|p| self.file(p)).collect();
+        self.blocking("delete", &first, move || {
+            for f in files {
+                match std::fs::remove_file(&f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", f.display()),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
         let (from, to) = (self.file(from), self.file(to));
         self.blocking("rename", &from.display().to_string(), move || {

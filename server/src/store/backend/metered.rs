@@ -128,6 +128,13 @@ impl<B: Backend> Backend for Metered<B> {
         r
     }
 
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let r = self.inner.delete_many(paths).await;
+        observe(self.kind(), "delete_many", started, &r);
+        r
+    }
+
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
         let started = Instant::now();
         let r = self.inner.rename(from, to).await;

@@ -144,6 +144,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes an object; one already gone is not an error.
     async fn delete(&self, path: &str) -> Result<(), StorageError>;
 
+    /// Removes many objects (a garbage collection's sweep); those already gone are not an
+    /// error. Backends batch where they can: one blocking task for a local directory, the
+    /// store's bulk delete for a cloud one.
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(paths)
+            .map(|p| async move { self.delete(&p).await })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// Moves an object; `Ok(false)` when there was nothing to move.
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError>;
 
