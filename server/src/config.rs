@@ -237,6 +237,25 @@ mod tests {
             assert!(e.contains("direct_download_ttl"), "{ttl}: {e}");
         }
         FileConfig::parse("direct_download_ttl = \"7d\"\nmax_bytes = \"2TiB\"\n").unwrap();
+        let r = FileConfig::parse(
+            "[retention]\ngrace = \"12h\"\ngc_interval = \"1h\"\nref_expiry = [\"test*=7d\", \"*=never\"]\n",
+        )
+        .unwrap()
+        .retention
+        .unwrap();
+        assert_eq!(r.ref_expiry, ["test*=7d", "*=never"]);
+        for (bad, named) in [
+            ("ref_expiry = [\"prod\"]", "ref_expiry"),
+            ("ref_expiry = [\"prod=0d\"]", "positive"),
+            ("ref_expiry = [\"=7d\"]", "pattern is empty"),
+            ("grace = \"soon\"", "grace"),
+            ("gc_interval = \"1x\"", "gc_interval"),
+            ("keep = true", "keep"),
+        ] {
+            let e = FileConfig::parse(&format!("[retention]\n{bad}\n")).unwrap_err();
+            assert!(e.contains(named) && e.contains("retention"), "{bad}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

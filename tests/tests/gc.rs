@@ -653,6 +653,52 @@ async fn a_full_store_collects_and_the_retry_goes_through() {
     server.stop().await;
 }
 
+/// `--gc-interval`: the server collects on its own, and each run's summary is in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_collection_runs_by_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "--gc-interval",
+        "1s",
+        "--gc-grace",
+        "1s",
+        "--ref-expiry",
+        "test*=1s",
+    ];
+    let server = ServerProcess::start_on_with_args(data.path(), &args, &[]);
+    let test = server.client("test-pr").await;
+    let prod = server.client("prod").await;
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path(), 4, false);
+    let m = test
+        .register(src.path(), "try/4", &Default::default())
+        .await
+        .unwrap()
+        .manifest;
+    let kept = tempfile::tempdir().unwrap();
+    build_tree(kept.path(), 5, false);
+    let k = prod
+        .register(kept.path(), "bar/5", &Default::default())
+        .await
+        .unwrap()
+        .manifest;
+    let deadline = std::time::Instant::now() + test_timeout();
+    while test.get_ref("try/4").await.is_ok() || prod.get_manifest(m).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled collection removed try/4"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tempfile::tempdir().unwrap();
+    prod.fetch(k, out.path(), &Default::default())
+        .await
+        .unwrap();
+    assert_same_tree(kept.path(), out.path());
+    assert!(server.log_text().contains("garbage collection done"));
+    server.stop().await;
+}
+
 /// Pinning needs the `ref` permission on the name, and a real collection needs `admin`
 /// on every namespace; both are audited with the caller's identity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -488,16 +488,25 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     // for its chunk only).
     tracing::info!(blobs = marked.len(), "collection: deleting bytes");
     let marked: Vec<Digest> = marked.into_iter().collect();
-    for chunk in marked.chunks(1_000) {
-        store.blobs.delete_blobs(chunk).await?;
-        tracing::info!(blobs = chunk.len(), "collection: bytes deleted");
-        pause().await;
-        let c = chunk.to_vec();
-        let dropped = store.with_index(move |i| i.drop_deleted(&c)).await?;
-        if let Some(s) = store.space.get() {
-            s.removed(dropped);
-        }
-        store.busy.done_deleting(chunk);
+    {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        // Two chunks in flight: one deletes while the other's entries are dropped.
+        stream::iter(marked.chunks(1_000).map(<[Digest]>::to_vec))
+            .map(|chunk: Vec<Digest>| async move {
+                store.blobs.delete_blobs(&chunk).await?;
+                tracing::info!(blobs = chunk.len(), "collection: bytes deleted");
+                pause().await;
+                let c = chunk.clone();
+                let dropped = store.with_index(move |i| i.drop_deleted(&c)).await?;
+                if let Some(s) = store.space.get() {
+                    s.removed(dropped);
+                }
+                store.busy.done_deleting(&chunk);
+                Ok::<(), ServerError>(())
+            })
+            .buffer_unordered(2)
+            .try_collect::<Vec<()>>()
+            .await?;
     }
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     if let Some(m) = crate::metrics::metrics() {
@@ -594,4 +603,63 @@ async fn reach(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_expiry_first_matching_pattern_wins() {
+        let r = Retention {
+            grace_ms: DEFAULT_GRACE_MS,
+            ref_expiry: ["test*=7d", "prod=never", "*=90d"]
+                .iter()
+                .map(|e| Retention::parse_expiry(e).unwrap())
+                .collect(),
+        };
+        assert_eq!(r.expiry_ms("test-pr"), Some(7 * 86_400_000));
+        assert_eq!(r.expiry_ms("prod"), None);
+        assert_eq!(r.expiry_ms("staging"), Some(90 * 86_400_000));
+        assert_eq!(
+            r.expires_at_ms("test", false, 1_000),
+            1_000 + 7 * 86_400_000
+        );
+        assert_eq!(r.expires_at_ms("test", true, 1_000), 0, "pinned");
+        assert_eq!(r.expires_at_ms("prod", false, 1_000), 0, "never");
+        assert_eq!(Retention::default().expiry_ms("anything"), None);
+        for bad in ["prod", "=1d", "prod=0", "prod=soon"] {
+            let e = Retention::parse_expiry(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_waits_for_the_deletion_of_its_digest_and_a_deletion_skips_a_publish() {
+        let busy = std::sync::Arc::new(Busy::default());
+        let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"b"));
+        // Publishing `a`: a collection may not claim it.
+        let guard = busy.publishing([a]).await;
+        assert!(!busy.start_deleting(&a));
+        drop(guard);
+        assert!(busy.start_deleting(&a));
+        // Deleting `a`: a publish of it waits until the deletion is done; `b` does not.
+        drop(busy.publishing([b]).await);
+        let waiter = {
+            let busy = busy.clone();
+            tokio::spawn(async move {
+                let _g = busy.publishing([a, b]).await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "published while its digest was being deleted"
+        );
+        busy.done_deleting(&[a]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the publish went on once the deletion was done")
+            .unwrap();
+    }
 }

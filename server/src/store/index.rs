@@ -397,7 +397,9 @@ impl Index {
                 bytes += e.map_or(0, |e| e.size);
             }
         }
-        self.db.write_opt(batch, &synced())?;
+        // Not synced: an entry a crash brings back is still deleting, and the next
+        // collection drops it again (its bytes are gone; deleting them again is no error).
+        self.db.write(batch)?;
         Ok(bytes)
     }
 
@@ -1134,6 +1136,60 @@ mod tests {
         let page = index.list_refs(&prod, "bar/", Some("bar/1"), 10).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].0, "bar/10");
+    }
+
+    #[test]
+    fn a_collection_and_a_protect_never_both_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let (a, b) = (Digest::of_bytes(b"a"), Digest::of_bytes(b"bb"));
+        index.add_blobs(&[a, b], 100).unwrap();
+        // Protected first (stamped at 1000): a collection with its cutoff at 500 leaves it.
+        assert!(index.protect_blobs(&[a], 1000, 900).unwrap().is_empty());
+        assert!(index.mark_deleting(&[a, b], 500, &|_| false).unwrap() == vec![b]);
+        // Marked first: a protect finds it missing, and so do readers.
+        assert_eq!(index.protect_blobs(&[b], 1000, 900).unwrap(), vec![b]);
+        assert_eq!(index.missing_blobs(&[a, b]).unwrap(), vec![b]);
+        // Being published: left alone.
+        index.add_blobs(&[a], 100).unwrap();
+        assert!(index
+            .mark_deleting(&[a], 500, &|_| true)
+            .unwrap()
+            .is_empty());
+        // Dropped entries free their bytes; an entry that was published again stays.
+        index.add_blobs(&[b], 2000).unwrap();
+        assert_eq!(index.drop_deleted(&[b]).unwrap(), 0);
+        index.mark_deleting(&[a], 500, &|_| false).unwrap();
+        assert_eq!(index.drop_deleted(&[a]).unwrap(), a.size());
+        assert_eq!(index.missing_blobs(&[a, b]).unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn entries_written_before_retention_read_as_present_and_unstamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let a = Digest::of_bytes(b"a");
+        // The 8-byte value (size only) of earlier versions.
+        index
+            .db
+            .put_cf(
+                index.cf(CF_BLOBS).unwrap(),
+                a.hash(),
+                a.size().to_le_bytes(),
+            )
+            .unwrap();
+        assert!(index.missing_blobs(&[a]).unwrap().is_empty());
+        assert_eq!(index.blob_bytes().unwrap(), a.size());
+        // A dry look stamps nothing; a collection's look stamps it now (its grace starts).
+        let e = index.all_blob_entries(7, false).unwrap();
+        assert_eq!(e[0].1.stamp_ms, Some(7));
+        assert_eq!(index.blob_entries(&[a]).unwrap()[0].unwrap().stamp_ms, None);
+        index.all_blob_entries(9, true).unwrap();
+        assert_eq!(
+            index.blob_entries(&[a]).unwrap()[0].unwrap().stamp_ms,
+            Some(9)
+        );
+        assert!(index.mark_deleting(&[a], 9, &|_| false).unwrap().is_empty());
     }
 
     #[test]
