@@ -31,6 +31,8 @@ enum Need {
     Ref,
     Record,
     Invalidate,
+    /// `read` on every namespace (a grant for `*`).
+    ReadEverywhere,
     /// `admin` on every namespace (a grant for `*`).
     AdminEverywhere,
 }
@@ -48,7 +50,7 @@ const RPCS: &[(&str, Need)] = &[
     ("Refs.List", Need::Read),
     ("Refs.History", Need::Read),
     ("Refs.Pin", Need::Ref),
-    ("Admin.CollectGarbage (dry run)", Need::Read),
+    ("Admin.CollectGarbage (dry run)", Need::ReadEverywhere),
     ("Admin.CollectGarbage", Need::AdminEverywhere),
     ("Info.Stats", Need::Read),
     ("Ledger.Record", Need::Record),
@@ -628,6 +630,7 @@ async fn every_rpc_by_every_caller() {
                 Need::Ref,
                 Need::Record,
                 Need::Invalidate,
+                Need::ReadEverywhere,
                 Need::AdminEverywhere,
             ],
         },

@@ -10,7 +10,7 @@ use stagecache_proto::v1::Collected;
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
-    /// Only report what would go (needs `read`); a real run needs `admin` on `*`.
+    /// Only report what would go (needs `read` on `*`); a real run needs `admin` on `*`.
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -44,14 +44,7 @@ impl LedgerService {
     /// stored are protected from a collection running now (the record about to be written
     /// would otherwise be collected with its subject).
     async fn unknown_subjects(&self, subjects: Vec<Digest>) -> Result<Vec<Digest>, ServerError> {
-        let missing = self.state.store.protect_blobs(subjects).await?;
-        if missing.is_empty() {
-            return Ok(missing);
-        }
-        self.state
-            .store
-            .with_index(move |i| i.missing_manifests(&missing))
-            .await
+        self.state.store.protect_subjects(subjects).await
     }
 
     /// Refuses a subject that is neither a stored manifest nor a stored blob
@@ -485,6 +478,9 @@ impl Ledger for LedgerService {
                 "reason: is empty; an invalidation is audited: say why",
             ));
         }
+        // A stored subject is protected from a collection running now, which would take
+        // this audit record with it; one not stored has nothing left to skip anyway.
+        self.state.store.protect_blobs(vec![key.subject]).await?;
         let now = self.now();
         let (actor, reason) = (req.actor, req.reason);
         let identity = caller.audit_identity().to_string();

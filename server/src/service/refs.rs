@@ -430,7 +430,8 @@ impl stagecache_proto::v1::admin_server::Admin for AdminService {
         let req = request.into_inner();
         let ns = namespace(&req.namespace)?;
         if req.dry_run {
-            caller.check(Permission::Read, &ns)?;
+            // It reports on every namespace.
+            caller.check_everywhere(Permission::Read, &ns)?;
         } else {
             caller.check_everywhere(Permission::Admin, &ns)?;
         }

@@ -26,6 +26,7 @@
 use super::index::record_digest;
 use super::Store;
 use crate::error::{Result, ServerError};
+use prost::Message;
 use stagecache_proto::records::{
     journal_entry::Change, JournalCollected, JournalCollectedSubject, JournalManifest,
     JournalRefSet,
@@ -167,6 +168,15 @@ impl Busy {
         true
     }
 
+    /// Releases every claim (a collection ended).
+    fn release_all(&self) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.deleting.clear();
+        }
+        self.changed.notify_waiters();
+    }
+
     fn done_deleting(&self, digests: &[Digest]) {
         {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,17 +259,41 @@ pub struct GcReport {
     pub sweep_seconds: f64,
 }
 
-/// Runs one collection (or, `dry_run`, reports what it would remove). ABORTED when one
-/// is running already.
+/// Releases every digest a collection claimed for deletion when it ends, however it ends
+/// (an error, or its task dropped): uploads waiting for them go on. What it marked
+/// deleting in the index and did not finish, the next collection finishes or restores.
+struct ReleaseClaims<'a>(&'a Busy);
+
+impl Drop for ReleaseClaims<'_> {
+    fn drop(&mut self) {
+        self.0.release_all();
+    }
+}
+
+/// Runs one collection (or, `dry_run`, reports what it would remove), on its own task:
+/// a caller that goes away does not stop it halfway. ABORTED when one is running already
+/// (a dry run never waits: it changes nothing).
 pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
-    let _one = store.gc.running.try_lock().map_err(|_| {
-        ServerError::Aborted(
-            "a garbage collection is running already; try again when it ends".into(),
-        )
-    })?;
+    let store = store.clone();
+    tokio::spawn(async move { collect_here(&store, dry_run).await })
+        .await
+        .map_err(|e| ServerError::Internal(format!("garbage collection task: {e}")))?
+}
+
+async fn collect_here(store: &Store, dry_run: bool) -> Result<GcReport> {
+    let _one = if dry_run {
+        None
+    } else {
+        Some(store.gc.running.try_lock().map_err(|_| {
+            ServerError::Aborted(
+                "a garbage collection is running already; try again when it ends".into(),
+            )
+        })?)
+    };
     if !dry_run {
         store.check_writable()?;
     }
+    let _release = ReleaseClaims(&store.busy);
     let started = std::time::Instant::now();
     let now = store.now_ms();
     let retention = store.retention().clone();
@@ -288,31 +322,39 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         }
         let n = Namespace::parse("namespace", &ns)?;
         let rn = RefName::parse("name", &name)?;
-        let days = retention.expiry_ms(&ns).unwrap_or(0) / 86_400_000;
-        let reason = format!("expired: not changed for {days} day(s) and not pinned");
+        let reason = format!(
+            "expired: not changed for {} and not pinned",
+            human_duration(retention.expiry_ms(&ns).unwrap_or(0))
+        );
         let (n2, rn2, version) = (n.clone(), rn.clone(), r.version);
-        let expired = store
-            .with_index(move |i| i.expire_ref(&n2, &rn2, version, &reason, now))
+        let change = store
+            .with_index(move |i| i.expiry_change(&n2, &rn2, version, &reason, now))
             .await?;
-        match expired {
-            Some(change) => {
-                tally.add(0, r.updated_at_ms);
-                store
-                    .journal(Change::RefSet(JournalRefSet {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        record: None,
-                        change: Some(change),
-                    }))
-                    .await?;
-                tracing::info!(namespace = %ns, r#ref = %name, "ref expired");
-                pause().await;
-            }
-            // Moved or pinned since it was read: it stays, and so does what it names now.
+        if let Some(change) = change {
+            // Journaled first: a rebuild never finds a ref whose expiry the index applied
+            // and the journal lacks (it would point at what this collection removes).
+            store
+                .journal(Change::RefSet(JournalRefSet {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    record: None,
+                    change: Some(change.clone()),
+                }))
+                .await?;
+            tracing::info!(namespace = %ns, r#ref = %name, "ref expiry journaled");
+            pause().await;
+            let (n2, rn2) = (n.clone(), rn.clone());
+            store
+                .with_index(move |i| i.apply_ref(&n2, &rn2, None, &change))
+                .await?;
+        }
+        // Moved or pinned since it was read (the expiry did not apply): it stays, and so
+        // does what it names now.
+        match store.with_index(move |i| i.get_ref(&n, &rn)).await? {
+            Some(cur) => roots.push(record_digest(&cur.target_hash, cur.target_size)?),
             None => {
-                if let Some(cur) = store.with_index(move |i| i.get_ref(&n, &rn)).await? {
-                    roots.push(record_digest(&cur.target_hash, cur.target_size)?);
-                }
+                tally.add(0, r.updated_at_ms);
+                tracing::info!(namespace = %ns, r#ref = %name, "ref expired");
             }
         }
     }
@@ -359,6 +401,24 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     let mut live = HashSet::new();
     let seeds: Vec<Digest> = roots.into_iter().chain(fresh).collect();
     reach(store, seeds, &mut live, &manifests, &outputs).await?;
+    // Entries a collection that did not finish left deleting, and that are live now (a
+    // ref moved to them since): present again.
+    if !dry_run {
+        let revive: Vec<Digest> = entries
+            .iter()
+            .filter(|(d, e)| e.deleting && live.contains(d))
+            .map(|(d, _)| *d)
+            .collect();
+        if !revive.is_empty() {
+            tracing::warn!(
+                blobs = revive.len(),
+                "live blobs left deleting by an unfinished collection: restored"
+            );
+            store
+                .with_index(move |i| i.unmark_deleting(&revive, now))
+                .await?;
+        }
+    }
     let candidates: Vec<(Digest, i64)> = entries
         .iter()
         .filter(|(d, _)| !live.contains(d))
@@ -381,6 +441,8 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
                 .await?;
             marked.extend(got);
         }
+        tracing::info!(marked = marked.len(), "collection: candidates marked");
+        pause().await;
         // `start_deleting` claimed some that `mark_deleting` then left (stamped since):
         // release those.
         let unclaimed: Vec<Digest> = candidates
@@ -473,6 +535,12 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         subjects: collected_subjects,
     };
     if !collected.manifests.is_empty() || !collected.subjects.is_empty() {
+        // Recorded before it is journaled and cleared once applied: a server that dies in
+        // between journals (again: replay is idempotent) and applies it when it starts.
+        let encoded = collected.encode_to_vec();
+        store
+            .with_index(move |i| i.set_pending_collection(Some(&encoded)))
+            .await?;
         store.journal(Change::Collected(collected.clone())).await?;
         tracing::info!(
             manifests = collected.manifests.len(),
@@ -481,7 +549,11 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         );
         pause().await;
         let index = store.index.clone();
-        tokio::task::spawn_blocking(move || apply_collected(&index, &collected)).await??;
+        tokio::task::spawn_blocking(move || {
+            apply_collected(&index, &collected)?;
+            index.set_pending_collection(None)
+        })
+        .await??;
     }
 
     // 5. The bytes, then the entries, a chunk at a time (an upload of one of them waits
@@ -548,6 +620,17 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
     Ok(report)
 }
 
+/// `90d`, `12h`, `30m`, `45s`: the largest unit that divides `ms` (whole seconds).
+fn human_duration(ms: i64) -> String {
+    let s = ms / 1000;
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= secs && s % secs == 0 {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
 /// Waits `STAGECACHE_TEST_GC_PAUSE_MS` after each step a collection logs, when set: lets
 /// tests kill a server at a known point inside a collection.
 async fn pause() {
@@ -560,6 +643,28 @@ async fn pause() {
     if let Some(ms) = ms {
         tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     }
+}
+
+/// Finishes a collection that was journaled (or about to be) when its server died: journals
+/// it (again) and applies it. Called at start, once the journal is open.
+pub async fn finish_pending(store: &Store) -> Result<()> {
+    let Some(bytes) = store.with_index(|i| i.pending_collection()).await? else {
+        return Ok(());
+    };
+    let c = JournalCollected::decode(bytes.as_slice())
+        .map_err(|e| ServerError::DataLoss(format!("pending collection record: {e}")))?;
+    tracing::info!(
+        manifests = c.manifests.len(),
+        subjects = c.subjects.len(),
+        "finishing the collection a stopped server left journaled but not applied"
+    );
+    store.journal(Change::Collected(c.clone())).await?;
+    let index = store.index.clone();
+    tokio::task::spawn_blocking(move || {
+        apply_collected(&index, &c)?;
+        index.set_pending_collection(None)
+    })
+    .await?
 }
 
 /// Applies a journaled collection to the index (a collection, or a replay). Idempotent.

@@ -35,6 +35,7 @@ const ALL_CFS: [&str; 9] = [
 ];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const JOURNAL_MARK: &[u8] = b"journal_mark";
+const PENDING_COLLECTION: &[u8] = b"pending_collection";
 const SCHEMA_VERSION: u32 = 1;
 
 /// A blob's index entry: its size, when it was last stored or asked for (retention keeps
@@ -342,12 +343,14 @@ impl Index {
         let mut marked = Vec::new();
         for (d, e) in digests.iter().zip(self.blob_entries(digests)?) {
             let Some(e) = e else { continue };
-            if busy(d) {
+            let stale = e.deleting || e.stamp_ms.is_some_and(|t| t < cutoff_ms);
+            // Only a stale entry is claimed (`busy` claims it unless it is being published).
+            if !stale || busy(d) {
                 continue;
             }
             if e.deleting {
                 marked.push(*d);
-            } else if e.stamp_ms.is_some_and(|t| t < cutoff_ms) {
+            } else {
                 batch.put_cf(
                     cf,
                     d.hash(),
@@ -674,7 +677,7 @@ impl Index {
             identity: w.identity.to_string(),
             kind: RefChangeKind::Move as i32,
         };
-        self.write_ref_change(ns, name, Some(&record), &change)?;
+        self.write_ref_change(ns, name, &record, &change)?;
         Ok(RefUpdate {
             record,
             change: Some(change),
@@ -759,16 +762,17 @@ impl Index {
                 RefChangeKind::Unpin
             } as i32,
         };
-        self.write_ref_change(ns, name, Some(&record), &change)?;
+        self.write_ref_change(ns, name, &record, &change)?;
         Ok(Some(RefUpdate {
             record,
             change: Some(change),
         }))
     }
 
-    /// Removes a ref for retention, if it is still at `version` and not pinned (a ref
-    /// moved or pinned since the collection decided stays). Its history keeps the change.
-    pub fn expire_ref(
+    /// The history entry that would expire a ref still at `version` and not pinned;
+    /// `None` when it moved, was pinned or is gone. Retention journals it, then applies it
+    /// with [`Index::apply_ref`] (which removes the ref only if no later change came).
+    pub fn expiry_change(
         &self,
         ns: &Namespace,
         name: &RefName,
@@ -776,14 +780,13 @@ impl Index {
         reason: &str,
         now_ms: i64,
     ) -> Result<Option<RefChangeRecord>> {
-        let _guard = self.lock_refs()?;
         let Some(current) = self.get_ref(ns, name)? else {
             return Ok(None);
         };
         if current.version != version || current.pinned {
             return Ok(None);
         }
-        let change = RefChangeRecord {
+        Ok(Some(RefChangeRecord {
             version: version + 1,
             old_hash: current.target_hash.clone(),
             old_size: current.target_size,
@@ -795,25 +798,19 @@ impl Index {
             reason: reason.to_string(),
             identity: "retention".into(),
             kind: RefChangeKind::Expire as i32,
-        };
-        self.write_ref_change(ns, name, None, &change)?;
-        Ok(Some(change))
+        }))
     }
 
-    /// One synced write: the ref's new record (`None`: the ref is removed) and the
-    /// change in its history.
+    /// One synced write: the ref's new record and the change in its history.
     fn write_ref_change(
         &self,
         ns: &Namespace,
         name: &RefName,
-        record: Option<&RefRecord>,
+        record: &RefRecord,
         change: &RefChangeRecord,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
-        match record {
-            Some(r) => batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), r.encode_to_vec()),
-            None => batch.delete_cf(self.cf(CF_REFS)?, ref_key(ns, name)),
-        }
+        batch.put_cf(self.cf(CF_REFS)?, ref_key(ns, name), record.encode_to_vec());
         batch.put_cf(
             self.cf(CF_REF_HISTORY)?,
             history_key(ns, name, change.version),
@@ -823,9 +820,9 @@ impl Index {
         Ok(())
     }
 
-    /// Replays a journaled ref change (a rebuild): the change joins the ref's history,
-    /// and the record (`None`: an expiry, the ref is removed) becomes the ref unless a
-    /// later version is there. Idempotent.
+    /// Applies a journaled ref change (a rebuild, or retention applying an expiry it
+    /// journaled): the change joins the ref's history, and the record (`None`: an expiry,
+    /// the ref is removed) becomes the ref unless a later version is there. Idempotent.
     pub fn apply_ref(
         &self,
         ns: &Namespace,
@@ -835,11 +832,6 @@ impl Index {
     ) -> Result<()> {
         let _guard = self.lock_refs()?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_REF_HISTORY)?,
-            history_key(ns, name, change.version),
-            change.encode_to_vec(),
-        );
         let current = self.get_ref(ns, name)?;
         match record {
             Some(record) => {
@@ -853,6 +845,24 @@ impl Index {
                 }
             }
         }
+        // An expiry is journaled before it is applied: a move that won the race took its
+        // version, and its history entry stays.
+        if record.is_none()
+            && self
+                .db
+                .get_cf(
+                    self.cf(CF_REF_HISTORY)?,
+                    history_key(ns, name, change.version),
+                )?
+                .is_some()
+        {
+            return Ok(());
+        }
+        batch.put_cf(
+            self.cf(CF_REF_HISTORY)?,
+            history_key(ns, name, change.version),
+            change.encode_to_vec(),
+        );
         self.db.write_opt(batch, &synced())?;
         Ok(())
     }
@@ -874,6 +884,26 @@ impl Index {
         if self.journal_mark()? < seq {
             self.db
                 .put_cf(self.meta_cf()?, JOURNAL_MARK, seq.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// A collection journaled but maybe not yet applied (its encoded
+    /// `JournalCollected`), or `None`.
+    pub fn pending_collection(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.meta_cf()?, PENDING_COLLECTION)?)
+    }
+
+    /// Records (durably) or clears the collection being journaled and applied: a server
+    /// that dies in between applies it at its next start.
+    pub fn set_pending_collection(&self, c: Option<&[u8]>) -> Result<()> {
+        match c {
+            Some(v) => self
+                .db
+                .put_cf_opt(self.meta_cf()?, PENDING_COLLECTION, v, &synced())?,
+            None => self
+                .db
+                .delete_cf_opt(self.meta_cf()?, PENDING_COLLECTION, &synced())?,
         }
         Ok(())
     }

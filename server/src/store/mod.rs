@@ -111,13 +111,39 @@ impl Store {
             .await
     }
 
-    /// Whether `d` is a stored manifest whose blob is not being collected; protects it
-    /// from a collection as [`Store::protect_blobs`] does.
+    /// Whether `d` is a stored manifest whose blob and every entry are stored and not
+    /// being collected; protects them all from a collection as [`Store::protect_blobs`]
+    /// does (a ref moved to it, or a record naming it as outputs, is then never left
+    /// naming bytes a collection removes).
     pub async fn protect_manifest(&self, d: Digest) -> Result<bool> {
-        if !self.with_index(move |i| i.has_manifest(&d)).await? {
+        let Some(m) = self.get_manifest(d).await? else {
             return Ok(false);
+        };
+        let mut digests: Vec<Digest> = m.entries().iter().map(|e| e.digest).collect();
+        digests.push(d);
+        Ok(self.protect_blobs(digests).await?.is_empty())
+    }
+
+    /// Which of these subjects are neither a stored blob nor a stored manifest (a blob
+    /// being collected counts as neither); those stored are protected from a collection.
+    pub async fn protect_subjects(&self, subjects: Vec<Digest>) -> Result<Vec<Digest>> {
+        let missing = self.protect_blobs(subjects).await?;
+        if missing.is_empty() {
+            return Ok(missing);
         }
-        Ok(self.protect_blobs(vec![d]).await?.is_empty())
+        self.with_index(move |i| {
+            let entries = i.blob_entries(&missing)?;
+            let mut unknown = Vec::new();
+            for (d, e) in missing.iter().zip(entries) {
+                // A manifest whose own blob has no entry (quarantined) is still a subject;
+                // one whose blob is being collected is not.
+                if e.is_some() || !i.has_manifest(d)? {
+                    unknown.push(*d);
+                }
+            }
+            Ok(unknown)
+        })
+        .await
     }
 
     /// Starts journaling every change (after a rebuild, if the index was empty and the
@@ -161,6 +187,7 @@ impl Store {
         let mark = self.with_index(|i| i.journal_mark()).await?;
         let j = journal::Journal::open(self.blobs.clone(), held.clone(), mark).await?;
         let _ = self.journal.set(j);
+        gc::finish_pending(self).await?;
         Ok((report, held))
     }
 

@@ -99,6 +99,17 @@ impl Store {
     pub async fn damaged_on_failure(&self, d: Digest, e: ServerError) -> ServerError {
         match e {
             ServerError::Storage(StorageError::NotFound { .. }) => {
+                // A garbage collection removed it while it was read: not damage.
+                let entry = self
+                    .with_index(move |i| i.blob_entries(&[d]))
+                    .await
+                    .ok()
+                    .and_then(|e| e.into_iter().next().flatten());
+                if entry.is_none_or(|e| e.deleting) {
+                    return ServerError::NotFound(format!(
+                        "blob {d} is not stored (garbage collection removed it)"
+                    ));
+                }
                 self.quarantine_damaged(d, "its bytes are missing from the blob store")
                     .await
             }
