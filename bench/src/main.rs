@@ -413,6 +413,55 @@ impl Bench {
             },
         )?;
 
+        // What verified reads cost: the same fetches from the same data dir, served by a
+        // server that does not hash what it streams.
+        server.stop()?;
+        let server = Server::start_with(
+            &self.bins,
+            &data,
+            &self.log("server-transfer"),
+            &["--unverified-reads"],
+            None,
+        )
+        .await?;
+        eprintln!("fetch, cold, reads not verified ...");
+        let fetch_cold_unverified = measure(
+            runs,
+            || {
+                self.discard(&out)?;
+                sync_disks();
+                Ok(())
+            },
+            |_| {
+                let n = files.len() as u64;
+                let r = cli_expecting(
+                    self,
+                    &server,
+                    &fetch_args,
+                    "downloaded_files",
+                    n,
+                    "cold fetch, reads not verified",
+                )?;
+                Ok(r.sample())
+            },
+        )?;
+        eprintln!("fetch, warm, reads not verified ...");
+        let fetch_warm_unverified = measure(
+            runs,
+            || Ok(()),
+            |_| {
+                let r = cli_expecting(
+                    self,
+                    &server,
+                    &fetch_args,
+                    "downloaded_files",
+                    0,
+                    "warm fetch, reads not verified",
+                )?;
+                Ok(r.sample())
+            },
+        )?;
+
         eprintln!("FindMissing of {FIND_MISSING_DIGESTS} digests ...");
         let present: Vec<Digest> = {
             let mut seen = HashSet::new();
@@ -463,6 +512,8 @@ impl Bench {
             register_warm: Figure::new(&register_warm),
             fetch_cold: Figure::new(&fetch_cold),
             fetch_warm: Figure::new(&fetch_warm),
+            fetch_cold_unverified: Figure::new(&fetch_cold_unverified),
+            fetch_warm_unverified: Figure::new(&fetch_warm_unverified),
             find_missing_digests: digests.len(),
             find_missing_present: present.len(),
             find_missing: Figure::new(&fm),

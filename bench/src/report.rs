@@ -26,6 +26,9 @@ pub const LEDGER_THROUGHPUT_CALLERS: usize = 64;
 pub const PEAK_RSS_MAX: u64 = 256 * 1024 * 1024;
 
 /// Human size, binary units.
+/// Verified reads may make a cold fetch at most this much slower (issue 16).
+const VERIFIED_MAX_X: f64 = 1.10;
+
 pub fn bytes(n: u64) -> String {
     let n = n as f64;
     const K: f64 = 1024.0;
@@ -174,6 +177,10 @@ pub struct Transfer {
     pub register_warm: Figure,
     pub fetch_cold: Figure,
     pub fetch_warm: Figure,
+    /// The same fetches from a server started with `--unverified-reads`: what verified
+    /// reads cost.
+    pub fetch_cold_unverified: Figure,
+    pub fetch_warm_unverified: Figure,
     pub find_missing_digests: usize,
     pub find_missing_present: usize,
     pub find_missing: Figure,
@@ -299,6 +306,36 @@ impl Results {
                     target,
                     met: Some(met),
                     cpu: f.cpu(),
+                });
+            }
+            for (name, verified, unverified, judged) in [
+                (
+                    "fetch, cold, reads not verified",
+                    &t.fetch_cold,
+                    &t.fetch_cold_unverified,
+                    true,
+                ),
+                (
+                    "fetch, warm, reads not verified",
+                    &t.fetch_warm,
+                    &t.fetch_warm_unverified,
+                    false,
+                ),
+            ] {
+                // Verified reads are judged by the time they add to a cold fetch.
+                let x = verified.median_s / unverified.median_s;
+                rows.push(Row {
+                    figure: name.into(),
+                    time: format!("{:.3} s", unverified.median_s),
+                    rate: rate(t.bytes, unverified.median_s),
+                    ratio: format!("verified {x:.2}x"),
+                    target: if judged {
+                        format!("verified <= {VERIFIED_MAX_X}x")
+                    } else {
+                        "reported".into()
+                    },
+                    met: judged.then_some(x <= VERIFIED_MAX_X),
+                    cpu: unverified.cpu(),
                 });
             }
             let ms = t.find_missing.median_s * 1e3;
@@ -736,6 +773,8 @@ mod tests {
             register_warm: fig(1.0),
             fetch_cold: fig(2.5),
             fetch_warm: fig(2.0),
+            fetch_cold_unverified: fig(2.4),
+            fetch_warm_unverified: fig(2.0),
             find_missing_digests: 100_000,
             find_missing_present: 10,
             find_missing: fig(0.04),

@@ -119,6 +119,10 @@ struct Args {
     /// (`stagecache pin`); first match wins; `never` keeps them. No expiry unless given.
     #[arg(long = "ref-expiry", value_parser = stagecache_server::store::gc::Retention::parse_expiry)]
     ref_expiry: Vec<(String, Option<i64>)>,
+    /// Serve reads without hashing them: damaged bytes are served. Only for `bench/run`'s
+    /// same-run measure of what verified reads cost; hidden from --help.
+    #[arg(long, hide = true)]
+    unverified_reads: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -704,6 +708,7 @@ async fn main() -> ExitCode {
         grace_ms: args.gc_grace.saturating_mul(1000),
         ref_expiry: args.ref_expiry,
     };
+    config.unverified_reads = args.unverified_reads;
     config.gc_interval = args
         .gc_interval
         .filter(|s| *s > 0)

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// Collect garbage this often (`--gc-interval`); `None`: only when asked, or when an
     /// upload is refused for room.
     pub gc_interval: Option<std::time::Duration>,
+    /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
+    /// measure of what verified reads cost. Damaged bytes are then served.
+    pub unverified_reads: bool,
 }
 
 /// The server's certificate and key (PEM) and, for mutual TLS, the CA that signs client
@@ -107,6 +110,7 @@ impl ServerConfig {
             min_free_space: DEFAULT_MIN_FREE_SPACE,
             retention: Default::default(),
             gc_interval: None,
+            unverified_reads: false,
         }
     }
 }
@@ -190,6 +194,10 @@ pub async fn serve_listeners(
     .await??
     .with_clock(config.clock.clone());
     store.set_retention(config.retention.clone());
+    if config.unverified_reads {
+        store.set_verify_reads(false);
+        tracing::warn!("--unverified-reads: reads are not hashed, and damaged bytes are served (a benchmark setting)");
+    }
     // The blob store is the system of record: rebuild an empty index from its journal,
     // then journal every change from here on.
     let (_, lease) = store.start_journal(config.take_over).await?;

@@ -43,6 +43,9 @@ pub struct Store {
     busy: Arc<gc::Busy>,
     /// One collection at a time; woken early when an upload is refused for room.
     pub(crate) gc: Arc<gc::GcState>,
+    /// Whether reads hash what they serve (`verified.rs`); off only for the benchmark's
+    /// same-run measure of what verification costs.
+    verify_reads: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -76,7 +79,19 @@ impl Store {
             retention: Arc::new(std::sync::OnceLock::new()),
             busy: Arc::new(gc::Busy::default()),
             gc: Arc::new(gc::GcState::default()),
+            verify_reads: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
+    }
+
+    /// Turns the hashing of what reads serve off (`--unverified-reads`, for the
+    /// benchmark) or on.
+    pub fn set_verify_reads(&self, on: bool) {
+        self.verify_reads
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn verifies_reads(&self) -> bool {
+        self.verify_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Uses `clock` for stamps, expiry and collections (before the store is shared).
