@@ -4,7 +4,10 @@
 //! and the next `register` heals it.
 
 use stagecache_proto::v1::cas_client::CasClient;
-use stagecache_proto::v1::{BatchDownloadRequest, DownloadRequest};
+use stagecache_proto::v1::{
+    BatchDownloadRequest, Decision, DownloadRequest, PlanRequest, RecordRequest, StageDef,
+    StageGraph, StageStatus,
+};
 use stagecache_proto::Digest;
 use stagecache_tests::{
     assert_same_tree, blob_missing, pseudo_random, run_cli, write_file, TestServer,
@@ -331,6 +334,16 @@ async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
         .register(src.path(), "bar/1", &Default::default())
         .await
         .unwrap();
+    let manifest = client.resolve_ref("bar/1").await.unwrap();
+    client
+        .record(RecordRequest {
+            subject: Some(manifest.to_proto()),
+            stage: "Validate".into(),
+            status: StageStatus::Succeeded as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let flipped: Vec<Digest> = digests.iter().step_by(300).copied().collect();
     for d in &flipped {
         flip(&server, *d, 17);
@@ -351,8 +364,12 @@ async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
     assert_eq!(store.damaged_blobs(), flipped.len() as u64);
     drop(store);
 
-    // Quarantined: reported missing, and a new register heals them.
+    // Quarantined: reported missing, and a new register heals them. Meanwhile a plan that
+    // reuses a result for those bytes says they are damaged.
     let server = TestServer::start_on(data_dir).await;
+    let subject = client_manifest(&server).await;
+    let reason = validate_plan_reason(&server, subject).await;
+    assert!(reason.contains("bytes are damaged"), "{reason}");
     let mut cas = CasClient::new(server.channel().await);
     for d in &flipped {
         assert!(blob_missing(&mut cas, *d).await);
@@ -366,6 +383,39 @@ async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
     for d in &flipped {
         assert!(!blob_missing(&mut cas, *d).await);
     }
+    let reason = validate_plan_reason(&server, subject).await;
+    assert!(!reason.contains("damaged"), "{reason}");
     server.stop().await;
     drop(temp);
+}
+
+/// The reason of the plan's decision for a one-stage graph (`Validate`), which must skip.
+async fn validate_plan_reason(server: &TestServer, subject: Digest) -> String {
+    let p = server
+        .client("prod")
+        .await
+        .plan(PlanRequest {
+            subject: Some(subject.to_proto()),
+            graph: Some(StageGraph {
+                stages: vec![StageDef {
+                    name: "Validate".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.stages[0].decision, Decision::Skip as i32, "{p:?}");
+    p.stages[0].reason.clone()
+}
+
+/// The manifest `bar/1` points at.
+async fn client_manifest(server: &TestServer) -> Digest {
+    server
+        .client("prod")
+        .await
+        .resolve_ref("bar/1")
+        .await
+        .unwrap()
 }

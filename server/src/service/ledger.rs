@@ -410,6 +410,12 @@ impl Ledger for LedgerService {
             skip: req.skip,
         };
         let decided = plan::plan_from_heads(&graph, &selection, &req.force, heads)?;
+        // A skip reuses a result for these exact bytes; say when some of them are damaged.
+        let damaged = if decided.iter().any(|p| p.decision == plan::Decision::Skip) {
+            index.damaged(&subject)?
+        } else {
+            None
+        };
         if let Some(m) = crate::metrics::metrics() {
             // One counter update per decision kind, not per stage: a plan of 18 stages
             // would otherwise pay 18 label lookups.
@@ -437,7 +443,14 @@ impl Ledger for LedgerService {
                         plan::Decision::Skip => v1::Decision::Skip,
                         plan::Decision::Blocked => v1::Decision::Blocked,
                     } as i32,
-                    reason: if expired_at_ms != 0 && p.decision == plan::Decision::Run {
+                    reason: if let (Some((blob, at)), plan::Decision::Skip) = (damaged, p.decision)
+                    {
+                        format!(
+                            "{}; but this subject's bytes are damaged: blob {blob} was found damaged and quarantined at {}; register the set again to heal it",
+                            p.reason,
+                            stagecache_proto::time::format_time(at)
+                        )
+                    } else if expired_at_ms != 0 && p.decision == plan::Decision::Run {
                         format!(
                             "{}; earlier results for this subject expired: retention collected it at {}",
                             p.reason,

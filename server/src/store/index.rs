@@ -22,7 +22,9 @@ pub(crate) const CF_LEDGER_HEAD: &str = "ledger_head";
 pub(crate) const CF_LEDGER_HISTORY: &str = "ledger_history";
 pub(crate) const CF_CLAIMS: &str = "claims";
 pub(crate) const CF_LEDGER_COLLECTED: &str = "ledger_collected";
-const ALL_CFS: [&str; 9] = [
+/// Manifests that name a blob scrub found damaged: manifest hash -> (blob hash, size, when).
+const CF_DAMAGED: &str = "damaged_manifests";
+const ALL_CFS: [&str; 10] = [
     CF_BLOBS,
     CF_MANIFESTS,
     CF_REFS,
@@ -32,6 +34,7 @@ const ALL_CFS: [&str; 9] = [
     CF_LEDGER_HISTORY,
     CF_CLAIMS,
     CF_LEDGER_COLLECTED,
+    CF_DAMAGED,
 ];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const JOURNAL_MARK: &[u8] = b"journal_mark";
@@ -904,6 +907,43 @@ impl Index {
             None => self
                 .db
                 .delete_cf_opt(self.meta_cf()?, PENDING_COLLECTION, &synced())?,
+        }
+        Ok(())
+    }
+
+    /// Records that manifest `m` names `blob`, found damaged (and quarantined) at `at_ms`:
+    /// a plan that would skip a stage for `m` says so until the manifest is whole again.
+    pub fn mark_damaged(&self, m: &Digest, blob: &Digest, at_ms: i64) -> Result<()> {
+        let mut v = Vec::with_capacity(48);
+        v.extend_from_slice(blob.hash());
+        v.extend_from_slice(&blob.size().to_le_bytes());
+        v.extend_from_slice(&at_ms.to_le_bytes());
+        self.db
+            .put_cf_opt(self.cf(CF_DAMAGED)?, m.hash(), v, &synced())?;
+        Ok(())
+    }
+
+    /// The damaged blob a manifest names, and when it was found, if scrub found one.
+    pub fn damaged(&self, m: &Digest) -> Result<Option<(Digest, i64)>> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_DAMAGED)?, m.hash())? else {
+            return Ok(None);
+        };
+        if v.len() != 48 {
+            return Ok(None);
+        }
+        let blob = record_digest(
+            &v[..32],
+            u64::from_le_bytes(v[32..40].try_into().unwrap_or_default()),
+        )?;
+        let at = i64::from_le_bytes(v[40..48].try_into().unwrap_or_default());
+        Ok(Some((blob, at)))
+    }
+
+    /// Forgets that a manifest was damaged (it was put again with every blob present).
+    pub fn clear_damaged(&self, m: &Digest) -> Result<()> {
+        if self.damaged(m)?.is_some() {
+            self.db
+                .delete_cf_opt(self.cf(CF_DAMAGED)?, m.hash(), &synced())?;
         }
         Ok(())
     }

@@ -494,6 +494,8 @@ impl Store {
                 }
             )));
         }
+        // Whole again (every blob present): a damage scrub found is healed.
+        self.with_index(move |i| i.clear_damaged(&digest)).await?;
         if !known {
             self.check_writable()?;
             self.put_blob(digest, bytes.clone()).await?;

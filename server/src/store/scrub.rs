@@ -57,11 +57,27 @@ impl Store {
             }
         }
         if !damaged.is_empty() {
-            for (ns, name, target) in self.with_index(|i| i.all_refs()).await? {
-                let Some(m) = self.get_manifest(target).await? else {
+            // Every manifest that names a damaged blob is marked, so a plan that would
+            // skip a stage for it says its bytes are damaged (until a register heals it).
+            let now = self.now_ms();
+            let mut hit = HashSet::new();
+            for m in self.with_index(|i| i.manifest_digests()).await? {
+                let Some(manifest) = self.get_manifest(m).await? else {
                     continue;
                 };
-                if m.entries().iter().any(|e| damaged.contains(&e.digest)) {
+                if let Some(e) = manifest
+                    .entries()
+                    .iter()
+                    .find(|e| damaged.contains(&e.digest))
+                {
+                    let blob = e.digest;
+                    self.with_index(move |i| i.mark_damaged(&m, &blob, now))
+                        .await?;
+                    hit.insert(m);
+                }
+            }
+            for (ns, name, target) in self.with_index(|i| i.all_refs()).await? {
+                if hit.contains(&target) {
                     report.damaged_refs.push(format!("{ns}/{name} -> {target}"));
                 }
             }
