@@ -404,7 +404,7 @@ async fn collect_garbage(
         }
         let run = tokio::select! {
             _ = stop.cancelled() => return,
-            r = crate::store::gc::collect(&store, false) => r,
+            r = crate::store::gc::collect_here(&store, false) => r,
         };
         if let Err(e) = run {
             tracing::warn!(error = %e, "garbage collection failed; the next one finishes its work");

@@ -280,7 +280,10 @@ pub async fn collect(store: &Store, dry_run: bool) -> Result<GcReport> {
         .map_err(|e| ServerError::Internal(format!("garbage collection task: {e}")))?
 }
 
-async fn collect_here(store: &Store, dry_run: bool) -> Result<GcReport> {
+/// [`collect`] on the caller's task: the server's scheduled collection, which stops where
+/// it is when the server shuts down (the next collection finishes the job), rather than
+/// deleting on after the server gave up its blob store.
+pub async fn collect_here(store: &Store, dry_run: bool) -> Result<GcReport> {
     let _one = if dry_run {
         None
     } else {
