@@ -39,7 +39,12 @@ impl Client {
             .await?;
         loop {
             match next(&mut events).await? {
-                Some(Event::RefSet(c)) => return Ok(c),
+                // An expiry (retention removed the ref) does not set it: wait on.
+                Some(Event::RefSet(c))
+                    if c.kind != stagecache_proto::v1::RefChangeKind::Expire as i32 =>
+                {
+                    return Ok(c)
+                }
                 Some(_) => {}
                 None => return Err(ended()),
             }

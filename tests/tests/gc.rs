@@ -738,6 +738,22 @@ async fn a_scheduled_collection_runs_by_itself() {
         .unwrap();
     assert_same_tree(kept.path(), out.path());
     assert!(server.log_text().contains("garbage collection done"));
+    // Waiting for a ref retention removed waits for it to be set again (its last change
+    // in the history is the expiry, which does not count as set).
+    let waiter = {
+        let test = test.clone();
+        tokio::spawn(async move { test.wait_for_ref_target("try/4").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "wait returned for an expired ref");
+    let again = tempfile::tempdir().unwrap();
+    build_tree(again.path(), 6, false);
+    let set_again = test
+        .register(again.path(), "try/4", &Default::default())
+        .await
+        .unwrap()
+        .manifest;
+    assert_eq!(waiter.await.unwrap().unwrap(), set_again);
     server.stop().await;
 }
 

@@ -647,9 +647,12 @@ impl Ledger for LedgerService {
         if want_refs {
             if let Some(name) = &ref_name {
                 let (ns2, name2) = (ns.clone(), name.clone());
+                let expiry = stagecache_proto::records::RefChangeKind::Expire as i32;
+                // A ref retention removed is not set: a watcher waits for its next move.
                 if let Some(change) = store
                     .with_index(move |i| Ok(i.ref_history(&ns2, &name2, 1)?.into_iter().next()))
                     .await?
+                    .filter(|c| c.kind != expiry)
                 {
                     let c = super::refs::change_to_proto(name.as_str(), &change)?;
                     initial.push(WatchEvent {
