@@ -26,6 +26,17 @@ use tonic::Code;
 
 const DAY: i64 = 86_400_000;
 
+/// Fetches `manifest` into a new directory and checks it holds what `src` holds; `what`
+/// says which fetch a failure was.
+async fn assert_fetches(client: &Client, manifest: Digest, src: &Path, what: &str) {
+    let out = tempfile::tempdir().unwrap();
+    client
+        .fetch(manifest, out.path(), &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: fetch {manifest}: {e}"));
+    assert_same_tree(src, out.path());
+}
+
 /// An in-process server with its clock at 2026-01-01 (moved by the test), a grace period
 /// of a day and these ref expiries.
 async fn start_at_new_year(
@@ -200,11 +211,13 @@ async fn thirty_days_of_builds_keep_what_is_live_and_only_that() {
             if live {
                 let r = prod.get_ref(&name).await.unwrap();
                 assert_eq!(r.pinned, b.pinned);
-                let out = tempfile::tempdir().unwrap();
-                prod.fetch(b.unsigned, out.path(), &Default::default())
-                    .await
-                    .unwrap_or_else(|e| panic!("day {day}: fetch {name}: {e}"));
-                assert_same_tree(b.src.path(), out.path());
+                assert_fetches(
+                    &prod,
+                    b.unsigned,
+                    b.src.path(),
+                    &format!("day {day}: {name}"),
+                )
+                .await;
                 // The signed set stays as the signing result's outputs.
                 prod.get_manifest(b.signed).await.unwrap();
                 assert_eq!(status(&url, "prod", b.unsigned).await.0, b.unsigned_status);
@@ -317,11 +330,7 @@ async fn a_dry_run_reports_what_would_go_and_changes_nothing() {
     assert_eq!(ns.ledger_records, 1);
     // Nothing changed.
     prod.get_ref("bar/1").await.unwrap();
-    let out = tempfile::tempdir().unwrap();
-    prod.fetch(m, out.path(), &Default::default())
-        .await
-        .unwrap();
-    assert_same_tree(src.path(), out.path());
+    assert_fetches(&prod, m, src.path(), "bar/1 after the dry run").await;
 
     let real = prod.collect_garbage(false).await.unwrap();
     assert_eq!(real.blobs, dry.blobs);
@@ -418,11 +427,7 @@ async fn collections_racing_registers_lose_nothing_acknowledged() {
         prod.collect_garbage(false).await.unwrap();
         for (name, manifest, src) in &acknowledged {
             assert_eq!(prod.resolve_ref(name).await.unwrap(), *manifest);
-            let out = tempfile::tempdir().unwrap();
-            prod.fetch(*manifest, out.path(), &Default::default())
-                .await
-                .unwrap_or_else(|e| panic!("fetch {name}: {e}"));
-            assert_same_tree(src.path(), out.path());
+            assert_fetches(&prod, *manifest, src.path(), name).await;
         }
     }
     server.stop().await;
@@ -533,11 +538,13 @@ async fn sigkill_inside_a_collection_loses_nothing_live_and_the_next_finishes() 
         // Everything live fetches, verified.
         for (i, (m, src)) in live.iter().enumerate() {
             assert_eq!(prod.resolve_ref(&format!("keep/{i}")).await.unwrap(), *m);
-            let out = tempfile::tempdir().unwrap();
-            prod.fetch(*m, out.path(), &Default::default())
-                .await
-                .unwrap_or_else(|e| panic!("after a kill at {phase:?}: fetch keep/{i}: {e}"));
-            assert_same_tree(src.path(), out.path());
+            assert_fetches(
+                &prod,
+                *m,
+                src.path(),
+                &format!("after a kill at {phase:?}: keep/{i}"),
+            )
+            .await;
         }
         // A new build shares half its blobs with the old ones (some of them marked
         // deleting when the server died): its register goes through.
@@ -561,11 +568,7 @@ async fn sigkill_inside_a_collection_loses_nothing_live_and_the_next_finishes() 
     let old = server.client("old").await;
     assert!(old.list_refs("", 100).await.unwrap().is_empty());
     for (i, (m, src)) in live.iter().enumerate() {
-        let out = tempfile::tempdir().unwrap();
-        prod.fetch(*m, out.path(), &Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("fetch keep/{i}: {e}"));
-        assert_same_tree(src.path(), out.path());
+        assert_fetches(&prod, *m, src.path(), &format!("keep/{i}")).await;
     }
     let stats = prod.stats().await.unwrap();
     let files: Vec<String> = server
@@ -605,11 +608,7 @@ async fn sigkill_inside_a_collection_loses_nothing_live_and_the_next_finishes() 
     let old = rebuilt.client("old").await;
     assert!(old.list_refs("", 100).await.unwrap().is_empty());
     for (m, src) in &live {
-        let out = tempfile::tempdir().unwrap();
-        prod.fetch(*m, out.path(), &Default::default())
-            .await
-            .unwrap();
-        assert_same_tree(src.path(), out.path());
+        assert_fetches(&prod, *m, src.path(), "on the rebuilt server").await;
     }
     rebuilt.stop().await;
 }
@@ -683,12 +682,7 @@ async fn a_full_store_collects_and_the_retry_goes_through() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m = client.resolve_ref("bar/2").await.unwrap();
-    let fetched = tempfile::tempdir().unwrap();
-    client
-        .fetch(m, fetched.path(), &Default::default())
-        .await
-        .unwrap();
-    assert_same_tree(second.path(), fetched.path());
+    assert_fetches(&client, m, second.path(), "bar/2").await;
     assert!(server
         .log_text()
         .contains("refused for room: collecting garbage"));
@@ -732,11 +726,7 @@ async fn a_scheduled_collection_runs_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = tempfile::tempdir().unwrap();
-    prod.fetch(k, out.path(), &Default::default())
-        .await
-        .unwrap();
-    assert_same_tree(kept.path(), out.path());
+    assert_fetches(&prod, k, kept.path(), "bar/5").await;
     assert!(server.log_text().contains("garbage collection done"));
     // Waiting for a ref retention removed waits for it to be set again (its last change
     // in the history is the expiry, which does not count as set).
@@ -841,11 +831,7 @@ async fn collected_bytes_leave_the_blob_store_and_a_rebuild_agrees(backend: &Bac
         prod.get_manifest(expired).await.unwrap_err().code(),
         Some(Code::NotFound)
     );
-    let out = tempfile::tempdir().unwrap();
-    prod.fetch(kept, out.path(), &Default::default())
-        .await
-        .unwrap();
-    assert_same_tree(keep.path(), out.path());
+    assert_fetches(&prod, kept, keep.path(), "bar/1 on the replacement").await;
     assert_eq!(status(&replacement.url(), "prod", kept).await.0.len(), 1);
     replacement.stop().await;
 }
