@@ -368,26 +368,32 @@ impl Bench {
         let out = self.work.join("out");
         let out_arg = out.to_str().ok_or("work dir is not UTF-8")?.to_string();
         let fetch_args = ["fetch", "--ref", REF, "--out", &out_arg];
-        let fetch_cold = measure(
-            runs,
-            || {
-                self.discard(&out)?;
-                sync_disks();
-                Ok(())
-            },
-            |_| {
-                let n = files.len() as u64;
-                let r = cli_expecting(
-                    self,
-                    &server,
-                    &fetch_args,
-                    "downloaded_files",
-                    n,
-                    "cold fetch",
-                )?;
-                Ok(r.sample())
-            },
-        )?;
+        let cold_fetches = |server: &Server, what: &str| {
+            measure(
+                runs,
+                || {
+                    self.discard(&out)?;
+                    sync_disks();
+                    Ok(())
+                },
+                |_| {
+                    let n = files.len() as u64;
+                    let r = cli_expecting(self, server, &fetch_args, "downloaded_files", n, what)?;
+                    Ok(r.sample())
+                },
+            )
+        };
+        let warm_fetches = |server: &Server, what: &str| {
+            measure(
+                runs,
+                || Ok(()),
+                |_| {
+                    let r = cli_expecting(self, server, &fetch_args, "downloaded_files", 0, what)?;
+                    Ok(r.sample())
+                },
+            )
+        };
+        let fetch_cold = cold_fetches(&server, "cold fetch")?;
         if tree::hash_tree(&out)? != listing {
             return Err("the fetched tree differs from the registered one".into());
         }
@@ -397,21 +403,7 @@ impl Bench {
         cp.extend(self.copy_baseline(&tree_dir, &mut cp_sync)?);
 
         eprintln!("fetch, warm ...");
-        let fetch_warm = measure(
-            runs,
-            || Ok(()),
-            |_| {
-                let r = cli_expecting(
-                    self,
-                    &server,
-                    &fetch_args,
-                    "downloaded_files",
-                    0,
-                    "warm fetch",
-                )?;
-                Ok(r.sample())
-            },
-        )?;
+        let fetch_warm = warm_fetches(&server, "warm fetch")?;
 
         // What verified reads cost: the same fetches from the same data dir, served by a
         // server that does not hash what it streams.
@@ -425,42 +417,9 @@ impl Bench {
         )
         .await?;
         eprintln!("fetch, cold, reads not verified ...");
-        let fetch_cold_unverified = measure(
-            runs,
-            || {
-                self.discard(&out)?;
-                sync_disks();
-                Ok(())
-            },
-            |_| {
-                let n = files.len() as u64;
-                let r = cli_expecting(
-                    self,
-                    &server,
-                    &fetch_args,
-                    "downloaded_files",
-                    n,
-                    "cold fetch, reads not verified",
-                )?;
-                Ok(r.sample())
-            },
-        )?;
+        let fetch_cold_unverified = cold_fetches(&server, "cold fetch, reads not verified")?;
         eprintln!("fetch, warm, reads not verified ...");
-        let fetch_warm_unverified = measure(
-            runs,
-            || Ok(()),
-            |_| {
-                let r = cli_expecting(
-                    self,
-                    &server,
-                    &fetch_args,
-                    "downloaded_files",
-                    0,
-                    "warm fetch, reads not verified",
-                )?;
-                Ok(r.sample())
-            },
-        )?;
+        let fetch_warm_unverified = warm_fetches(&server, "warm fetch, reads not verified")?;
 
         eprintln!("FindMissing of {FIND_MISSING_DIGESTS} digests ...");
         let present: Vec<Digest> = {
