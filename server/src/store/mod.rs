@@ -480,7 +480,10 @@ impl Store {
         // reported missing here and the client uploads it again.
         let digests: Vec<Digest> = manifest.entries().iter().map(|e| e.digest).collect();
         let missing = self.protect_blobs(digests).await?;
-        let known = self.protect_manifest(digest).await?;
+        // The entries were just protected: the manifest's own blob is all that is left
+        // (protect_manifest would read and protect them all again).
+        let known = self.with_index(move |i| i.has_manifest(&digest)).await?
+            && self.protect_blobs(vec![digest]).await?.is_empty();
         if !missing.is_empty() {
             let shown: Vec<String> = missing.iter().take(20).map(|d| d.to_string()).collect();
             return Err(ServerError::FailedPrecondition(format!(
