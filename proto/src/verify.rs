@@ -32,13 +32,7 @@ impl Verifier {
 
     /// Feeds the next bytes. Refuses as soon as more bytes arrive than the digest's size.
     pub fn update(&mut self, data: &[u8]) -> Result<(), Mismatch> {
-        let seen = self.seen + data.len() as u64;
-        if seen > self.expected.size() {
-            return Err(Mismatch::TooLong {
-                expected: self.expected.size(),
-            });
-        }
-        self.seen = seen;
+        self.count(data.len())?;
         // Large chunks hash on several threads; small ones are not worth the hand-off.
         if data.len() >= 128 * 1024 {
             self.hasher.update_rayon(data);
@@ -48,18 +42,29 @@ impl Verifier {
         Ok(())
     }
 
-    /// The digest the bytes must hash to.
-    pub fn expected(&self) -> Digest {
-        self.expected
+    /// Feeds the next bytes, hashed on this thread only: for a caller already on a
+    /// thread of its own among others doing the same (a server's reads), where handing
+    /// a chunk to a thread pool costs more than it saves.
+    pub fn update_here(&mut self, data: &[u8]) -> Result<(), Mismatch> {
+        self.count(data.len())?;
+        self.hasher.update(data);
+        Ok(())
     }
 
-    /// Bytes seen so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
+    fn count(&mut self, n: usize) -> Result<(), Mismatch> {
+        let seen = self.seen + n as u64;
+        if seen > self.expected.size() {
+            return Err(Mismatch::TooLong {
+                expected: self.expected.size(),
+            });
+        }
+        self.seen = seen;
+        Ok(())
     }
 
-    /// Finishes: the bytes seen must be exactly the expected digest.
-    pub fn finish(self) -> Result<Digest, Mismatch> {
+    /// Checks the bytes seen so far against the expected digest, as [`Verifier::finish`]
+    /// does, without consuming the verifier.
+    pub fn check(&self) -> Result<Digest, Mismatch> {
         if self.seen != self.expected.size() {
             return Err(Mismatch::Size {
                 expected: self.expected.size(),
@@ -74,6 +79,21 @@ impl Verifier {
             });
         }
         Ok(self.expected)
+    }
+
+    /// The digest the bytes must hash to.
+    pub fn expected(&self) -> Digest {
+        self.expected
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Finishes: the bytes seen must be exactly the expected digest.
+    pub fn finish(self) -> Result<Digest, Mismatch> {
+        self.check()
     }
 }
 

@@ -61,7 +61,9 @@ impl From<ServerError> for Status {
                 tracing::error!(error = %msg, "blob store error");
                 match inner {
                     StorageError::NotFound { .. } => Status::not_found(msg),
-                    StorageError::Short { .. } => Status::data_loss(msg),
+                    StorageError::Short { .. } | StorageError::Damaged { .. } => {
+                        Status::data_loss(msg)
+                    }
                     StorageError::Failed { .. } => Status::unavailable(msg),
                 }
             }

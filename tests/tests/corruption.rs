@@ -419,3 +419,63 @@ async fn client_manifest(server: &TestServer) -> Digest {
         .await
         .unwrap()
 }
+
+/// The web page's file download is a verified read too: a damaged small file is refused
+/// before any byte is sent, a damaged large one ends short of its size (the connection
+/// cut before its last chunk), and both are quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_page_never_serves_a_damaged_file_whole() {
+    let server =
+        stagecache_tests::ServerProcess::start_fresh_with_args(&["--web-listen", "127.0.0.1:0"]);
+    let client = server.client("prod").await;
+    let t = tree();
+    let reg = client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let m = reg.manifest;
+    let file_url = |name: &str| {
+        format!(
+            "{}/manifest/{}/{}/file/{name}",
+            server.web_url(),
+            m.hash_hex(),
+            m.size()
+        )
+    };
+    // Undamaged first: the whole file, exactly.
+    let r = reqwest::get(file_url("big.bin")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), BIG);
+
+    for (name, d, size, at) in [
+        ("small.bin", t.small, SMALL, 7),
+        ("big.bin", t.big, BIG, BIG - 1),
+    ] {
+        let object = format!("cas/{}/{}", &d.hash_hex()[..2], d.hash_hex());
+        let mut bytes = server.read_object(&object);
+        bytes[at] ^= 0x55;
+        server.overwrite_object(&object, bytes);
+        let r = reqwest::get(file_url(name)).await.unwrap();
+        let status = r.status().as_u16();
+        match r.bytes().await {
+            Ok(body) => assert!(
+                status != 200 || body.len() < size,
+                "{name}: {status} with {} of {size} bytes",
+                body.len()
+            ),
+            // The body broke off: what a damaged large file looks like.
+            Err(e) => assert_eq!(status, 200, "{name}: {e}"),
+        }
+        let mut cas = CasClient::new(server.channel().await);
+        assert!(blob_missing(&mut cas, d).await, "{name} is still indexed");
+        assert!(
+            server
+                .blob_files()
+                .contains(&format!("quarantine/{}", d.hash_hex())),
+            "{name} is not in quarantine/"
+        );
+    }
+    // The untouched file still downloads.
+    let r = reqwest::get(file_url("good.txt")).await.unwrap();
+    assert_eq!(&r.bytes().await.unwrap()[..], b"untouched");
+}

@@ -8,7 +8,7 @@
 use super::backend::cloud::CloudBackend;
 use super::backend::local::LocalBackend;
 use super::backend::metered::Metered;
-use super::backend::{Backend, PutMode, StorageError, Upload, Version, Written};
+use super::backend::{Backend, PutMode, ReadCheck, StorageError, Upload, Version, Written};
 use crate::error::{Result, ServerError};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -129,20 +129,23 @@ impl BlobStore {
         Ok(self.backend.upload(&Self::location(d)).await?)
     }
 
-    /// Streams bytes `[offset, offset + len)` of a blob in chunks of about `chunk` bytes.
+    /// Streams bytes `[offset, offset + len)` of a blob in chunks of about `chunk` bytes,
+    /// each passed through `check` first when there is one. Not verified by itself: see
+    /// [`super::Store::read_blob`].
     pub async fn read(
         &self,
         d: &Digest,
         offset: u64,
         len: u64,
         chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         if len == 0 {
             return Ok(futures::stream::empty().boxed());
         }
         let s = self
             .backend
-            .read(&Self::location(d), offset, len, chunk)
+            .read(&Self::location(d), offset, len, chunk, check)
             .await?;
         Ok(s.map(|r| r.map_err(ServerError::from)).boxed())
     }

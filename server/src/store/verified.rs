@@ -3,7 +3,8 @@
 //! A read that reaches the end of a blob hashes every byte of it as the bytes pass (a read
 //! from an offset hashes the unsent prefix first) and holds the last chunk back until the
 //! hash matched, so a client never receives a complete blob that does not hash to its
-//! digest. Bytes that do not match, or that are missing or short in the blob store, make
+//! digest. The hashing is the backend read's [`ReadCheck`]: a local read hashes each chunk
+//! on the blocking thread that just read it, one chunk ahead of the one being sent. Bytes that do not match, or that are missing or short in the blob store, make
 //! the blob *damaged*: it is dropped from the index (durably, so FindMissing reports it
 //! and the next upload publishes it again), its bytes are moved aside to
 //! `quarantine/<hex>` for inspection, the event is logged at error level and counted, and
@@ -13,7 +14,7 @@
 //! verifies whole contents); only its length is checked, and the client verifies the
 //! blob when it has all of it.
 
-use super::backend::StorageError;
+use super::backend::{ReadCheck, StorageError};
 use super::Store;
 use crate::error::{Result, ServerError};
 use bytes::Bytes;
@@ -22,19 +23,41 @@ use stagecache_proto::verify::Mismatch;
 use stagecache_proto::{Digest, Verifier};
 use std::sync::atomic::Ordering;
 
+/// A verified read's check: hashes each chunk; the chunk that completes the blob passes
+/// only when the whole blob hashed to its digest.
+struct HashCheck(Verifier);
+
+impl ReadCheck for HashCheck {
+    fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let v = &mut self.0;
+        v.update_here(chunk).map_err(|m| mismatch_words(&m))?;
+        if v.seen() == v.expected().size() {
+            v.check().map_err(|m| mismatch_words(&m))?;
+            if let Some(m) = crate::metrics::metrics() {
+                m.blobs_verified.inc();
+            }
+        }
+        Ok(())
+    }
+}
+
 /// State of a verified read stream.
 struct Reading {
     store: Store,
     digest: Digest,
     inner: BoxStream<'static, Result<Bytes>>,
-    /// `None` once the whole blob verified, or when the range cannot be verified.
-    verifier: Option<Verifier>,
     /// Leading bytes read only to be hashed (a read from an offset), not sent.
     skip: u64,
     done: bool,
 }
 
 impl Store {
+    /// The check a read of all of `d` passes through: `None` when reads are not verified.
+    fn hash_check(&self, d: Digest) -> Option<Box<dyn ReadCheck>> {
+        self.verifies_reads()
+            .then(|| Box::new(HashCheck(Verifier::new(d))) as Box<dyn ReadCheck>)
+    }
+
     /// Streams bytes `[offset, offset + len)` of a stored blob in chunks of about `chunk`
     /// bytes, verified when the range reaches the blob's end (see the module doc). Ends
     /// with [`ServerError::DataLoss`] when the blob is damaged, after quarantining it.
@@ -50,8 +73,12 @@ impl Store {
         }
         let to_end = offset.checked_add(len) == Some(d.size());
         // A read to the end reads (and hashes) from the start; the rest is plain.
-        let (from, skip) = if to_end { (0, offset) } else { (offset, 0) };
-        let inner = match self.blobs.read(&d, from, len + skip, chunk).await {
+        let (from, skip, check) = if to_end {
+            (0, offset, self.hash_check(d))
+        } else {
+            (offset, 0, None)
+        };
+        let inner = match self.blobs.read(&d, from, len + skip, chunk, check).await {
             Ok(s) => s,
             Err(e) => return Err(self.damaged_on_failure(d, e).await),
         };
@@ -59,42 +86,34 @@ impl Store {
             store: self.clone(),
             digest: d,
             inner,
-            verifier: (to_end && self.verifies_reads()).then(|| Verifier::new(d)),
             skip,
             done: false,
         };
         Ok(futures::stream::unfold(state, next_verified).boxed())
     }
 
-    /// Checks whole blobs read for a batch, on a blocking thread (hashing megabytes would
-    /// stall the runtime); quarantines each that does not hash to its digest.
-    pub async fn verify_whole(&self, blobs: Vec<(Digest, Bytes)>) -> Result<Vec<Result<Bytes>>> {
-        if !self.verifies_reads() {
-            return Ok(blobs.into_iter().map(|(_, data)| Ok(data)).collect());
-        }
-        let checked = tokio::task::spawn_blocking(move || {
-            blobs
-                .into_iter()
-                .map(|(d, data)| {
-                    let actual = Digest::of_bytes(&data);
-                    (d, data, actual)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        let mut out = Vec::with_capacity(checked.len());
-        for (d, data, actual) in checked {
-            if actual == d {
-                if let Some(m) = crate::metrics::metrics() {
-                    m.blobs_verified.inc();
-                }
-                out.push(Ok(data));
-            } else {
-                let why = format!("its bytes hash to {actual}");
-                out.push(Err(self.quarantine_damaged(d, &why).await));
+    /// A whole (small) blob in one buffer, verified: a damaged one is quarantined and
+    /// answered with [`ServerError::DataLoss`].
+    pub async fn read_whole_blob(&self, d: Digest) -> Result<Bytes> {
+        let whole = async {
+            let size = d.size().max(1) as usize;
+            let check = self.hash_check(d);
+            let mut s = self.blobs.read(&d, 0, d.size(), size, check).await?;
+            // One chunk of the whole size: usually one buffer, handed over without a copy.
+            let mut chunks = Vec::new();
+            while let Some(chunk) = s.next().await {
+                chunks.push(chunk?);
             }
+            Ok::<_, ServerError>(match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks.pop().expect("one chunk"),
+                _ => chunks.concat().into(),
+            })
+        };
+        match whole.await {
+            Ok(data) => Ok(data),
+            Err(e) => Err(self.damaged_on_failure(d, e).await),
         }
-        Ok(out)
     }
 
     /// A read of `d` failed: bytes missing or short in the blob store make the blob
@@ -121,6 +140,9 @@ impl Store {
                     "the blob store's copy is shorter than its {} bytes",
                     d.size()
                 );
+                self.quarantine_damaged(d, &why).await
+            }
+            ServerError::Storage(StorageError::Damaged { why, .. }) => {
                 self.quarantine_damaged(d, &why).await
             }
             ServerError::DataLoss(why) => self.quarantine_damaged(d, &why).await,
@@ -170,50 +192,14 @@ async fn next_verified(mut st: Reading) -> Option<(Result<Bytes>, Reading)> {
         if st.done {
             return None;
         }
-        let chunk = match st.inner.next().await {
-            None => return None,
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
+        let chunk = match st.inner.next().await? {
+            Ok(c) => c,
+            Err(e) => {
                 st.done = true;
                 let e = st.store.damaged_on_failure(st.digest, e).await;
                 return Some((Err(e), st));
             }
         };
-        if let Some(verifier) = st.verifier.take() {
-            // Hash on a blocking thread; the last chunk is released only after the whole
-            // blob's hash matched.
-            let hashed = chunk.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                let mut v = verifier;
-                match v.update(&hashed) {
-                    Err(m) => Err(m),
-                    Ok(()) if v.seen() == v.expected().size() => v.finish().map(|_| {
-                        if let Some(m) = crate::metrics::metrics() {
-                            m.blobs_verified.inc();
-                        }
-                        None
-                    }),
-                    Ok(()) => Ok(Some(v)),
-                }
-            })
-            .await;
-            let failed: Option<String> = match outcome {
-                Ok(Ok(next)) => {
-                    st.verifier = next;
-                    None
-                }
-                Ok(Err(m)) => Some(mismatch_words(&m)),
-                Err(e) => {
-                    st.done = true;
-                    return Some((Err(e.into()), st));
-                }
-            };
-            if let Some(why) = failed {
-                st.done = true;
-                let e = st.store.quarantine_damaged(st.digest, &why).await;
-                return Some((Err(e), st));
-            }
-        }
         let n = chunk.len() as u64;
         if st.skip >= n {
             st.skip -= n;

@@ -1,7 +1,9 @@
 //! The cloud stores `object_store` speaks to (Azure Blob, S3, GCS; memory for unit tests)
 //! as a backend. `object_store`'s types and errors stop here.
 
-use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, Written};
+use super::{
+    checked, Backend, ByteStream, Entry, PutMode, ReadCheck, StorageError, Upload, Version, Written,
+};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path as ObjectPath;
@@ -188,6 +190,7 @@ impl Backend for CloudBackend {
         offset: u64,
         len: u64,
         chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
         if len == 0 {
             return Ok(futures::stream::empty().boxed());
@@ -214,7 +217,11 @@ impl Backend for CloudBackend {
             wanted: len,
             got,
         };
-        Ok(rechunk(stream, chunk.max(1), len, short))
+        let s = rechunk(stream, chunk.max(1), len, short);
+        Ok(match check {
+            Some(c) => checked(s, c, self.describe.clone(), path.to_string()),
+            None => s,
+        })
     }
 
     async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {

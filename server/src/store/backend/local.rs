@@ -14,7 +14,9 @@
 //! Reads and writes run on blocking threads straight between the file and the buffers
 //! that travel on (no copy through an async file's own buffer).
 
-use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, Written};
+use super::{
+    Backend, ByteStream, Entry, PutMode, ReadCheck, StorageError, Upload, Version, Written,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::io::{Read, Seek, Write};
@@ -71,6 +73,76 @@ impl LocalBackend {
             Ok(r) => r.map_err(|e| self.io(op, name, e)),
             Err(e) => Err(StorageError::failed(&self.describe, op, name, e)),
         }
+    }
+}
+
+/// A file read chunk by chunk on blocking threads, each chunk passed through the read's
+/// check on the thread that read it.
+struct ChunkReader {
+    /// Opened by the first chunk's read.
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    check: Option<Box<dyn ReadCheck>>,
+    backend: String,
+    name: String,
+    offset: u64,
+    len: u64,
+    done: u64,
+    chunk: u64,
+}
+
+type PendingChunk =
+    futures::future::BoxFuture<'static, Result<(Option<ChunkReader>, Bytes), StorageError>>;
+
+impl ChunkReader {
+    /// Starts reading the next chunk on a blocking thread now (read-ahead), to be awaited
+    /// later: the chunk, and the reader while more remains. A stream dropped meanwhile
+    /// lets the one chunk finish and drops it.
+    fn spawn(self) -> PendingChunk {
+        let (backend, name) = (self.backend.clone(), self.name.clone());
+        let task = tokio::task::spawn_blocking(move || self.read_chunk());
+        Box::pin(async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(StorageError::failed(&backend, "read", &name, e)),
+            }
+        })
+    }
+
+    fn read_chunk(mut self) -> Result<(Option<ChunkReader>, Bytes), StorageError> {
+        let opened = self.file.take();
+        let io = |e| io_error(&self.backend, "read", &self.name, e);
+        let mut file = match opened {
+            Some(f) => f,
+            None => {
+                let mut f = std::fs::File::open(&self.path).map_err(io)?;
+                f.seek(std::io::SeekFrom::Start(self.offset)).map_err(io)?;
+                f
+            }
+        };
+        let want = (self.len - self.done).min(self.chunk);
+        let mut buf = Vec::with_capacity(want as usize);
+        (&mut file).take(want).read_to_end(&mut buf).map_err(io)?;
+        if buf.len() as u64 != want {
+            return Err(StorageError::Short {
+                backend: self.backend,
+                path: self.name,
+                offset: self.offset,
+                wanted: self.len,
+                got: self.done + buf.len() as u64,
+            });
+        }
+        if let Some(check) = &mut self.check {
+            check.check(&buf).map_err(|why| StorageError::Damaged {
+                backend: self.backend.clone(),
+                path: self.name.clone(),
+                why,
+            })?;
+        }
+        self.done += want;
+        self.file = Some(file);
+        let more = (self.done < self.len).then_some(self);
+        Ok((more, Bytes::from(buf)))
     }
 }
 
@@ -274,52 +346,37 @@ impl Backend for LocalBackend {
         offset: u64,
         len: u64,
         chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
+        if len == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
         let path = self.file(name);
-        let file = self
-            .blocking("read", name, move || {
-                let mut f = std::fs::File::open(&path)?;
-                f.seek(std::io::SeekFrom::Start(offset))?;
-                Ok(f)
-            })
-            .await?;
-        let backend = self.describe.clone();
-        let name = name.to_string();
-        let chunk = chunk.max(1) as u64;
-        Ok(
-            futures::stream::try_unfold((file, 0u64), move |(file, done)| {
-                let backend = backend.clone();
-                let name = name.clone();
-                async move {
-                    if done == len {
-                        return Ok(None);
-                    }
-                    let want = (len - done).min(chunk);
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut file = file;
-                        let mut buf = Vec::with_capacity(want as usize);
-                        (&mut file).take(want).read_to_end(&mut buf)?;
-                        Ok::<_, std::io::Error>((file, buf))
-                    })
-                    .await;
-                    let (file, buf) = match read {
-                        Ok(r) => r.map_err(|e| io_error(&backend, "read", &name, e))?,
-                        Err(e) => return Err(StorageError::failed(&backend, "read", &name, e)),
-                    };
-                    if buf.len() as u64 != want {
-                        return Err(StorageError::Short {
-                            backend,
-                            path: name,
-                            offset,
-                            wanted: len,
-                            got: done + buf.len() as u64,
-                        });
-                    }
-                    Ok(Some((Bytes::from(buf), (file, done + want))))
-                }
-            })
-            .boxed(),
-        )
+        let reader = ChunkReader {
+            file: None,
+            path,
+            check,
+            backend: self.describe.clone(),
+            name: name.to_string(),
+            offset,
+            len,
+            done: 0,
+            chunk: chunk.max(1) as u64,
+        };
+        // The file is opened, and its first chunk read, before this returns (so a missing
+        // or damaged object fails the call itself); each later chunk is read, and checked,
+        // on a blocking thread while the one before it travels on.
+        let (reader, first) = reader.spawn().await?;
+        let ahead = reader.map(ChunkReader::spawn);
+        Ok(futures::stream::once(futures::future::ready(Ok(first)))
+            .chain(futures::stream::try_unfold(ahead, |ahead| async move {
+                let Some(pending) = ahead else {
+                    return Ok(None);
+                };
+                let (reader, bytes) = pending.await?;
+                Ok(Some((bytes, reader.map(ChunkReader::spawn))))
+            }))
+            .boxed())
     }
 
     async fn get(&self, name: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
@@ -588,7 +645,7 @@ mod tests {
     }
 
     async fn read_all(b: &LocalBackend, name: &str, offset: u64, len: u64) -> Vec<u8> {
-        let mut s = b.read(name, offset, len, 3).await.unwrap();
+        let mut s = b.read(name, offset, len, 3, None).await.unwrap();
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
             out.extend_from_slice(&c.unwrap());
@@ -683,7 +740,7 @@ mod tests {
             names(b.list("journal", Some("journal/1")).await.unwrap()),
             ["journal/2", "journal/3"]
         );
-        let mut s = b.read("journal/1", 1, 5, 2).await.unwrap();
+        let mut s = b.read("journal/1", 1, 5, 2, None).await.unwrap();
         let mut got = 0;
         let mut short = None;
         while let Some(c) = s.next().await {
@@ -698,7 +755,7 @@ mod tests {
             "{short:?}"
         );
         assert!(matches!(
-            b.read("journal/9", 0, 1, 1).await.err(),
+            b.read("journal/9", 0, 1, 1, None).await.err(),
             Some(StorageError::NotFound { .. })
         ));
         assert!(b.rename("journal/3", "quarantine/3").await.unwrap());
@@ -706,5 +763,80 @@ mod tests {
         b.delete("journal/2").await.unwrap();
         b.delete("journal/2").await.unwrap();
         assert_eq!(names(b.list("journal", None).await.unwrap()), ["journal/1"]);
+    }
+
+    /// Refuses the chunk that holds a given byte; records every chunk it saw.
+    struct RefuseAt {
+        at: usize,
+        seen: usize,
+        chunks: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl super::ReadCheck for RefuseAt {
+        fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
+            self.chunks.lock().unwrap().push(chunk.to_vec());
+            let range = self.seen..self.seen + chunk.len();
+            self.seen = range.end;
+            if range.contains(&self.at) {
+                return Err(format!("byte {} is wrong", self.at));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_sees_every_chunk_in_order_and_a_refused_one_is_never_delivered() {
+        let (_d, b) = backend();
+        let data: Vec<u8> = (0..10u8).collect();
+        b.put("cas/x", vec![Bytes::from(data.clone())], PutMode::Overwrite)
+            .await
+            .unwrap();
+        let read = |at: usize| {
+            let chunks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let check = RefuseAt {
+                at,
+                seen: 0,
+                chunks: chunks.clone(),
+            };
+            let b = &b;
+            async move {
+                let mut delivered = Vec::new();
+                let mut failed = None;
+                match b.read("cas/x", 0, 10, 4, Some(Box::new(check))).await {
+                    Ok(mut s) => {
+                        while let Some(c) = s.next().await {
+                            match c {
+                                Ok(c) => delivered.push(c.to_vec()),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+                let seen = chunks.lock().unwrap().clone();
+                (delivered, failed, seen)
+            }
+        };
+        // Nothing refused: every chunk checked, in order, and delivered.
+        let (delivered, failed, seen) = read(usize::MAX).await;
+        assert!(failed.is_none(), "{failed:?}");
+        assert_eq!(delivered.concat(), data);
+        assert_eq!(seen, delivered);
+        // The first chunk refused: the read itself fails, nothing is delivered.
+        let (delivered, failed, _) = read(1).await;
+        assert!(delivered.is_empty());
+        assert!(
+            matches!(&failed, Some(StorageError::Damaged { why, .. }) if why == "byte 1 is wrong"),
+            "{failed:?}"
+        );
+        // The last chunk refused: the chunks before it arrive, then the error in its
+        // place; the read-ahead did not run past the end.
+        let (delivered, failed, seen) = read(9).await;
+        assert_eq!(delivered, [data[0..4].to_vec(), data[4..8].to_vec()]);
+        assert!(
+            matches!(failed, Some(StorageError::Damaged { .. })),
+            "{failed:?}"
+        );
+        assert_eq!(seen.len(), 3);
     }
 }

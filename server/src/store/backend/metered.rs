@@ -3,7 +3,9 @@
 //! `stagecache_storage_operation_duration_seconds`). Reads are timed until their stream is
 //! open; an upload from its start to its publication.
 
-use super::{Backend, ByteStream, Entry, PutMode, StorageError, Upload, Version, Written};
+use super::{
+    Backend, ByteStream, Entry, PutMode, ReadCheck, StorageError, Upload, Version, Written,
+};
 use crate::metrics::metrics;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ fn outcome<T>(r: &Result<T, StorageError>) -> &'static str {
         Ok(_) => "ok",
         Err(StorageError::NotFound { .. }) => "not_found",
         Err(StorageError::Short { .. }) => "short",
+        Err(StorageError::Damaged { .. }) => "damaged",
         Err(StorageError::Failed { .. }) => "error",
     }
 }
@@ -107,9 +110,10 @@ impl<B: Backend> Backend for Metered<B> {
         offset: u64,
         len: u64,
         chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
         let started = Instant::now();
-        let r = self.inner.read(path, offset, len, chunk).await;
+        let r = self.inner.read(path, offset, len, chunk, check).await;
         observe(self.kind(), "read", started, &r);
         r
     }

@@ -36,6 +36,13 @@ pub enum StorageError {
         wanted: u64,
         got: u64,
     },
+    /// The object's bytes failed a read's [`ReadCheck`] (they do not hash to their name).
+    #[error("{backend}: {path}: {why}")]
+    Damaged {
+        backend: String,
+        path: String,
+        why: String,
+    },
     /// Anything else: the backend is unreachable, refuses, or its disk failed.
     #[error("{backend}: {op} {path}: {message}")]
     Failed {
@@ -68,6 +75,54 @@ impl StorageError {
 pub struct Version {
     pub e_tag: Option<String>,
     pub version: Option<String>,
+}
+
+/// Sees every byte a read delivers, in order, before it is delivered, on the thread that
+/// read it where the backend reads on blocking threads: a verified read's hasher, so a
+/// local read hashes bytes while they are still in the CPU's cache, with no hand-off of
+/// its own. An error ends the read with [`StorageError::Damaged`] in place of the chunk.
+pub trait ReadCheck: Send + 'static {
+    fn check(&mut self, chunk: &[u8]) -> Result<(), String>;
+}
+
+/// Runs `check` over a stream on blocking threads, one chunk at a time: for backends
+/// whose reads arrive on the async runtime (hashing a megabyte there would stall it).
+pub fn checked(
+    s: ByteStream,
+    check: Box<dyn ReadCheck>,
+    backend: String,
+    path: String,
+) -> ByteStream {
+    use futures::StreamExt;
+    let state = (s, Some(check));
+    futures::stream::unfold(state, move |(mut s, check)| {
+        let (backend, path) = (backend.clone(), path.clone());
+        async move {
+            let mut check = check?;
+            let chunk = match s.next().await? {
+                Ok(c) => c,
+                Err(e) => return Some((Err(e), (s, None))),
+            };
+            let hashed = chunk.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let r = check.check(&hashed);
+                (check, r)
+            })
+            .await;
+            match outcome {
+                Ok((check, Ok(()))) => Some((Ok(chunk), (s, Some(check)))),
+                Ok((_, Err(why))) => {
+                    let e = StorageError::Damaged { backend, path, why };
+                    Some((Err(e), (s, None)))
+                }
+                Err(e) => Some((
+                    Err(StorageError::failed(&backend, "read", &path, e)),
+                    (s, None),
+                )),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// How a put treats an object already there.
@@ -129,13 +184,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError>;
 
     /// Streams bytes `[offset, offset + len)` in chunks of about `chunk` bytes; a stream
-    /// that cannot deliver `len` bytes ends with [`StorageError::Short`].
+    /// that cannot deliver `len` bytes ends with [`StorageError::Short`]. With a `check`,
+    /// every chunk passes it before it is delivered (see [`ReadCheck`]); the first chunk
+    /// may be read, and fail, before this returns.
     async fn read(
         &self,
         path: &str,
         offset: u64,
         len: u64,
         chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError>;
 
     /// A whole (small) object and its version; `None` when it does not exist.
