@@ -23,12 +23,13 @@ pub fn azurite_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// A running Azurite blob service (killed on drop).
+/// A running Azurite blob service: started by a test (killed on drop), or already running
+/// ([`Azurite::at`]).
 pub struct Azurite {
-    child: Child,
+    child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Azurite {
@@ -58,10 +59,19 @@ impl Azurite {
             false,
         );
         Some(Azurite {
-            child,
+            child: Some(child),
             url,
-            _dir: dir,
+            _dir: Some(dir),
         })
+    }
+
+    /// An Azurite someone else started and stops, at `url`.
+    pub fn at(url: &str) -> Self {
+        Azurite {
+            child: None,
+            url: url.trim_end_matches('/').to_string(),
+            _dir: None,
+        }
     }
 
     /// The environment a server needs to use this emulator.
@@ -72,8 +82,40 @@ impl Azurite {
         ]
     }
 
+    /// object_store options that reach this emulator from the test process itself, as an
+    /// Azure account at an endpoint of its own (the server's emulator settings come from
+    /// its environment, which a test cannot change for its own process).
+    pub fn store_options(&self) -> Vec<(String, String)> {
+        vec![
+            ("azure_storage_account_name".into(), ACCOUNT.into()),
+            ("azure_storage_account_key".into(), KEY.into()),
+            (
+                "azure_storage_endpoint".into(),
+                format!("{}/{ACCOUNT}", self.url),
+            ),
+            ("azure_allow_http".into(), "true".into()),
+        ]
+    }
+
     /// Creates a container (Blob service REST, Shared Key signed).
     pub async fn create_container(&self, name: &str) {
+        let (status, body) = self.put_container(name).await;
+        assert!(
+            status.is_success(),
+            "create container {name}: {status} {body}"
+        );
+    }
+
+    /// Creates a container unless it exists.
+    pub async fn ensure_container(&self, name: &str) {
+        let (status, body) = self.put_container(name).await;
+        assert!(
+            status.is_success() || status == reqwest::StatusCode::CONFLICT,
+            "create container {name}: {status} {body}"
+        );
+    }
+
+    async fn put_container(&self, name: &str) -> (reqwest::StatusCode, String) {
         self.signed_put(
             &format!("{name}?restype=container"),
             &format!("{name}\nrestype:container"),
@@ -81,24 +123,13 @@ impl Azurite {
             Vec::new(),
             "create container",
         )
-        .await;
-    }
-
-    /// Writes a block blob's bytes as they are (to damage what a server stored).
-    pub async fn put_blob(&self, container: &str, name: &str, data: Vec<u8>) {
-        self.signed_put(
-            &format!("{container}/{name}"),
-            &format!("{container}/{name}"),
-            &[("x-ms-blob-type", "BlockBlob")],
-            data,
-            "put blob",
-        )
-        .await;
+        .await
     }
 
     /// A PUT of `/{ACCOUNT}/{path}` signed with the emulator's Shared Key. `resource` is
     /// the canonicalized resource after `/{ACCOUNT}/{ACCOUNT}/`; `headers` are `x-ms-*`
-    /// headers besides the date and version, in name order.
+    /// headers besides the date and version, in name order. Returns the answer's status
+    /// and body.
     async fn signed_put(
         &self,
         path: &str,
@@ -106,7 +137,7 @@ impl Azurite {
         headers: &[(&str, &str)],
         body: Vec<u8>,
         what: &str,
-    ) {
+    ) -> (reqwest::StatusCode, String) {
         let date = http_date(std::time::SystemTime::now());
         let version = "2021-08-06";
         let length = if body.is_empty() {
@@ -154,15 +185,16 @@ impl Azurite {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert!(status.is_success(), "{what} {path}: {status} {body}");
+        (status, response.text().await.unwrap_or_default())
     }
 }
 
 impl Drop for Azurite {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

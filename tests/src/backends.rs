@@ -75,31 +75,19 @@ impl Backend {
 
     /// Overwrites a stored object (`cas/ab/<hex>`) with `data`, behind the server's back.
     pub async fn overwrite(&self, name: &str, data: Vec<u8>) {
-        if let Some(a) = &self._azurite {
-            a.put_blob("stagecache", &format!("release/{name}"), data)
-                .await;
-        } else if self._moto.is_some() {
-            // Through object_store, signed with the emulator's settings (moto refuses an
-            // unsigned PUT of an object).
-            use stagecache_server::store::backend::PutMode;
-            let options = self
-                .env
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
-            let store = stagecache_server::store::blobs::BlobStore::open_with(
-                Some(&self.url),
-                self._dir.path(),
-                options,
-            )
+        use stagecache_server::store::backend::PutMode;
+        let env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let store = crate::open_blob_store(Some(&self.url), self._dir.path(), &env)
             .expect("open the blob store");
-            store
-                .backend()
-                .put(name, vec![data.into()], PutMode::Overwrite)
-                .await
-                .expect("overwrite");
-        } else {
-            std::fs::write(self._dir.path().join("blobs").join(name), data).unwrap();
-        }
+        store
+            .backend()
+            .put(name, vec![data.into()], PutMode::Overwrite)
+            .await
+            .expect("overwrite");
     }
 
     pub fn command(&self, program: &str) -> std::process::Command {
@@ -107,6 +95,52 @@ impl Backend {
         cmd.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd
     }
+}
+
+/// The variable that puts the end-to-end suite's servers on an emulator: see
+/// [`suite_blob_store`].
+pub const SUITE_BLOB_STORE: &str = "STAGECACHE_TEST_BLOB_STORE";
+
+/// The blob store a server the harness starts runs on when its test names none, from
+/// [`SUITE_BLOB_STORE`]: unset or `local`, a directory in its data dir (the server's
+/// default); `azurite=http://HOST:PORT` or `s3=http://HOST:PORT`, an emulator already
+/// running there (`scripts/test-on-emulators` starts them and runs the suite's matrix
+/// over each). Every data dir gets a prefix of its own (from its path) in the emulator's
+/// `stagecache` container or bucket, so a server restarted on it finds its blobs and
+/// journal again. Returns the `--blob-store` URL and the environment that reaches the
+/// emulator.
+pub fn suite_blob_store(data_dir: &Path) -> Option<(String, Vec<(String, String)>)> {
+    let setting = std::env::var(SUITE_BLOB_STORE).ok()?;
+    if setting.is_empty() || setting == "local" {
+        return None;
+    }
+    let (kind, endpoint) = setting.split_once('=').unwrap_or_else(|| {
+        panic!("{SUITE_BLOB_STORE}={setting:?}: expected local, azurite=URL or s3=URL")
+    });
+    let prefix = format!(
+        "t{}",
+        &stagecache_proto::Digest::of_bytes(data_dir.as_os_str().as_encoded_bytes()).hash_hex()
+            [..16]
+    );
+    let (scheme, env) = match kind {
+        "azurite" => ("az", Azurite::at(endpoint).env()),
+        "s3" => ("s3", Moto::at(endpoint).env()),
+        other => panic!("{SUITE_BLOB_STORE}: unknown emulator {other:?} (azurite or s3)"),
+    };
+    // The container or bucket, made once per test process.
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let (kind, endpoint) = (kind.to_string(), endpoint.to_string());
+        crate::on_a_thread_of_its_own(async move {
+            if kind == "azurite" {
+                Azurite::at(&endpoint).ensure_container("stagecache").await;
+            } else {
+                Moto::at(&endpoint).create_bucket("stagecache").await;
+            }
+        });
+    });
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Some((format!("{scheme}://stagecache/{prefix}"), env))
 }
 
 /// One test per backend for a story: local disk, Azurite and S3 (moto). The emulator

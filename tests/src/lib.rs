@@ -192,6 +192,43 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Opens the blob store at `url` (`None`: the local one in `data_dir`) as a server with
+/// the environment `env` would, from the test process: Azurite is reached as an Azure
+/// account at an endpoint of its own (a server takes the emulator's address from its
+/// environment, which a test cannot change for its own process); other settings become
+/// object_store options.
+pub fn open_blob_store(
+    url: Option<&str>,
+    data_dir: &Path,
+    env: &[(String, String)],
+) -> stagecache_server::error::Result<stagecache_server::store::blobs::BlobStore> {
+    let options: Vec<(String, String)> =
+        match env.iter().find(|(k, _)| k == "AZURITE_BLOB_STORAGE_URL") {
+            Some((_, azurite)) => azurite::Azurite::at(azurite).store_options(),
+            None => env
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        };
+    stagecache_server::store::blobs::BlobStore::open_with(url, data_dir, options)
+}
+
+/// Runs `fut` to completion on a runtime of its own on a new thread: for the harness's
+/// synchronous helpers, which are often called from inside a test's runtime.
+pub(crate) fn on_a_thread_of_its_own<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    })
+    .join()
+    .expect("the helper thread")
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so trees are reproducible.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -551,6 +588,13 @@ impl ServerProcess {
         client_env: Vec<(String, String)>,
     ) -> Self {
         use std::io::BufRead;
+        let (mut extra_args, mut client_env) = (extra_args, client_env);
+        if !extra_args.iter().any(|a| a == "--blob-store") {
+            if let Some((url, env)) = backends::suite_blob_store(data_dir) {
+                extra_args.extend(["--blob-store".to_string(), url]);
+                client_env.extend(env);
+            }
+        }
         let with_web = extra_args.iter().any(|a| a == "--web-listen");
         let with_metrics = extra_args.iter().any(|a| a == "--metrics-listen");
         let log_path = Self::log(&log_dir);
@@ -688,9 +732,64 @@ impl ServerProcess {
         channel(&self.url()).await
     }
 
-    /// Every file under the blob store, relative to it.
+    /// The `--blob-store` this server runs on; `None`: the local directory in its data dir.
+    fn blob_store_url(&self) -> Option<&str> {
+        self.extra_args
+            .windows(2)
+            .find(|w| w[0] == "--blob-store")
+            .map(|w| w[1].as_str())
+            .filter(|u| !u.starts_with("file://"))
+    }
+
+    /// The blob store this server runs on, opened as the server opens it (its
+    /// `--blob-store` and environment): for a test that looks behind the server's back.
+    pub fn blob_store(&self) -> stagecache_server::store::blobs::BlobStore {
+        open_blob_store(self.blob_store_url(), &self.data_dir, &self.client_env)
+            .unwrap_or_else(|e| self.fail(&format!("cannot open its blob store: {e}")))
+    }
+
+    /// Every object in the blob store but the lease, relative to it, in name order: files
+    /// (staging files included) in a local one, a listing of a cloud one.
     pub fn blob_files(&self) -> Vec<String> {
-        blob_files(&self.data_dir)
+        if self.blob_store_url().is_none() {
+            return blob_files(&self.data_dir);
+        }
+        let store = self.blob_store();
+        let listed = on_a_thread_of_its_own(async move { store.backend().list("", None).await });
+        let mut out: Vec<String> = listed
+            .unwrap_or_else(|e| self.fail(&format!("cannot list its blob store: {e}")))
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != "lease.json")
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A stored object's bytes (`cas/ab/<hex>`), read behind the server's back.
+    pub fn read_object(&self, name: &str) -> Vec<u8> {
+        let store = self.blob_store();
+        let path = name.to_string();
+        let got = on_a_thread_of_its_own(async move { store.backend().get(&path).await });
+        match got {
+            Ok(Some((bytes, _))) => bytes.to_vec(),
+            Ok(None) => self.fail(&format!("its blob store has no {name}")),
+            Err(e) => self.fail(&format!("cannot read {name}: {e}")),
+        }
+    }
+
+    /// Replaces a stored object's bytes behind the server's back (to damage it).
+    pub fn overwrite_object(&self, name: &str, data: Vec<u8>) {
+        use stagecache_server::store::backend::PutMode;
+        let store = self.blob_store();
+        let path = name.to_string();
+        on_a_thread_of_its_own(async move {
+            store
+                .backend()
+                .put(&path, vec![data.into()], PutMode::Overwrite)
+                .await
+        })
+        .unwrap_or_else(|e| self.fail(&format!("cannot overwrite {name}: {e}")));
     }
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the process to end.

@@ -17,9 +17,10 @@ pub fn moto_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// A running moto server (killed on drop).
+/// A running moto server: started by a test (killed on drop), or already running
+/// ([`Moto::at`]).
 pub struct Moto {
-    child: Child,
+    child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
 }
@@ -41,7 +42,18 @@ impl Moto {
             "Running on ",
             true,
         );
-        Some(Moto { child, url })
+        Some(Moto {
+            child: Some(child),
+            url,
+        })
+    }
+
+    /// A moto someone else started and stops, at `url`.
+    pub fn at(url: &str) -> Self {
+        Moto {
+            child: None,
+            url: url.trim_end_matches('/').to_string(),
+        }
     }
 
     /// The environment a server needs to use this emulator as S3.
@@ -56,7 +68,8 @@ impl Moto {
         ]
     }
 
-    /// Creates a bucket (moto accepts the unsigned call).
+    /// Creates a bucket (moto accepts the unsigned call); one already there is fine (S3
+    /// answers its owner's second create with 200 in us-east-1).
     pub async fn create_bucket(&self, name: &str) {
         let r = reqwest::Client::new()
             .put(format!("{}/{name}", self.url))
@@ -64,7 +77,7 @@ impl Moto {
             .await
             .expect("create bucket");
         assert!(
-            r.status().is_success(),
+            r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT,
             "create bucket {name}: {}",
             r.status()
         );
@@ -73,7 +86,9 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

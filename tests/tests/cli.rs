@@ -140,14 +140,9 @@ async fn every_documented_exit_code() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rotten_digest = stdout(&o);
     let hex = rotten_digest.split('/').next().unwrap().to_string();
-    let stored = server.data_dir.join("blobs/cas").join(&hex[..2]).join(&hex);
-    assert_eq!(
-        std::fs::read(&stored).unwrap(),
-        rotten,
-        "{}",
-        stored.display()
-    );
-    std::fs::write(&stored, pseudo_random(7, 5000)).unwrap();
+    let stored = format!("cas/{}/{hex}", &hex[..2]);
+    assert_eq!(server.read_object(&stored), rotten, "{stored}");
+    server.overwrite_object(&stored, pseudo_random(7, 5000));
 
     // 7 and 8: a stage that succeeded (claim: nothing to do), one that failed (wait).
     for (stage, status) in [("Publish", "succeeded"), ("Validation", "failed")] {
