@@ -26,6 +26,11 @@ use std::sync::Arc;
 
 const PREFIX: &str = "journal";
 
+/// Journal entries a replay reads ahead of the one it applies.
+const REPLAY_READS_AT_ONCE: usize = 32;
+/// Entries replayed between two raises of the index's journal mark.
+const MARK_EVERY: usize = 1_000;
+
 fn name(seq: u64) -> String {
     format!("{PREFIX}/{seq:020}")
 }
@@ -190,8 +195,42 @@ async fn replay(
     report: &mut RebuildReport,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
-    for (n, (path, _)) in entries.iter().enumerate() {
-        let bytes = blobs.get_object(path).await?;
+    use futures::stream::StreamExt;
+    // Entries are read several at a time (a cloud store's round trips overlap) and
+    // applied strictly in order.
+    // (Owned paths and a boxed stream: a closure borrowing them would make the server's
+    // future not `Send` for every lifetime, which rustc cannot prove.)
+    let backend = blobs.backend().clone();
+    let mut reads =
+        futures::stream::iter(entries.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())
+            .map(move |path| {
+                let backend = backend.clone();
+                async move {
+                    let got = backend.get(&path).await;
+                    (path, got)
+                }
+            })
+            .buffered(REPLAY_READS_AT_ONCE)
+            .boxed();
+    let (mut n, mut applied): (usize, Option<String>) = (0, None);
+    while let Some((path, got)) = reads.next().await {
+        let path = path.as_str();
+        // The mark is raised every so often (to the last entry applied) and at the end,
+        // not per entry: replay is idempotent, so a crash in between only replays a few
+        // entries again.
+        if let Some(done) = applied.as_deref().filter(|_| n % MARK_EVERY == 0) {
+            continue_after(index, done).await?;
+        }
+        applied = Some(path.to_string());
+        n += 1;
+        let bytes = match got? {
+            Some((bytes, _)) => bytes,
+            None => {
+                return Err(ServerError::DataLoss(format!(
+                    "journal entry {path} was listed but is gone"
+                )))
+            }
+        };
         let entry = JournalEntry::decode(bytes.as_ref())
             .map_err(|e| ServerError::DataLoss(format!("journal entry {path}: {e}")))?;
         let bad = |what: String| ServerError::DataLoss(format!("journal entry {path}: {what}"));
@@ -207,7 +246,6 @@ async fn replay(
                         // Collected since (a later entry says so), or lost: either way
                         // there is no manifest to restore.
                         report.manifests_gone += 1;
-                        continue_after(index, path).await?;
                         report.journal_entries += 1;
                         continue;
                     }
@@ -251,10 +289,12 @@ async fn replay(
             }
         }
         report.journal_entries += 1;
-        continue_after(index, path).await?;
-        if (n + 1) % 10_000 == 0 {
-            progress(&format!("journal: {} of {} replayed", n + 1, entries.len()));
+        if n % 10_000 == 0 {
+            progress(&format!("journal: {n} of {} replayed", entries.len()));
         }
+    }
+    if let Some((last, _)) = entries.last() {
+        continue_after(index, last).await?;
     }
     let i = index.clone();
     blocking(move || i.flush()).await?;
