@@ -19,6 +19,7 @@
 mod gc;
 mod ledger;
 mod process;
+mod rebuild;
 mod report;
 mod tree;
 
@@ -50,6 +51,9 @@ enum Phase {
     Memory,
     /// A garbage collection over --gc-blobs blobs, and calls' latency during it.
     Gc,
+    /// The index rebuilt from the blob store after --rebuild-builds builds and
+    /// --rebuild-attempts ledger attempts.
+    Rebuild,
 }
 
 #[derive(Parser, Debug)]
@@ -82,6 +86,26 @@ struct Args {
     /// Builds (manifests with a ref) those blobs are in.
     #[arg(long, default_value_t = 100)]
     gc_builds: usize,
+    /// Builds (blobs, a manifest and a ref each) the rebuild phase writes.
+    #[arg(long, default_value_t = 100)]
+    rebuild_builds: usize,
+    /// Ledger attempts the rebuild phase writes through RecordBatch (5 records per 3
+    /// attempts).
+    #[arg(long, default_value_t = 1_000_000)]
+    rebuild_attempts: usize,
+    /// Single Records (one journal entry each) the rebuild phase writes besides.
+    #[arg(long, default_value_t = 10_000)]
+    rebuild_records: usize,
+    /// Where the servers of the transfer, ledger and rebuild phases keep blobs and journal:
+    /// `azurite` or `s3` (the emulator, started by the bench from where scripts/ci-deps
+    /// installs it), or a blob-store URL (credentials from the environment). Default: the
+    /// data dir's local directory. The memory and gc phases always run on local disk.
+    #[arg(long)]
+    blob_store: Option<String>,
+    /// Runs each server on CPU 0 and each CLI on CPU 1 (sched_setaffinity), as on two
+    /// machines: what client and server each cost, without the other on its core.
+    #[arg(long)]
+    pin: bool,
     /// Seed of the tree's contents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -405,9 +429,41 @@ impl Bench {
         eprintln!("fetch, warm ...");
         let fetch_warm = warm_fetches(&server, "warm fetch")?;
 
-        // What verified reads cost: the same fetches from the same data dir, served by a
-        // server that does not hash what it streams.
+        // What verified reads cost, in pairs: each pair is a cold fetch from a server that
+        // verifies and one from a server started with `--unverified-reads`, on the same
+        // data dir, their order alternating from pair to pair, so that drift on the shared
+        // machine falls on both alike. Judged by the median of the pairs' ratios.
         server.stop()?;
+        eprintln!("fetch, cold, verified and not, in pairs ...");
+        let mut paired = [Vec::new(), Vec::new()];
+        let mut ratios = Vec::new();
+        for i in 0..=runs {
+            let mut pair = [Duration::ZERO; 2];
+            let order = if i % 2 == 0 { [1, 0] } else { [0, 1] };
+            for verified in order {
+                let flags: &[&str] = if verified == 1 {
+                    &[]
+                } else {
+                    &["--unverified-reads"]
+                };
+                let log = self.log("server-transfer");
+                let s = Server::start_with(&self.bins, &data, &log, flags, None).await?;
+                self.discard(&out)?;
+                sync_disks();
+                let n = files.len() as u64;
+                let what = ["cold fetch, reads not verified", "cold fetch, verified"][verified];
+                let r = cli_expecting(self, &s, &fetch_args, "downloaded_files", n, what)?;
+                s.stop()?;
+                pair[verified] = r.elapsed;
+                if i > 0 {
+                    paired[verified].push(r.sample());
+                }
+            }
+            if i > 0 {
+                ratios.push(pair[1].as_secs_f64() / pair[0].as_secs_f64());
+            }
+        }
+        let [fetch_cold_unverified, fetch_cold_verified] = paired;
         let server = Server::start_with(
             &self.bins,
             &data,
@@ -416,8 +472,6 @@ impl Bench {
             None,
         )
         .await?;
-        eprintln!("fetch, cold, reads not verified ...");
-        let fetch_cold_unverified = cold_fetches(&server, "cold fetch, reads not verified")?;
         eprintln!("fetch, warm, reads not verified ...");
         let fetch_warm_unverified = warm_fetches(&server, "warm fetch, reads not verified")?;
 
@@ -472,6 +526,8 @@ impl Bench {
             fetch_cold: Figure::new(&fetch_cold),
             fetch_warm: Figure::new(&fetch_warm),
             fetch_cold_unverified: Figure::new(&fetch_cold_unverified),
+            fetch_cold_verified: Figure::new(&fetch_cold_verified),
+            verified_cold_x: report::median_of(ratios),
             fetch_warm_unverified: Figure::new(&fetch_warm_unverified),
             find_missing_digests: digests.len(),
             find_missing_present: present.len(),
@@ -686,7 +742,12 @@ impl Bench {
                 executable: false,
             }],
         )?;
-        let server = Server::start(&self.bins, &data, &self.log("server-memory")).await?;
+        // On local disk whatever --blob-store says: the figure is the server's own memory.
+        let local = Bins {
+            store: None,
+            ..self.bins.clone()
+        };
+        let server = Server::start(&local, &data, &self.log("server-memory")).await?;
         let src_arg = src.to_str().ok_or("work dir is not UTF-8")?;
         let out_arg = out.to_str().ok_or("work dir is not UTF-8")?;
         sync_disks();
@@ -728,7 +789,19 @@ impl Bench {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let bins = Bins::locate(args.bin_dir.as_deref())?;
+    let mut bins = Bins::locate(args.bin_dir.as_deref())?;
+    bins.pin = args.pin;
+    if let Some(store) = &args.blob_store {
+        eprintln!("blob store: {store} ...");
+        bins.store = Some(std::sync::Arc::new(
+            process::BlobStoreTarget::open(store).await?,
+        ));
+    }
+    // The phases whose servers stay on local disk whatever --blob-store says.
+    let local_bins = Bins {
+        store: None,
+        ..bins.clone()
+    };
     let mut temp = None;
     let work = match &args.work_dir {
         Some(d) => {
@@ -803,7 +876,7 @@ async fn run(args: Args) -> Result<()> {
         );
         results.gc = Some(
             gc::run(
-                &bench.bins,
+                &local_bins,
                 &bench.work,
                 bench.args.gc_blobs,
                 bench.args.gc_builds,
@@ -812,6 +885,22 @@ async fn run(args: Args) -> Result<()> {
             .await?,
         );
         bench.clean_up(&bench.work.join("data-gc"))?;
+    }
+    if bench.wants(Phase::Rebuild) && bench.args.rebuild_builds > 0 {
+        eprintln!(
+            "rebuild: writing {} builds, {} attempts and {} single records ...",
+            bench.args.rebuild_builds, bench.args.rebuild_attempts, bench.args.rebuild_records
+        );
+        results.rebuild = Some(
+            rebuild::run(
+                &bench.bins,
+                &bench.work,
+                bench.args.rebuild_builds,
+                bench.args.rebuild_attempts,
+                bench.args.rebuild_records,
+            )
+            .await?,
+        );
     }
     // Deleting the cleared directories frees thousands of inodes: done last, so that no
     // measurement of this run allocates files among them (see `Bench::discard`).
@@ -840,6 +929,8 @@ impl Args {
             seed: self.seed,
             ledger_attempts: self.ledger_attempts,
             ledger_seconds: self.ledger_seconds,
+            blob_store: self.blob_store.clone(),
+            pinned: self.pin,
         }
     }
 }

@@ -2,18 +2,152 @@
 //! timed from spawn to exit with their peak resident memory (from `wait4`).
 
 use stagecache_client::{Client, ClientConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where the server and CLI binaries are.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bins {
     pub server: PathBuf,
     pub cli: PathBuf,
+    /// Where the servers keep blobs and journal (`--blob-store`): `None`, in their data
+    /// dir.
+    pub store: Option<Arc<BlobStoreTarget>>,
+    /// `--pin`: servers on [`SERVER_CPU`], CLI runs on [`CLI_CPU`].
+    pub pin: bool,
+}
+
+pub const SERVER_CPU: usize = 0;
+pub const CLI_CPU: usize = 1;
+
+/// Runs the command's process on `cpu` only.
+fn pin_to(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only sched_setaffinity(2) runs, on a set built on
+    // this stack: async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A blob store the bench's servers run on instead of their data dir's (`--blob-store`):
+/// Azurite or moto started by the bench, or a URL whose credentials come from the
+/// environment. Every fresh data dir gets a prefix of its own in it, so a cold run starts
+/// from an empty store; a server restarted on a data dir finds its prefix again.
+pub struct BlobStoreTarget {
+    /// `az://stagecache`, `s3://stagecache`, or the URL given.
+    base: String,
+    env: Vec<(String, String)>,
+    prefixes: Mutex<HashMap<PathBuf, String>>,
+    next: AtomicU32,
+    _azurite: Option<stagecache_tests::azurite::Azurite>,
+    _moto: Option<stagecache_tests::moto::Moto>,
+}
+
+impl BlobStoreTarget {
+    /// `azurite` or `s3` (an emulator, started here from where `scripts/ci-deps` puts
+    /// it), or a blob-store URL.
+    pub async fn open(arg: &str) -> Result<Self> {
+        let (base, env, azurite, moto) = match arg {
+            "azurite" => {
+                let a = stagecache_tests::azurite::Azurite::start()
+                    .ok_or("Azurite is not installed: run scripts/ci-deps")?;
+                a.create_container("stagecache").await;
+                let env = a
+                    .env()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                ("az://stagecache".to_string(), env, Some(a), None)
+            }
+            "s3" => {
+                let m = stagecache_tests::moto::Moto::start()
+                    .ok_or("moto is not installed: run scripts/ci-deps")?;
+                m.create_bucket("stagecache").await;
+                let env = m
+                    .env()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                ("s3://stagecache".to_string(), env, None, Some(m))
+            }
+            url => (
+                url.trim_end_matches('/').to_string(),
+                Vec::new(),
+                None,
+                None,
+            ),
+        };
+        Ok(BlobStoreTarget {
+            base,
+            env,
+            prefixes: Mutex::new(HashMap::new()),
+            next: AtomicU32::new(0),
+            _azurite: azurite,
+            _moto: moto,
+        })
+    }
+
+    /// What the report calls it: `azurite`, `s3` or the URL.
+    pub fn describe(&self) -> String {
+        match (&self._azurite, &self._moto) {
+            (Some(_), _) => "azurite (emulator, npm)".into(),
+            (_, Some(_)) => "s3 (moto server, PyPI)".into(),
+            _ => self.base.clone(),
+        }
+    }
+
+    /// The `--blob-store` of a server on `data_dir`: a new prefix when the data dir is
+    /// new or empty, else the one it had.
+    fn url(&self, data_dir: &Path) -> String {
+        let fresh = std::fs::read_dir(data_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        let mut prefixes = self.prefixes.lock().expect("prefixes");
+        if fresh || !prefixes.contains_key(data_dir) {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let prefix = format!("bench-{}-{n}", std::process::id());
+            prefixes.insert(data_dir.to_path_buf(), prefix);
+        }
+        format!("{}/{}", self.base, prefixes[data_dir])
+    }
+
+    /// Puts a server on `to` (an empty data dir: a rebuild) on the store `from` uses.
+    pub fn share(&self, from: &Path, to: &Path) {
+        let mut prefixes = self.prefixes.lock().expect("prefixes");
+        if let Some(p) = prefixes.get(from).cloned() {
+            prefixes.insert(to.to_path_buf(), p);
+        }
+    }
+
+    /// The arguments and environment of a command on `data_dir`'s store that opens it
+    /// (`stagecache-server rebuild`), as a server start would get them.
+    pub fn command_on(&self, cmd: &mut Command, data_dir: &Path) {
+        let url = self
+            .prefixes
+            .lock()
+            .expect("prefixes")
+            .get(data_dir)
+            .cloned();
+        if let Some(prefix) = url {
+            cmd.args(["--blob-store", &format!("{}/{prefix}", self.base)]);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+    }
 }
 
 impl Bins {
@@ -29,6 +163,8 @@ impl Bins {
         let bins = Bins {
             server: dir.join(format!("stagecache-server{}", std::env::consts::EXE_SUFFIX)),
             cli: dir.join(format!("stagecache{}", std::env::consts::EXE_SUFFIX)),
+            store: None,
+            pin: false,
         };
         for b in [&bins.server, &bins.cli] {
             if !b.exists() {
@@ -70,11 +206,20 @@ impl Server {
         extra: &[&str],
         token: Option<String>,
     ) -> Result<Self> {
-        let mut child = Command::new(&bins.server)
-            .arg("--data-dir")
+        let mut cmd = Command::new(&bins.server);
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        if bins.pin {
+            pin_to(&mut cmd, SERVER_CPU);
+        }
+        if let Some(store) = &bins.store {
+            let url = store.url(data_dir);
+            cmd.args(["--blob-store", &url]);
+            cmd.envs(store.env.iter().map(|(k, v)| (k, v)));
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             // Appended: a phase restarts its server per run and keeps every run's log.
             .stderr(
@@ -256,7 +401,11 @@ pub fn cli(bins: &Bins, server: &Server, args: &[&str], scratch: &Path) -> Resul
     let err_path = scratch.join("cli.stderr");
     let server_cpu = server.cpu_seconds()?;
     let start = Instant::now();
-    let child = Command::new(&bins.cli)
+    let mut cmd = Command::new(&bins.cli);
+    if bins.pin {
+        pin_to(&mut cmd, CLI_CPU);
+    }
+    let child = cmd
         .args([
             "--server",
             &server.url,
