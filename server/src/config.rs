@@ -38,6 +38,17 @@ pub struct FileConfig {
     pub min_free_space: Option<String>,
     pub tls: Option<TlsFile>,
     pub retention: Option<RetentionFile>,
+    pub scrub: Option<ScrubFile>,
+}
+
+/// `[scrub]`: a periodic re-hash of every stored blob.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubFile {
+    /// `7d`: scrub this often (absent: no periodic scrub).
+    pub interval: Option<String>,
+    /// `50MiB`: the most it reads a second.
+    pub rate: Option<String>,
 }
 
 /// `[retention]`: what garbage collection keeps, and how often it runs.
@@ -115,6 +126,14 @@ impl FileConfig {
             for e in &r.ref_expiry {
                 crate::store::gc::Retention::parse_expiry(e)
                     .map_err(|e| format!("[retention] ref_expiry: {e}"))?;
+            }
+        }
+        if let Some(sc) = &config.scrub {
+            if let Some(v) = &sc.interval {
+                parse_duration(v).map_err(|e| format!("[scrub] interval {e}"))?;
+            }
+            if let Some(v) = &sc.rate {
+                crate::store::space::parse_size(v).map_err(|e| format!("[scrub] rate {e}"))?;
             }
         }
         if let Some(tls) = &config.tls {
@@ -212,6 +231,9 @@ mod tests {
         assert_eq!(c.log_format.as_deref(), Some("json"));
         assert!(c.blob_store.as_deref().unwrap().starts_with("az://"));
         assert!(c.auth_config.is_some());
+        let scrub = c.scrub.unwrap();
+        assert_eq!(scrub.interval.as_deref(), Some("7d"));
+        assert_eq!(scrub.rate.as_deref(), Some("50MiB"));
     }
 
     #[test]
@@ -226,6 +248,8 @@ mod tests {
             FileConfig::parse("log = \"info\"\n[tls]\ncert = \"a\"\nkye = \"b\"\n").unwrap_err();
         assert!(e.starts_with("line 4: [tls] kye: unknown field"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+        let e = FileConfig::parse("[scrub]\nrate = \"fast\"\n").unwrap_err();
+        assert!(e.starts_with("[scrub] rate"), "{e}");
         let e = FileConfig::parse("log_format = \"xml\"\n").unwrap_err();
         assert!(e.contains("xml"), "{e}");
         let e = FileConfig::parse("[blob_store_options]\nregion = \"x\"\n").unwrap_err();

@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use stagecache_server::auth::{AuthConfig, Authenticator};
-use stagecache_server::config::{parse_duration, FileConfig, RetentionFile, TlsFile};
+use stagecache_server::config::{parse_duration, FileConfig, RetentionFile, ScrubFile, TlsFile};
 use stagecache_server::store::space::parse_size;
 use stagecache_server::{serve_listeners, Listeners, ServerConfig};
 use std::net::SocketAddr;
@@ -119,6 +119,14 @@ struct Args {
     /// (`stagecache pin`); first match wins; `never` keeps them. No expiry unless given.
     #[arg(long = "ref-expiry", value_parser = stagecache_server::store::gc::Retention::parse_expiry)]
     ref_expiry: Vec<(String, Option<i64>)>,
+    /// Re-hash every stored blob this often (`7d`, `24h`), quarantining damaged ones and
+    /// marking the manifests that name them, as `stagecache-server scrub` does offline.
+    /// No periodic scrub unless given.
+    #[arg(long, env = "STAGECACHE_SCRUB_INTERVAL", value_parser = parse_duration)]
+    scrub_interval: Option<i64>,
+    /// The most a periodic scrub reads a second (`50MiB`), beside the server's own reads.
+    #[arg(long, env = "STAGECACHE_SCRUB_RATE", default_value = "50MiB", value_parser = parse_size)]
+    scrub_rate: u64,
     /// Serve reads without hashing them: damaged bytes are served. Only for `bench/run`'s
     /// same-run measure of what verified reads cost; hidden from --help.
     #[arg(long, hide = true)]
@@ -237,6 +245,18 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             }
         }
     }
+    if let Some(sc) = &f.scrub {
+        if unset("scrub_interval") {
+            if let Some(v) = sc.interval.as_deref().and_then(|v| parse_duration(v).ok()) {
+                args.scrub_interval = Some(v);
+            }
+        }
+        if unset("scrub_rate") {
+            if let Some(v) = sc.rate.as_deref().and_then(|v| parse_size(v).ok()) {
+                args.scrub_rate = v;
+            }
+        }
+    }
     if let Some(r) = &f.retention {
         if unset("gc_interval") {
             if let Some(v) = r
@@ -326,6 +346,10 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
                     None => format!("{p}=never"),
                 })
                 .collect(),
+        }),
+        scrub: Some(ScrubFile {
+            interval: args.scrub_interval.map(|s| format!("{s}s")),
+            rate: Some(args.scrub_rate.to_string()),
         }),
         tls: args.tls_cert.as_ref().map(|_| TlsFile {
             cert: args.tls_cert.clone(),
@@ -713,6 +737,11 @@ async fn main() -> ExitCode {
         .gc_interval
         .filter(|s| *s > 0)
         .map(|s| std::time::Duration::from_secs(s as u64));
+    config.scrub_interval = args
+        .scrub_interval
+        .filter(|s| *s > 0)
+        .map(|s| std::time::Duration::from_secs(s as u64));
+    config.scrub_rate = args.scrub_rate;
     config.direct_downloads = args
         .direct_downloads
         .then(|| std::time::Duration::from_secs(args.direct_download_ttl as u64));

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Garbage collections run (not dry), and the blobs (manifests included) and bytes
     /// they removed.
     pub gc_runs: IntCounter,
+    pub scrub_runs: IntCounter,
+    pub scrubbed_bytes: IntCounter,
     pub gc_blobs: IntCounter,
     pub gc_bytes: IntCounter,
     /// Uploads refused for room, by the limit that refused them.
@@ -166,6 +168,12 @@ impl Metrics {
                 "Bytes of the blobs stored",
             ),
             gc_runs: counter1(&r, "gc_runs_total", "Garbage collections run"),
+            scrub_runs: counter1(&r, "scrub_runs_total", "Scrubs finished (every blob re-hashed)"),
+            scrubbed_bytes: counter1(
+                &r,
+                "scrub_bytes_total",
+                "Bytes re-hashed by scrubs, periodic and offline",
+            ),
             gc_blobs: counter1(
                 &r,
                 "gc_collected_blobs_total",

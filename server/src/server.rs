@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// Collect garbage this often (`--gc-interval`); `None`: only when asked, or when an
     /// upload is refused for room.
     pub gc_interval: Option<std::time::Duration>,
+    /// Scrub every stored blob this often (`--scrub-interval`), reading at most
+    /// `scrub_rate` bytes a second; `None`: only `stagecache-server scrub`.
+    pub scrub_interval: Option<std::time::Duration>,
+    pub scrub_rate: u64,
     /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
     /// measure of what verified reads cost. Damaged bytes are then served.
     pub unverified_reads: bool,
@@ -110,6 +114,8 @@ impl ServerConfig {
             min_free_space: DEFAULT_MIN_FREE_SPACE,
             retention: Default::default(),
             gc_interval: None,
+            scrub_interval: None,
+            scrub_rate: DEFAULT_SCRUB_RATE,
             unverified_reads: false,
         }
     }
@@ -272,6 +278,14 @@ pub async fn serve_listeners(
         config.gc_interval,
         state.shutdown.clone(),
     ));
+    let scrub_task = config.scrub_interval.map(|every| {
+        tokio::spawn(scrub_periodically(
+            store.clone(),
+            every,
+            config.scrub_rate,
+            state.shutdown.clone(),
+        ))
+    });
     let stopping = state.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
@@ -366,6 +380,9 @@ pub async fn serve_listeners(
             Ok(Ok(())) => {}
         }
     }
+    if let Some(task) = scrub_task {
+        let _ = task.await;
+    }
     tracing::info!("shutting down: flushing the index");
     store.with_index(|i| i.flush()).await?;
     let _ = lease_task.await;
@@ -373,6 +390,41 @@ pub async fn serve_listeners(
     lease.release().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Bytes a second a periodic scrub reads by default: a fraction of a disk's or a cloud
+/// store's bandwidth, so the server's own reads hardly notice.
+pub const DEFAULT_SCRUB_RATE: u64 = 50 * 1024 * 1024;
+
+/// Scrubs the whole store every `every` (the first after one interval), at most `rate`
+/// bytes a second; stops where it is at shutdown.
+async fn scrub_periodically(
+    store: Store,
+    every: std::time::Duration,
+    rate: u64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let run = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = store.scrub_at(Some(rate)) => r,
+        };
+        match run {
+            Ok(r) => tracing::info!(
+                blobs = r.blobs,
+                bytes = r.bytes,
+                seconds = r.seconds,
+                damaged = r.damaged.len(),
+                damaged_refs = ?r.damaged_refs,
+                "scrub done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "scrub failed; the next one starts over"),
+        }
+    }
 }
 
 /// Collects garbage every `interval` (if any), and when an upload was refused for room (at

@@ -479,3 +479,63 @@ async fn the_web_page_never_serves_a_damaged_file_whole() {
     let r = reqwest::get(file_url("good.txt")).await.unwrap();
     assert_eq!(&r.bytes().await.unwrap()[..], b"untouched");
 }
+
+/// A server started with `--scrub-interval` finds a blob that rots while it runs, with
+/// nobody reading it: quarantined, logged with the ref it breaks, and a register heals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_periodic_scrub_finds_rot_nobody_reads() {
+    let server = stagecache_tests::ServerProcess::start_fresh_with_args(&[
+        "--scrub-interval",
+        "1s",
+        "--scrub-rate",
+        "100MiB",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let client = server.client("prod").await;
+    let t = tree();
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    let object = format!("cas/{}/{}", &t.batch.hash_hex()[..2], t.batch.hash_hex());
+    let mut bytes = server.read_object(&object);
+    bytes[12_345] ^= 0x55;
+    server.overwrite_object(&object, bytes);
+
+    let mut cas = CasClient::new(server.channel().await);
+    stagecache_tests::within(
+        std::time::Duration::from_secs(60),
+        "a periodic scrub quarantining the damaged blob",
+        async {
+            while !blob_missing(&mut cas, t.batch).await {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    assert!(!blob_missing(&mut cas, t.small).await);
+    assert!(server
+        .blob_files()
+        .contains(&format!("quarantine/{}", t.batch.hash_hex())));
+    // The run that found it says so, naming the ref it breaks.
+    stagecache_tests::within(
+        std::time::Duration::from_secs(60),
+        "the scrub's summary in the log",
+        async {
+            while !server.log_text().contains("damaged_refs=[\"prod/bar/1") {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    let metrics = stagecache_tests::scrape_metrics(&server.metrics_url()).await;
+    assert!(metrics["stagecache_scrub_runs_total"] >= 1.0, "{metrics:?}");
+    assert!(metrics["stagecache_scrub_bytes_total"] > 0.0, "{metrics:?}");
+    // Healed by the next register; the tree fetches whole.
+    client
+        .register(t.dir.path(), "bar/1", &Default::default())
+        .await
+        .unwrap();
+    assert!(!blob_missing(&mut cas, t.batch).await);
+}
