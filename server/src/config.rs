@@ -39,6 +39,10 @@ pub struct FileConfig {
     pub tls: Option<TlsFile>,
     pub retention: Option<RetentionFile>,
     pub scrub: Option<ScrubFile>,
+    /// A local read-through tier's directory, in front of a cloud blob store.
+    pub local_tier: Option<PathBuf>,
+    /// `100GiB`: the most the local tier holds.
+    pub local_tier_max_bytes: Option<String>,
 }
 
 /// `[scrub]`: a periodic re-hash of every stored blob.
@@ -112,6 +116,7 @@ impl FileConfig {
         for (key, value) in [
             ("max_bytes", &config.max_bytes),
             ("min_free_space", &config.min_free_space),
+            ("local_tier_max_bytes", &config.local_tier_max_bytes),
         ] {
             if let Some(v) = value {
                 crate::store::space::parse_size(v).map_err(|e| format!("{key} {e}"))?;

@@ -127,6 +127,14 @@ struct Args {
     /// The most a periodic scrub reads a second (`50MiB`), beside the server's own reads.
     #[arg(long, env = "STAGECACHE_SCRUB_RATE", default_value = "50MiB", value_parser = parse_size)]
     scrub_rate: u64,
+    /// A directory for a local read-through tier in front of a cloud --blob-store: blobs the
+    /// store served (verified) are kept there, up to --local-tier-max-bytes, and read from
+    /// there next time. The cloud store stays the system of record; the tier may be lost.
+    #[arg(long, env = "STAGECACHE_LOCAL_TIER")]
+    local_tier: Option<PathBuf>,
+    /// The most the local tier holds (`100GiB`); the least recently read blobs leave first.
+    #[arg(long, env = "STAGECACHE_LOCAL_TIER_MAX_BYTES", default_value = "100GiB", value_parser = parse_size)]
+    local_tier_max_bytes: u64,
     /// Serve reads without hashing them: damaged bytes are served. Only for `bench/run`'s
     /// same-run measure of what verified reads cost; hidden from --help.
     #[arg(long, hide = true)]
@@ -245,6 +253,20 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             }
         }
     }
+    if unset("local_tier") {
+        if let Some(d) = &f.local_tier {
+            args.local_tier = Some(d.clone());
+        }
+    }
+    if unset("local_tier_max_bytes") {
+        if let Some(v) = f
+            .local_tier_max_bytes
+            .as_deref()
+            .and_then(|v| parse_size(v).ok())
+        {
+            args.local_tier_max_bytes = v;
+        }
+    }
     if let Some(sc) = &f.scrub {
         if unset("scrub_interval") {
             if let Some(v) = sc.interval.as_deref().and_then(|v| parse_duration(v).ok()) {
@@ -347,6 +369,8 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
                 })
                 .collect(),
         }),
+        local_tier: args.local_tier.clone(),
+        local_tier_max_bytes: Some(args.local_tier_max_bytes.to_string()),
         scrub: Some(ScrubFile {
             interval: args.scrub_interval.map(|s| format!("{s}s")),
             rate: Some(args.scrub_rate.to_string()),
@@ -742,6 +766,10 @@ async fn main() -> ExitCode {
         .filter(|s| *s > 0)
         .map(|s| std::time::Duration::from_secs(s as u64));
     config.scrub_rate = args.scrub_rate;
+    config.local_tier = args
+        .local_tier
+        .clone()
+        .map(|dir| (dir, args.local_tier_max_bytes));
     config.direct_downloads = args
         .direct_downloads
         .then(|| std::time::Duration::from_secs(args.direct_download_ttl as u64));

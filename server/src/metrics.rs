@@ -57,6 +57,8 @@ pub struct Metrics {
     /// they removed.
     pub gc_runs: IntCounter,
     pub scrub_runs: IntCounter,
+    /// The local read-through tier: hit, miss, filled, evicted, dropped.
+    pub read_tier: IntCounterVec,
     pub scrubbed_bytes: IntCounter,
     pub gc_blobs: IntCounter,
     pub gc_bytes: IntCounter,
@@ -169,6 +171,12 @@ impl Metrics {
             ),
             gc_runs: counter1(&r, "gc_runs_total", "Garbage collections run"),
             scrub_runs: counter1(&r, "scrub_runs_total", "Scrubs finished (every blob re-hashed)"),
+            read_tier: counter(
+                &r,
+                "read_tier_total",
+                "Reads of blobs through the local read-through tier (hit, miss) and its copies (filled, evicted, dropped: damaged or lost)",
+                &["event"],
+            ),
             scrubbed_bytes: counter1(
                 &r,
                 "scrub_bytes_total",

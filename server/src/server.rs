@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// `scrub_rate` bytes a second; `None`: only `stagecache-server scrub`.
     pub scrub_interval: Option<std::time::Duration>,
     pub scrub_rate: u64,
+    /// A local read-through tier in front of a cloud blob store (`--local-tier DIR`,
+    /// `--local-tier-max-bytes`): directory and bound.
+    pub local_tier: Option<(PathBuf, u64)>,
     /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
     /// measure of what verified reads cost. Damaged bytes are then served.
     pub unverified_reads: bool,
@@ -116,6 +119,7 @@ impl ServerConfig {
             gc_interval: None,
             scrub_interval: None,
             scrub_rate: DEFAULT_SCRUB_RATE,
+            local_tier: None,
             unverified_reads: false,
         }
     }
@@ -194,8 +198,13 @@ pub async fn serve_listeners(
     let data_dir = config.data_dir.clone();
     let blob_url = config.blob_store.clone();
     let blob_options = config.blob_store_options.clone();
+    let local_tier = config.local_tier.clone();
     let store = tokio::task::spawn_blocking(move || {
-        Store::open_configured(&data_dir, blob_url.as_deref(), &blob_options)
+        let store = Store::open_configured(&data_dir, blob_url.as_deref(), &blob_options)?;
+        match local_tier {
+            Some((dir, max_bytes)) => store.with_local_tier(&dir, max_bytes),
+            None => Ok(store),
+        }
     })
     .await??
     .with_clock(config.clock.clone());

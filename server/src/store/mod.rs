@@ -83,6 +83,22 @@ impl Store {
         })
     }
 
+    /// Puts a local read-through tier of at most `max_bytes` in `dir` in front of the blob
+    /// store (see [`backend::tier`]); refused for a local blob store, which needs none.
+    pub fn with_local_tier(mut self, dir: &Path, max_bytes: u64) -> Result<Self> {
+        let inner = self.blobs.backend().clone();
+        if inner.local_root().is_some() {
+            return Err(ServerError::InvalidArgument(format!(
+                "--local-tier {}: the blob store {} is already on local disk; a read-through tier is for a cloud store",
+                dir.display(),
+                inner.describe()
+            )));
+        }
+        let tier = backend::tier::ReadThrough::open(inner, dir, max_bytes)?;
+        self.blobs = Arc::new(BlobStore::over(Arc::new(tier)));
+        Ok(self)
+    }
+
     /// Turns the hashing of what reads serve off (`--unverified-reads`, for the
     /// benchmark) or on.
     pub fn set_verify_reads(&self, on: bool) {

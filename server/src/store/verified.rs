@@ -51,11 +51,16 @@ struct Reading {
     done: bool,
 }
 
+/// The check of a read of all of `d`, from its first byte: every byte hashed, and the
+/// chunk that completes the blob passed only when the whole hashed to `d`.
+pub(crate) fn verifying(d: Digest) -> Box<dyn ReadCheck> {
+    Box::new(HashCheck(Verifier::new(d)))
+}
+
 impl Store {
     /// The check a read of all of `d` passes through: `None` when reads are not verified.
     fn hash_check(&self, d: Digest) -> Option<Box<dyn ReadCheck>> {
-        self.verifies_reads()
-            .then(|| Box::new(HashCheck(Verifier::new(d))) as Box<dyn ReadCheck>)
+        self.verifies_reads().then(|| verifying(d))
     }
 
     /// Streams bytes `[offset, offset + len)` of a stored blob in chunks of about `chunk`

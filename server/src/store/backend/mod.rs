@@ -5,7 +5,8 @@
 //! Everything above this module (the content-addressed layout, the journal, the lease)
 //! speaks only this trait, its [`StorageError`] and its [`Upload`]: no backend's own
 //! types cross it. Behaviour that applies to any backend is a wrapper that implements the
-//! trait around another one, as [`metered::Metered`] counts and times every operation.
+//! trait around another one, as [`metered::Metered`] counts and times every operation and
+//! [`tier::ReadThrough`] keeps a local copy of what a cloud store served.
 //!
 //! Names are `/`-separated paths made by the server (`cas/ab/<hex>`, `journal/<seq>`,
 //! `lease.json`), never by a client.
@@ -13,6 +14,7 @@
 pub mod cloud;
 pub mod local;
 pub mod metered;
+pub mod tier;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;

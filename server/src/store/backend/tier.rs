@@ -1,0 +1,613 @@
+//! A local read-through tier in front of any backend (`--local-tier DIR`): blobs read from
+//! the store behind it are kept in a local directory up to a size bound, and later reads
+//! of them come from there. A Validate-Publish run reads the same ~50 GB in a dozen stages;
+//! with the tier, a server in front of Azure Blob or S3 fetches each blob from the cloud
+//! once.
+//!
+//! Only blobs (`cas/...`: immutable, named by their content) enter the tier. Every write,
+//! the journal, the lease, listings and signed URLs go to the store behind it, which stays
+//! the system of record: the tier may be lost at any time, and a server started without
+//! it simply reads the store again.
+//!
+//! - **What enters.** A blob enters when a read of all of it, from its first byte, passed
+//!   the read's check (a verified read: every byte hashed to its digest), so the tier
+//!   holds only verified bytes; and when it is put whole (a small blob uploaded). The copy
+//!   is written beside the read (staged, published by rename when complete); a read that
+//!   fails or is dropped publishes nothing.
+//! - **What leaves.** Past the bound, the least recently read blobs leave first. A blob
+//!   deleted or quarantined in the store leaves the tier with it.
+//! - **Rot in the tier.** A tier copy that fails a read's check is dropped, and the read
+//!   fails with UNAVAILABLE ("read again"): the client's retry then reads the store. The
+//!   store's copy is not quarantined for the tier's damage.
+
+use super::local::LocalBackend;
+use super::{
+    Backend, ByteStream, Entry, PutMode, ReadCheck, StorageError, Upload, Version, Written,
+};
+use bytes::Bytes;
+use futures::stream::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The least-recently-read order of the tier's blobs and their total size.
+#[derive(Default)]
+struct Lru {
+    /// name -> (size, tick of its last read)
+    entries: HashMap<String, (u64, u64)>,
+    /// tick -> name, oldest first
+    order: BTreeMap<u64, String>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, name: &str) -> bool {
+        let Some((_, tick)) = self.entries.get_mut(name) else {
+            return false;
+        };
+        self.tick += 1;
+        self.order.remove(tick);
+        *tick = self.tick;
+        self.order.insert(self.tick, name.to_string());
+        true
+    }
+
+    fn insert(&mut self, name: &str, size: u64) {
+        self.remove(name);
+        self.tick += 1;
+        self.entries.insert(name.to_string(), (size, self.tick));
+        self.order.insert(self.tick, name.to_string());
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        match self.entries.remove(name) {
+            Some((size, tick)) => {
+                self.order.remove(&tick);
+                self.bytes -= size;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the oldest entries out until the rest fit in `max`; returns their names.
+    fn evict_to(&mut self, max: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.bytes > max {
+            let Some((_, name)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((size, _)) = self.entries.remove(&name) {
+                self.bytes -= size;
+            }
+            out.push(name);
+        }
+        out
+    }
+}
+
+/// A backend with a local read-through tier in front of it.
+pub struct ReadThrough {
+    inner: Arc<dyn Backend>,
+    tier: Arc<LocalBackend>,
+    max_bytes: u64,
+    lru: Arc<Mutex<Lru>>,
+    describe: String,
+}
+
+fn is_blob(path: &str) -> bool {
+    path.starts_with("cas/")
+}
+
+fn count(event: &str) {
+    if let Some(m) = crate::metrics::metrics() {
+        m.read_tier.with_label_values(&[event]).inc();
+    }
+}
+
+impl ReadThrough {
+    /// A tier of at most `max_bytes` in `root` (created if missing) in front of `inner`;
+    /// what an earlier server left there is kept, oldest first in line to leave.
+    pub fn open(
+        inner: Arc<dyn Backend>,
+        root: &Path,
+        max_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let tier = LocalBackend::open(root.to_path_buf())?;
+        let swept = tier.sweep_staging();
+        let mut found: Vec<(std::time::SystemTime, String, u64)> =
+            walkdir::WalkDir::new(root.join("cas"))
+                .into_iter()
+                .flatten()
+                .filter(|e| e.file_type().is_file())
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    let rel = e.path().strip_prefix(root).ok()?.to_str()?.to_string();
+                    Some((meta.modified().ok()?, rel, meta.len()))
+                })
+                .collect();
+        found.sort();
+        let mut lru = Lru::default();
+        for (_, name, size) in found {
+            lru.insert(&name, size);
+        }
+        let describe = format!(
+            "{} (read-through tier {})",
+            inner.describe(),
+            root.display()
+        );
+        tracing::info!(
+            tier = %root.display(),
+            blobs = lru.entries.len(),
+            bytes = lru.bytes,
+            max_bytes,
+            staging_files_swept = swept,
+            "read-through tier"
+        );
+        let t = ReadThrough {
+            inner,
+            tier: Arc::new(tier),
+            max_bytes,
+            lru: Arc::new(Mutex::new(lru)),
+            describe,
+        };
+        t.evict_spawned();
+        Ok(t)
+    }
+
+    /// Bytes the tier holds now.
+    pub fn tier_bytes(&self) -> u64 {
+        self.lru.lock().expect("tier order").bytes
+    }
+
+    /// Removes the oldest blobs past the bound, in the background.
+    fn evict_spawned(&self) {
+        let gone = self
+            .lru
+            .lock()
+            .expect("tier order")
+            .evict_to(self.max_bytes);
+        if gone.is_empty() {
+            return;
+        }
+        for _ in &gone {
+            count("evicted");
+        }
+        let tier = self.tier.clone();
+        let run = async move {
+            if let Err(e) = tier.delete_many(gone).await {
+                tracing::warn!(error = %e, "read-through tier: could not remove evicted blobs");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(run);
+            }
+            Err(_) => futures::executor::block_on(run),
+        }
+    }
+
+    /// Drops a tier copy (damaged, or gone from the store).
+    async fn drop_copy(&self, path: &str) {
+        self.lru.lock().expect("tier order").remove(path);
+        if let Err(e) = self.tier.delete(path).await {
+            tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
+        }
+    }
+
+    /// Reads a tier copy: a damaged one is dropped and the read answers "read again".
+    async fn read_copy(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        let again = |why: String| {
+            StorageError::failed(
+                &self.describe,
+                "read",
+                path,
+                format!("{why}; the tier's copy was dropped: read again"),
+            )
+        };
+        let s = match self.tier.read(path, offset, len, chunk, check).await {
+            Ok(s) => s,
+            Err(StorageError::Damaged { why, .. }) => {
+                self.drop_copy(path).await;
+                count("dropped");
+                return Err(again(why));
+            }
+            Err(StorageError::NotFound { .. }) | Err(StorageError::Short { .. }) => {
+                self.drop_copy(path).await;
+                count("dropped");
+                return Err(again("the read-through tier lost its copy".into()));
+            }
+            Err(e) => return Err(e),
+        };
+        let (lru, tier, describe, name) = (
+            self.lru.clone(),
+            self.tier.clone(),
+            self.describe.clone(),
+            path.to_string(),
+        );
+        Ok(s.then(move |r| {
+            let (lru, tier, describe, name) =
+                (lru.clone(), tier.clone(), describe.clone(), name.clone());
+            async move {
+                match r {
+                    Err(StorageError::Damaged { why, .. }) => {
+                        lru.lock().expect("tier order").remove(&name);
+                        let _ = tier.delete(&name).await;
+                        count("dropped");
+                        Err(StorageError::failed(
+                            &describe,
+                            "read",
+                            &name,
+                            format!("{why}; the tier's copy was dropped: read again"),
+                        ))
+                    }
+                    other => other,
+                }
+            }
+        })
+        .boxed())
+    }
+
+    /// Reads the store behind the tier; a whole verified read from the first byte is
+    /// copied into the tier as it passes, published when it completes.
+    async fn read_through(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        let verified_whole = offset == 0 && check.is_some();
+        let s = self.inner.read(path, offset, len, chunk, check).await?;
+        if !verified_whole || len > self.max_bytes {
+            return Ok(s);
+        }
+        let copy = match self.tier.upload(path).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, path, "read-through tier: cannot stage a copy");
+                return Ok(s);
+            }
+        };
+        struct Fill {
+            inner: ByteStream,
+            copy: Option<Box<dyn Upload>>,
+            seen: u64,
+            len: u64,
+            name: String,
+            lru: Arc<Mutex<Lru>>,
+            tier: Arc<LocalBackend>,
+            max_bytes: u64,
+        }
+        let fill = Fill {
+            inner: s,
+            copy: Some(copy),
+            seen: 0,
+            len,
+            name: path.to_string(),
+            lru: self.lru.clone(),
+            tier: self.tier.clone(),
+            max_bytes: self.max_bytes,
+        };
+        Ok(futures::stream::unfold(fill, |mut f| async move {
+            match f.inner.next().await {
+                Some(Ok(bytes)) => {
+                    f.seen += bytes.len() as u64;
+                    if let Some(copy) = &mut f.copy {
+                        if let Err(e) = copy.write(bytes.clone()).await {
+                            tracing::warn!(error = %e, path = %f.name, "read-through tier: copy abandoned");
+                            if let Some(c) = f.copy.take() {
+                                c.abort().await;
+                            }
+                        }
+                    }
+                    if f.seen == f.len {
+                        // The last chunk passed the check: the whole blob verified.
+                        if let Some(c) = f.copy.take() {
+                            match c.finish().await {
+                                Ok(()) => {
+                                    f.lru.lock().expect("tier order").insert(&f.name, f.len);
+                                    count("filled");
+                                    let gone = f.lru.lock().expect("tier order").evict_to(f.max_bytes);
+                                    if !gone.is_empty() {
+                                        for _ in &gone {
+                                            count("evicted");
+                                        }
+                                        let _ = f.tier.delete_many(gone).await;
+                                    }
+                                }
+                                Err(e) => tracing::warn!(error = %e, path = %f.name, "read-through tier: copy not published"),
+                            }
+                        }
+                    }
+                    Some((Ok(bytes), f))
+                }
+                Some(Err(e)) => {
+                    if let Some(c) = f.copy.take() {
+                        c.abort().await;
+                    }
+                    Some((Err(e), f))
+                }
+                None => None,
+            }
+        })
+        .boxed())
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for ReadThrough {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn sweep_staging(&self) -> usize {
+        self.inner.sweep_staging()
+    }
+
+    async fn put(
+        &self,
+        path: &str,
+        data: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<Written, StorageError> {
+        let copy = (is_blob(path) && matches!(mode, PutMode::Overwrite)).then(|| data.clone());
+        let written = self.inner.put(path, data, mode).await?;
+        if let Some(data) = copy {
+            // Blobs are put only after their bytes hashed to their name.
+            let size: u64 = data.iter().map(|b| b.len() as u64).sum();
+            if size <= self.max_bytes {
+                match self.tier.put(path, data, PutMode::Overwrite).await {
+                    Ok(_) => {
+                        self.lru.lock().expect("tier order").insert(path, size);
+                        count("filled");
+                        self.evict_spawned();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, path, "read-through tier: no copy of a put")
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError> {
+        self.inner.upload(path).await
+    }
+
+    async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        if !is_blob(path) {
+            return self.inner.read(path, offset, len, chunk, check).await;
+        }
+        let hit = self.lru.lock().expect("tier order").touch(path);
+        if hit {
+            count("hit");
+            self.read_copy(path, offset, len, chunk, check).await
+        } else {
+            count("miss");
+            self.read_through(path, offset, len, chunk, check).await
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
+        self.inner.get(path).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), StorageError> {
+        self.inner.delete(path).await?;
+        if is_blob(path) {
+            self.drop_copy(path).await;
+        }
+        Ok(())
+    }
+
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
+        self.inner.delete_many(paths.clone()).await?;
+        let copies: Vec<String> = {
+            let mut lru = self.lru.lock().expect("tier order");
+            paths.into_iter().filter(|p| lru.remove(p)).collect()
+        };
+        if !copies.is_empty() {
+            self.tier.delete_many(copies).await?;
+        }
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
+        let moved = self.inner.rename(from, to).await?;
+        if is_blob(from) {
+            self.drop_copy(from).await;
+        }
+        Ok(moved)
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Entry>, StorageError> {
+        self.inner.list(prefix, after).await
+    }
+
+    async fn has_any(&self, prefix: &str) -> Result<bool, StorageError> {
+        self.inner.has_any(prefix).await
+    }
+
+    async fn signed_urls(
+        &self,
+        paths: &[String],
+        expires: Duration,
+    ) -> Result<Option<Vec<url::Url>>, StorageError> {
+        self.inner.signed_urls(paths, expires).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::cloud::CloudBackend;
+    use stagecache_proto::Digest;
+
+    fn blob(n: u8, size: usize) -> (String, Bytes, Digest) {
+        let data = Bytes::from(vec![n; size]);
+        let d = Digest::of_bytes(&data);
+        (
+            format!("cas/{}/{}", &d.hash_hex()[..2], d.hash_hex()),
+            data,
+            d,
+        )
+    }
+
+    fn memory() -> Arc<dyn Backend> {
+        Arc::new(CloudBackend::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "memory://".into(),
+            "memory",
+        ))
+    }
+
+    async fn read_all(
+        b: &dyn Backend,
+        path: &str,
+        d: Digest,
+        verified: bool,
+    ) -> Result<Vec<u8>, StorageError> {
+        let check = verified.then(|| crate::store::verified::verifying(d));
+        let mut s = b.read(path, 0, d.size(), 300, check).await?;
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn verified_whole_reads_fill_the_tier_and_later_reads_come_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = memory();
+        let tier = ReadThrough::open(inner.clone(), dir.path(), 1 << 20).unwrap();
+        let (path, data, d) = blob(1, 1000);
+        // Put behind the tier's back: not in the tier yet.
+        inner
+            .put(&path, vec![data.clone()], PutMode::Overwrite)
+            .await
+            .unwrap();
+        // An unverified read, or a range, leaves nothing in the tier.
+        assert_eq!(read_all(&tier, &path, d, false).await.unwrap(), data);
+        let mut s = tier.read(&path, 10, 20, 300, None).await.unwrap();
+        while s.next().await.is_some() {}
+        assert_eq!(tier.tier_bytes(), 0);
+        // A verified read of all of it does.
+        assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
+        assert_eq!(tier.tier_bytes(), 1000);
+        // Gone from the store behind it (behind the tier's back): still read, from the tier.
+        inner.delete(&path).await.unwrap();
+        assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
+        // A tier opened again on the same directory keeps what is there.
+        let again = ReadThrough::open(inner.clone(), dir.path(), 1 << 20).unwrap();
+        assert_eq!(again.tier_bytes(), 1000);
+        // Deleting through the tier removes its copy too.
+        tier.delete(&path).await.unwrap();
+        assert_eq!(tier.tier_bytes(), 0);
+        assert!(read_all(&tier, &path, d, true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_read_leave_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = memory();
+        let tier = ReadThrough::open(inner.clone(), dir.path(), 2500).unwrap();
+        let blobs: Vec<_> = (1..=3).map(|n| blob(n, 1000)).collect();
+        for (path, data, _) in &blobs {
+            inner
+                .put(path, vec![data.clone()], PutMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        let [(pa, _, a), (pb, _, b), (pc, _, c)] =
+            [blobs[0].clone(), blobs[1].clone(), blobs[2].clone()];
+        read_all(&tier, &pa, a, true).await.unwrap();
+        read_all(&tier, &pb, b, true).await.unwrap();
+        read_all(&tier, &pa, a, true).await.unwrap(); // a is now the most recent
+        read_all(&tier, &pc, c, true).await.unwrap(); // over the bound: b leaves
+        assert_eq!(tier.tier_bytes(), 2000);
+        for (path, d, kept) in [(&pa, a, true), (&pb, b, false), (&pc, c, true)] {
+            assert_eq!(
+                tier.lru.lock().unwrap().entries.contains_key(path.as_str()),
+                kept,
+                "{d}"
+            );
+            assert_eq!(dir.path().join(path).exists(), kept, "{d}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_copy_is_dropped_and_the_store_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = memory();
+        let tier = ReadThrough::open(inner.clone(), dir.path(), 1 << 20).unwrap();
+        let (path, data, d) = blob(7, 1000);
+        tier.put(&path, vec![data.clone()], PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(
+            tier.tier_bytes(),
+            1000,
+            "a put blob is copied into the tier"
+        );
+        let mut rotten = data.to_vec();
+        rotten[999] ^= 1;
+        std::fs::write(dir.path().join(&path), rotten).unwrap();
+        // The rot is in the tier, not in the store: "read again", the copy dropped...
+        let e = read_all(&tier, &path, d, true).await.unwrap_err();
+        assert!(matches!(e, StorageError::Failed { .. }), "{e}");
+        assert!(e.to_string().contains("read again"), "{e}");
+        assert_eq!(tier.tier_bytes(), 0);
+        assert!(!dir.path().join(&path).exists());
+        // ...and the next read comes from the store, whose copy is good, refilling it.
+        assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
+        assert_eq!(tier.tier_bytes(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fails_its_check_leaves_nothing_in_the_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = memory();
+        let tier = ReadThrough::open(inner.clone(), dir.path(), 1 << 20).unwrap();
+        let (path, data, d) = blob(9, 1000);
+        let mut rotten = data.to_vec();
+        rotten[500] ^= 1;
+        inner
+            .put(&path, vec![Bytes::from(rotten)], PutMode::Overwrite)
+            .await
+            .unwrap();
+        let e = read_all(&tier, &path, d, true).await.unwrap_err();
+        assert!(matches!(e, StorageError::Damaged { .. }), "{e}");
+        assert_eq!(tier.tier_bytes(), 0);
+        let staged: Vec<_> = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .collect();
+        assert!(staged.is_empty(), "{staged:?}");
+    }
+}
