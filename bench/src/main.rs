@@ -71,6 +71,10 @@ struct Args {
     /// Measured runs per transfer figure (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Pairs of cold fetches (verified, not verified) that measure what verified reads
+    /// cost, after one warm-up pair; the median of their ratios is judged.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pairs: u32,
     /// Attempts the ledger is pre-filled with (3 attempts, 5 records, per stage line).
     #[arg(long, default_value_t = 1_000_000)]
     ledger_attempts: usize,
@@ -437,7 +441,7 @@ impl Bench {
         eprintln!("fetch, cold, verified and not, in pairs ...");
         let mut paired = [Vec::new(), Vec::new()];
         let mut ratios = Vec::new();
-        for i in 0..=runs {
+        for i in 0..=self.args.pairs {
             let mut pair = [Duration::ZERO; 2];
             let order = if i % 2 == 0 { [1, 0] } else { [0, 1] };
             for verified in order {
