@@ -89,6 +89,28 @@ impl Lru {
     }
 }
 
+/// Drops a tier copy that failed a read (damaged, or lost), and makes the error that
+/// read answers: "read again" (UNAVAILABLE), so the client's retry reads the store.
+async fn dropped(
+    lru: &Mutex<Lru>,
+    tier: &LocalBackend,
+    describe: &str,
+    path: &str,
+    why: &str,
+) -> StorageError {
+    lru.lock().expect("tier order").remove(path);
+    if let Err(e) = tier.delete(path).await {
+        tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
+    }
+    count("dropped");
+    StorageError::failed(
+        describe,
+        "read",
+        path,
+        format!("{why}; the tier's copy was dropped: read again"),
+    )
+}
+
 /// A backend with a local read-through tier in front of it.
 pub struct ReadThrough {
     inner: Arc<dyn Backend>,
@@ -207,55 +229,36 @@ impl ReadThrough {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
-        let again = |why: String| {
-            StorageError::failed(
-                &self.describe,
-                "read",
-                path,
-                format!("{why}; the tier's copy was dropped: read again"),
-            )
-        };
-        let s = match self.tier.read(path, offset, len, chunk, check).await {
-            Ok(s) => s,
-            Err(StorageError::Damaged { why, .. }) => {
-                self.drop_copy(path).await;
-                count("dropped");
-                return Err(again(why));
+        let why = match self.tier.read(path, offset, len, chunk, check).await {
+            Ok(s) => {
+                let (lru, tier, describe, name) = (
+                    self.lru.clone(),
+                    self.tier.clone(),
+                    self.describe.clone(),
+                    path.to_string(),
+                );
+                return Ok(s
+                    .then(move |r| {
+                        let (lru, tier, describe, name) =
+                            (lru.clone(), tier.clone(), describe.clone(), name.clone());
+                        async move {
+                            match r {
+                                Err(StorageError::Damaged { why, .. }) => {
+                                    Err(dropped(&lru, &tier, &describe, &name, &why).await)
+                                }
+                                other => other,
+                            }
+                        }
+                    })
+                    .boxed());
             }
+            Err(StorageError::Damaged { why, .. }) => why,
             Err(StorageError::NotFound { .. }) | Err(StorageError::Short { .. }) => {
-                self.drop_copy(path).await;
-                count("dropped");
-                return Err(again("the read-through tier lost its copy".into()));
+                "the read-through tier lost its copy".into()
             }
             Err(e) => return Err(e),
         };
-        let (lru, tier, describe, name) = (
-            self.lru.clone(),
-            self.tier.clone(),
-            self.describe.clone(),
-            path.to_string(),
-        );
-        Ok(s.then(move |r| {
-            let (lru, tier, describe, name) =
-                (lru.clone(), tier.clone(), describe.clone(), name.clone());
-            async move {
-                match r {
-                    Err(StorageError::Damaged { why, .. }) => {
-                        lru.lock().expect("tier order").remove(&name);
-                        let _ = tier.delete(&name).await;
-                        count("dropped");
-                        Err(StorageError::failed(
-                            &describe,
-                            "read",
-                            &name,
-                            format!("{why}; the tier's copy was dropped: read again"),
-                        ))
-                    }
-                    other => other,
-                }
-            }
-        })
-        .boxed())
+        Err(dropped(&self.lru, &self.tier, &self.describe, path, &why).await)
     }
 
     /// Reads the store behind the tier; a whole verified read from the first byte is
