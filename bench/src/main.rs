@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Pairs of cold fetches (verified, not verified) that measure what verified reads
-    /// cost, after one warm-up pair; the median of their ratios is judged.
+    /// cost, after one warm-up pair, in alternating order (see `Transfer::verified_cold_x`).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pairs: u32,
     /// Attempts the ledger is pre-filled with (3 attempts, 5 records, per stage line).
@@ -436,11 +436,14 @@ impl Bench {
         // What verified reads cost, in pairs: each pair is a cold fetch from a server that
         // verifies and one from a server started with `--unverified-reads`, on the same
         // data dir, their order alternating from pair to pair, so that drift on the shared
-        // machine falls on both alike. Judged by the median of the pairs' ratios.
+        // machine falls on both alike. Judged by the order-balanced ratio (see
+        // `report::order_balanced`).
         server.stop()?;
         eprintln!("fetch, cold, verified and not, in pairs ...");
         let mut paired = [Vec::new(), Vec::new()];
-        let mut ratios = Vec::new();
+        // Ratios of the pairs whose verified fetch ran first, and of those where it ran
+        // second.
+        let mut ratios = [Vec::new(), Vec::new()];
         for i in 0..=self.args.pairs {
             let mut pair = [Duration::ZERO; 2];
             let order = if i % 2 == 0 { [1, 0] } else { [0, 1] };
@@ -464,7 +467,7 @@ impl Bench {
                 }
             }
             if i > 0 {
-                ratios.push(pair[1].as_secs_f64() / pair[0].as_secs_f64());
+                ratios[i as usize % 2].push(pair[1].as_secs_f64() / pair[0].as_secs_f64());
             }
         }
         let [fetch_cold_unverified, fetch_cold_verified] = paired;
@@ -531,7 +534,8 @@ impl Bench {
             fetch_warm: Figure::new(&fetch_warm),
             fetch_cold_unverified: Figure::new(&fetch_cold_unverified),
             fetch_cold_verified: Figure::new(&fetch_cold_verified),
-            verified_cold_x: report::median_of(ratios),
+            verified_cold_x: report::order_balanced(&ratios[0], &ratios[1]),
+            verified_cold_ratios: ratios,
             fetch_warm_unverified: Figure::new(&fetch_warm_unverified),
             find_missing_digests: digests.len(),
             find_missing_present: present.len(),

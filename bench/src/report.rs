@@ -116,6 +116,20 @@ impl Sample {
 
 /// The true median: the middle value of an odd count, the mean of the two middle values
 /// of an even one (taking the upper one flatters every ratio to an even-count baseline).
+/// The cost of B against A from paired runs in both orders, free of an order effect: on
+/// this machine the second run of a pair is often slower (by up to a fifth), whichever it
+/// is. With a multiplicative effect `k`, pairs with B first measure `x / k` and pairs with
+/// B second `x * k`, so `x` is the geometric mean of the two orders' medians. With pairs
+/// in one order only, that order's median.
+pub fn order_balanced(b_first: &[f64], b_second: &[f64]) -> f64 {
+    match (b_first.is_empty(), b_second.is_empty()) {
+        (true, true) => f64::NAN,
+        (false, true) => median_of(b_first.to_vec()),
+        (true, false) => median_of(b_second.to_vec()),
+        (false, false) => (median_of(b_first.to_vec()) * median_of(b_second.to_vec())).sqrt(),
+    }
+}
+
 pub fn median_of(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
@@ -159,9 +173,18 @@ impl Figure {
     }
 
     /// `CPU 1.2 + 3.4 s` (CLI + server), when measured.
-    fn cpu(&self) -> String {
+    /// `cpu 1.2 + 3.4 s (0.6 + 1.7 s/GiB)`: CLI + server, and per GiB of the `bytes` the
+    /// run moved (or would have moved, for a warm one: what it costs per GiB of tree).
+    fn cpu(&self, bytes: u64) -> String {
         match (self.client_cpu_s, self.server_cpu_s) {
-            (Some(c), Some(s)) => format!("cpu {c:.2} + {s:.2} s"),
+            (Some(c), Some(s)) => {
+                let gib = bytes as f64 / (1u64 << 30) as f64;
+                format!(
+                    "cpu {c:.2} + {s:.2} s ({:.2} + {:.2} s/GiB)",
+                    c / gib.max(1e-9),
+                    s / gib.max(1e-9)
+                )
+            }
             _ => String::new(),
         }
     }
@@ -186,9 +209,11 @@ pub struct Transfer {
     /// from a server that verifies (`fetch_cold_verified`), in alternating order.
     pub fetch_cold_unverified: Figure,
     pub fetch_cold_verified: Figure,
-    /// What verified reads cost a cold fetch: the median of the pairs' time ratios
-    /// (verified / not verified).
+    /// What verified reads cost a cold fetch: the pairs' time ratios (verified / not
+    /// verified), order-balanced ([`order_balanced`]).
     pub verified_cold_x: f64,
+    /// The pairs' ratios: `[verified first, verified second]`.
+    pub verified_cold_ratios: [Vec<f64>; 2],
     /// Warm fetches from the server started with `--unverified-reads`.
     pub fetch_warm_unverified: Figure,
     pub find_missing_digests: usize,
@@ -317,7 +342,7 @@ impl Results {
                     ratio,
                     target,
                     met: Some(met),
-                    cpu: f.cpu(),
+                    cpu: f.cpu(t.bytes),
                 });
             }
             // Verified reads are judged by the time they add to a cold fetch, measured in
@@ -330,7 +355,7 @@ impl Results {
                 ratio: format!("verified {x:.2}x"),
                 target: format!("verified <= {VERIFIED_MAX_X}x"),
                 met: Some(x <= VERIFIED_MAX_X),
-                cpu: t.fetch_cold_unverified.cpu(),
+                cpu: t.fetch_cold_unverified.cpu(t.bytes),
             });
             rows.push(Row {
                 figure: "fetch, cold, verified (paired)".into(),
@@ -339,7 +364,7 @@ impl Results {
                 ratio: String::new(),
                 target: "reported".into(),
                 met: None,
-                cpu: t.fetch_cold_verified.cpu(),
+                cpu: t.fetch_cold_verified.cpu(t.bytes),
             });
             let x = t.fetch_warm.median_s / t.fetch_warm_unverified.median_s;
             rows.push(Row {
@@ -349,7 +374,7 @@ impl Results {
                 ratio: format!("verified {x:.2}x"),
                 target: "reported".into(),
                 met: None,
-                cpu: t.fetch_warm_unverified.cpu(),
+                cpu: t.fetch_warm_unverified.cpu(t.bytes),
             });
             let ms = t.find_missing.median_s * 1e3;
             rows.push(Row {
@@ -673,6 +698,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_order_effect_cancels_out() {
+        // True cost 1.2, the second run of each pair 15% slower.
+        let (x, k) = (1.2f64, 1.15f64);
+        let first = [x / k, x / k * 1.01, x / k * 0.99];
+        let second = [x * k, x * k * 1.02, x * k * 0.98];
+        assert!((order_balanced(&first, &second) - x).abs() < 1e-9);
+        assert!((order_balanced(&first, &[]) - x / k).abs() < 1e-9);
+        assert!(order_balanced(&[], &[]).is_nan());
+    }
+
+    #[test]
     fn human_units() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(20 << 20), "20.0 MiB");
@@ -824,6 +860,7 @@ mod tests {
             fetch_cold_unverified: fig(2.4),
             fetch_cold_verified: fig(2.5),
             verified_cold_x: 1.04,
+            verified_cold_ratios: [vec![1.0], vec![1.08]],
             fetch_warm_unverified: fig(2.0),
             find_missing_digests: 100_000,
             find_missing_present: 10,
