@@ -18,6 +18,7 @@
 
 mod gc;
 mod ledger;
+mod peers;
 mod process;
 mod rebuild;
 mod report;
@@ -106,6 +107,14 @@ struct Args {
     /// data dir's local directory. The memory and gc phases always run on local disk.
     #[arg(long)]
     blob_store: Option<String>,
+    /// Also measures a peer on the same tree in the transfer phase: BuildGrid's CAS
+    /// (`bgd cas upload-dir` / `download-dir`), from `--bgd` or where `bench/run --peers`
+    /// installs it.
+    #[arg(long)]
+    peers: bool,
+    /// BuildGrid's `bgd` (default: `~/.cache/stagecache/tools/buildgrid-venv/bin/bgd`).
+    #[arg(long, env = "STAGECACHE_BGD")]
+    bgd: Option<PathBuf>,
     /// Runs each server on CPU 0 and each CLI on CPU 1 (sched_setaffinity), as on two
     /// machines: what client and server each cost, without the other on its core.
     #[arg(long)]
@@ -274,6 +283,27 @@ impl Bench {
         std::fs::rename(path, trash.join(format!("{}-{n}", std::process::id())))
             .map_err(|e| format!("moving {} to {}: {e}", path.display(), trash.display()))?;
         Ok(())
+    }
+
+    /// BuildGrid's `bgd` when `--peers` asks for it: `--bgd`, or where `bench/run --peers`
+    /// installs it.
+    fn bgd(&self) -> Result<Option<PathBuf>> {
+        if !self.args.peers {
+            return Ok(None);
+        }
+        let bgd = match &self.args.bgd {
+            Some(b) => b.clone(),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?)
+                .join(".cache/stagecache/tools/buildgrid-venv/bin/bgd"),
+        };
+        if !bgd.exists() {
+            return Err(format!(
+                "--peers: {} not found (bench/run --peers installs BuildGrid; or pass --bgd)",
+                bgd.display()
+            )
+            .into());
+        }
+        Ok(Some(bgd))
     }
 
     /// Removes what a phase left behind, unless `--keep` asks to keep it.
@@ -517,6 +547,26 @@ impl Bench {
             }
         }
         server.stop()?;
+
+        let peer = match self.bgd()? {
+            Some(bgd) => {
+                eprintln!("peer: BuildGrid upload-dir and download-dir, cold ...");
+                Some(peers::buildgrid(
+                    &bgd,
+                    &tree_dir,
+                    &self.work,
+                    runs,
+                    |p| self.discard(p),
+                    |p| {
+                        if tree::hash_tree(p)? != listing {
+                            return Err("BuildGrid's download differs from the tree".into());
+                        }
+                        Ok(())
+                    },
+                )?)
+            }
+            None => None,
+        };
         self.clean_up(&data)?;
         self.clean_up(&out)?;
         self.clean_up(&tree_dir)?;
@@ -540,6 +590,7 @@ impl Bench {
             find_missing_digests: digests.len(),
             find_missing_present: present.len(),
             find_missing: Figure::new(&fm),
+            peer,
         })
     }
 

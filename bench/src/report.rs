@@ -219,6 +219,9 @@ pub struct Transfer {
     pub find_missing_digests: usize,
     pub find_missing_present: usize,
     pub find_missing: Figure,
+    /// A peer on the same tree (`--peers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::peers::Peer>,
 }
 
 impl Transfer {
@@ -376,6 +379,22 @@ impl Results {
                 met: None,
                 cpu: t.fetch_warm_unverified.cpu(t.bytes),
             });
+            if let Some(p) = &t.peer {
+                for (what, f, ours, our_name) in [
+                    ("upload-dir", &p.upload, &t.register_cold, "register"),
+                    ("download-dir", &p.download, &t.fetch_cold, "fetch"),
+                ] {
+                    rows.push(Row {
+                        figure: format!("peer: {} {what}, cold", p.name),
+                        time: format!("{:.3} s", f.median_s),
+                        rate: rate(t.bytes, f.median_s),
+                        ratio: format!("{:.2}x {our_name}", f.median_s / ours.median_s),
+                        target: "reported (its time / ours)".into(),
+                        met: None,
+                        cpu: String::new(),
+                    });
+                }
+            }
             let ms = t.find_missing.median_s * 1e3;
             rows.push(Row {
                 figure: format!(
@@ -669,6 +688,13 @@ impl Results {
                 "register_warm={:.2}x_hash",
                 t.x_hash(&t.register_warm)
             ));
+            if let Some(p) = &t.peer {
+                parts.push(format!(
+                    "peer_upload={:.2}x_register peer_download={:.2}x_fetch",
+                    p.upload.median_s / t.register_cold.median_s,
+                    p.download.median_s / t.fetch_cold.median_s
+                ));
+            }
         }
         if let Some(l) = &self.ledger {
             if let Some(f) = l
@@ -861,6 +887,7 @@ mod tests {
             fetch_cold_verified: fig(2.5),
             verified_cold_x: 1.04,
             verified_cold_ratios: [vec![1.0], vec![1.08]],
+            peer: None,
             fetch_warm_unverified: fig(2.0),
             find_missing_digests: 100_000,
             find_missing_present: 10,
