@@ -405,33 +405,46 @@ pub async fn serve_listeners(
 /// store's bandwidth, so the server's own reads hardly notice.
 pub const DEFAULT_SCRUB_RATE: u64 = 50 * 1024 * 1024;
 
-/// Scrubs the whole store every `every` (the first after one interval), at most `rate`
-/// bytes a second; stops where it is at shutdown.
+/// Scrubs the whole store every `every`, at most `rate` bytes a second, on the schedule
+/// the index keeps ([`Store::scrub_schedule`]: an interrupted run goes on at once where
+/// it stopped); stops where it is at shutdown.
 async fn scrub_periodically(
     store: Store,
     every: std::time::Duration,
     rate: u64,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let mut wait = match store.scrub_schedule(every).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the scrub schedule; scrubbing after one interval");
+            every
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = every;
         let run = tokio::select! {
             _ = stop.cancelled() => return,
-            r = store.scrub_at(Some(rate)) => r,
+            r = store.scrub_at(Some(rate), true) => r,
         };
         match run {
             Ok(r) => tracing::info!(
                 blobs = r.blobs,
                 bytes = r.bytes,
                 seconds = r.seconds,
+                resumed = r.resumed,
                 damaged = r.damaged.len(),
                 damaged_refs = ?r.damaged_refs,
+                unreadable = r.unreadable.len(),
                 "scrub done"
             ),
-            Err(e) => tracing::warn!(error = %e, "scrub failed; the next one starts over"),
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub failed; the next one goes on where it stopped")
+            }
         }
     }
 }

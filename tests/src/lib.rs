@@ -589,7 +589,10 @@ impl ServerProcess {
     ) -> Self {
         use std::io::BufRead;
         let (mut extra_args, mut client_env) = (extra_args, client_env);
-        if !extra_args.iter().any(|a| a == "--blob-store") {
+        if !extra_args
+            .iter()
+            .any(|a| a == "--blob-store" || a.starts_with("--blob-store="))
+        {
             if let Some((url, env)) = backends::suite_blob_store(data_dir) {
                 extra_args.extend(["--blob-store".to_string(), url]);
                 client_env.extend(env);

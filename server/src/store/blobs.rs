@@ -140,13 +140,40 @@ impl BlobStore {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        self.read_via(d, offset, len, chunk, check, false).await
+    }
+
+    /// [`BlobStore::read`] of all of a blob from the store of record, past any cache in
+    /// front of it.
+    pub async fn read_origin(
+        &self,
+        d: &Digest,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        self.read_via(d, 0, d.size(), chunk, check, true).await
+    }
+
+    async fn read_via(
+        &self,
+        d: &Digest,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+        origin: bool,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
         if len == 0 {
             return Ok(futures::stream::empty().boxed());
         }
-        let s = self
-            .backend
-            .read(&Self::location(d), offset, len, chunk, check)
-            .await?;
+        let path = Self::location(d);
+        let s = if origin {
+            self.backend
+                .read_origin(&path, offset, len, chunk, check)
+                .await?
+        } else {
+            self.backend.read(&path, offset, len, chunk, check).await?
+        };
         Ok(s.map(|r| r.map_err(ServerError::from)).boxed())
     }
 

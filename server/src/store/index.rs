@@ -39,6 +39,10 @@ const ALL_CFS: [&str; 10] = [
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const JOURNAL_MARK: &[u8] = b"journal_mark";
 const PENDING_COLLECTION: &[u8] = b"pending_collection";
+/// The hash of the last blob an interrupted periodic scrub saved as done.
+const SCRUB_CURSOR: &[u8] = b"scrub_cursor";
+/// When the last whole scrub finished (ms since the epoch).
+const SCRUB_FINISHED: &[u8] = b"scrub_finished_at";
 const SCHEMA_VERSION: u32 = 1;
 
 /// A blob's index entry: its size, when it was last stored or asked for (retention keeps
@@ -888,6 +892,37 @@ impl Index {
             self.db
                 .put_cf(self.meta_cf()?, JOURNAL_MARK, seq.to_le_bytes())?;
         }
+        Ok(())
+    }
+
+    /// Where an interrupted scrub stopped: the hash of the last blob it saved as done.
+    pub fn scrub_cursor(&self) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .db
+            .get_cf(self.meta_cf()?, SCRUB_CURSOR)?
+            .and_then(|v| v.as_slice().try_into().ok()))
+    }
+
+    /// Saves (or, with `None`, clears) where a scrub is.
+    pub fn set_scrub_cursor(&self, at: Option<[u8; 32]>) -> Result<()> {
+        match at {
+            Some(h) => self.db.put_cf(self.meta_cf()?, SCRUB_CURSOR, h)?,
+            None => self.db.delete_cf(self.meta_cf()?, SCRUB_CURSOR)?,
+        }
+        Ok(())
+    }
+
+    /// When the last whole scrub finished, if one did.
+    pub fn scrub_finished_at(&self) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .get_cf(self.meta_cf()?, SCRUB_FINISHED)?
+            .and_then(|v| v.as_slice().try_into().ok().map(i64::from_le_bytes)))
+    }
+
+    pub fn set_scrub_finished_at(&self, ms: i64) -> Result<()> {
+        self.db
+            .put_cf(self.meta_cf()?, SCRUB_FINISHED, ms.to_le_bytes())?;
         Ok(())
     }
 

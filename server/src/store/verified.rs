@@ -25,19 +25,27 @@ use std::sync::atomic::Ordering;
 
 /// A verified read's check: hashes each chunk; the chunk that completes the blob passes
 /// only when the whole blob hashed to its digest.
-struct HashCheck(Verifier);
+struct HashCheck {
+    verifier: Verifier,
+    verified: bool,
+}
 
 impl ReadCheck for HashCheck {
     fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
-        let v = &mut self.0;
+        let v = &mut self.verifier;
         v.update_here(chunk).map_err(|m| mismatch_words(&m))?;
         if v.seen() == v.expected().size() {
             v.check().map_err(|m| mismatch_words(&m))?;
+            self.verified = true;
             if let Some(m) = crate::metrics::metrics() {
                 m.blobs_verified.inc();
             }
         }
         Ok(())
+    }
+
+    fn verified_whole(&self) -> bool {
+        self.verified
     }
 }
 
@@ -54,7 +62,10 @@ struct Reading {
 /// The check of a read of all of `d`, from its first byte: every byte hashed, and the
 /// chunk that completes the blob passed only when the whole hashed to `d`.
 pub(crate) fn verifying(d: Digest) -> Box<dyn ReadCheck> {
-    Box::new(HashCheck(Verifier::new(d)))
+    Box::new(HashCheck {
+        verifier: Verifier::new(d),
+        verified: false,
+    })
 }
 
 impl Store {
@@ -95,6 +106,26 @@ impl Store {
             done: false,
         };
         Ok(futures::stream::unfold(state, next_verified).boxed())
+    }
+
+    /// Reads all of a stored blob from the store of record (past any local tier, filling
+    /// none), verified whatever `--unverified-reads` says: a scrub's read. Ends with
+    /// [`ServerError::DataLoss`] when the blob is damaged, after quarantining it.
+    pub async fn read_blob_at_origin(&self, d: Digest) -> Result<()> {
+        let read = async {
+            let mut s = self
+                .blobs
+                .read_origin(&d, stagecache_proto::CHUNK_BYTES, Some(verifying(d)))
+                .await?;
+            while let Some(chunk) = s.next().await {
+                chunk?;
+            }
+            Ok::<_, ServerError>(())
+        };
+        match read.await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.damaged_on_failure(d, e).await),
+        }
     }
 
     /// A whole (small) blob in one buffer, verified: a damaged one is quarantined and

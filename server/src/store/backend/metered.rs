@@ -118,6 +118,23 @@ impl<B: Backend> Backend for Metered<B> {
         r
     }
 
+    async fn read_origin(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        let started = Instant::now();
+        let r = self
+            .inner
+            .read_origin(path, offset, len, chunk, check)
+            .await;
+        observe(self.kind(), "read", started, &r);
+        r
+    }
+
     async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
         let started = Instant::now();
         let r = self.inner.get(path).await;

@@ -85,6 +85,12 @@ pub struct Version {
 /// its own. An error ends the read with [`StorageError::Damaged`] in place of the chunk.
 pub trait ReadCheck: Send + 'static {
     fn check(&mut self, chunk: &[u8]) -> Result<(), String>;
+
+    /// Whether the bytes seen so far were the whole object and matched it (a verified
+    /// read's hash compared equal): what lets a cache keep them.
+    fn verified_whole(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `check` over a stream on blocking threads, one chunk at a time: for backends
@@ -197,6 +203,19 @@ pub trait Backend: Send + Sync + 'static {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError>;
+
+    /// [`Backend::read`] from the store of record itself, past any cache in front of it
+    /// (and filling none): a scrub checks the bytes the store holds, not a copy.
+    async fn read_origin(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        self.read(path, offset, len, chunk, check).await
+    }
 
     /// A whole (small) object and its version; `None` when it does not exist.
     async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError>;

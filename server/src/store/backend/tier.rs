@@ -115,6 +115,8 @@ async fn dropped(
 pub struct ReadThrough {
     inner: Arc<dyn Backend>,
     tier: Arc<LocalBackend>,
+    /// The tier's directory.
+    root: std::path::PathBuf,
     max_bytes: u64,
     lru: Arc<Mutex<Lru>>,
     describe: String,
@@ -172,6 +174,7 @@ impl ReadThrough {
         let t = ReadThrough {
             inner,
             tier: Arc::new(tier),
+            root: root.to_path_buf(),
             max_bytes,
             lru: Arc::new(Mutex::new(lru)),
             describe,
@@ -187,23 +190,8 @@ impl ReadThrough {
 
     /// Removes the oldest blobs past the bound, in the background.
     fn evict_spawned(&self) {
-        let gone = self
-            .lru
-            .lock()
-            .expect("tier order")
-            .evict_to(self.max_bytes);
-        if gone.is_empty() {
-            return;
-        }
-        for _ in &gone {
-            count("evicted");
-        }
-        let tier = self.tier.clone();
-        let run = async move {
-            if let Err(e) = tier.delete_many(gone).await {
-                tracing::warn!(error = %e, "read-through tier: could not remove evicted blobs");
-            }
-        };
+        let (lru, tier, max) = (self.lru.clone(), self.tier.clone(), self.max_bytes);
+        let run = async move { evict(&lru, &tier, max).await };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(run);
@@ -229,6 +217,9 @@ impl ReadThrough {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
+        // Any failure of the tier's copy (damaged, short, gone, unreadable) drops it: the
+        // read answers "read again", and the retry reads the store, whose copy is not
+        // quarantined for the tier's fault.
         let why = match self.tier.read(path, offset, len, chunk, check).await {
             Ok(s) => {
                 let (lru, tier, describe, name) = (
@@ -243,20 +234,17 @@ impl ReadThrough {
                             (lru.clone(), tier.clone(), describe.clone(), name.clone());
                         async move {
                             match r {
-                                Err(StorageError::Damaged { why, .. }) => {
+                                Err(e) => {
+                                    let why = e.to_string();
                                     Err(dropped(&lru, &tier, &describe, &name, &why).await)
                                 }
-                                other => other,
+                                ok => ok,
                             }
                         }
                     })
                     .boxed());
             }
-            Err(StorageError::Damaged { why, .. }) => why,
-            Err(StorageError::NotFound { .. }) | Err(StorageError::Short { .. }) => {
-                "the read-through tier lost its copy".into()
-            }
-            Err(e) => return Err(e),
+            Err(e) => e.to_string(),
         };
         Err(dropped(&self.lru, &self.tier, &self.describe, path, &why).await)
     }
@@ -271,11 +259,21 @@ impl ReadThrough {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
-        let verified_whole = offset == 0 && check.is_some();
-        let s = self.inner.read(path, offset, len, chunk, check).await?;
-        if !verified_whole || len > self.max_bytes {
-            return Ok(s);
-        }
+        // Only a read that may verify the whole blob (from its first byte, with a check)
+        // can fill the tier, and then only if the check says it did (`Watched`).
+        let check = match check {
+            Some(c) if offset == 0 && len <= self.max_bytes && self.room_for(len) => c,
+            other => return self.inner.read(path, offset, len, chunk, other).await,
+        };
+        let verified = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watched = Box::new(Watched {
+            inner: check,
+            verified: verified.clone(),
+        });
+        let s = self
+            .inner
+            .read(path, offset, len, chunk, Some(watched))
+            .await?;
         let copy = match self.tier.upload(path).await {
             Ok(u) => u,
             Err(e) => {
@@ -286,9 +284,9 @@ impl ReadThrough {
         struct Fill {
             inner: ByteStream,
             copy: Option<Box<dyn Upload>>,
-            seen: u64,
-            len: u64,
+            verified: Arc<std::sync::atomic::AtomicBool>,
             name: String,
+            size: u64,
             lru: Arc<Mutex<Lru>>,
             tier: Arc<LocalBackend>,
             max_bytes: u64,
@@ -296,9 +294,9 @@ impl ReadThrough {
         let fill = Fill {
             inner: s,
             copy: Some(copy),
-            seen: 0,
-            len,
+            verified,
             name: path.to_string(),
+            size: len,
             lru: self.lru.clone(),
             tier: self.tier.clone(),
             max_bytes: self.max_bytes,
@@ -306,7 +304,6 @@ impl ReadThrough {
         Ok(futures::stream::unfold(fill, |mut f| async move {
             match f.inner.next().await {
                 Some(Ok(bytes)) => {
-                    f.seen += bytes.len() as u64;
                     if let Some(copy) = &mut f.copy {
                         if let Err(e) = copy.write(bytes.clone()).await {
                             tracing::warn!(error = %e, path = %f.name, "read-through tier: copy abandoned");
@@ -315,23 +312,22 @@ impl ReadThrough {
                             }
                         }
                     }
-                    if f.seen == f.len {
-                        // The last chunk passed the check: the whole blob verified.
+                    if f.verified.load(std::sync::atomic::Ordering::Acquire) {
+                        // The last chunk passed the check: the whole blob verified. The
+                        // copy is published, and the tier trimmed, off the read's path.
                         if let Some(c) = f.copy.take() {
-                            match c.finish().await {
-                                Ok(()) => {
-                                    f.lru.lock().expect("tier order").insert(&f.name, f.len);
-                                    count("filled");
-                                    let gone = f.lru.lock().expect("tier order").evict_to(f.max_bytes);
-                                    if !gone.is_empty() {
-                                        for _ in &gone {
-                                            count("evicted");
-                                        }
-                                        let _ = f.tier.delete_many(gone).await;
+                            let (lru, tier, name, size, max) =
+                                (f.lru.clone(), f.tier.clone(), f.name.clone(), f.size, f.max_bytes);
+                            tokio::spawn(async move {
+                                match c.finish().await {
+                                    Ok(()) => {
+                                        lru.lock().expect("tier order").insert(&name, size);
+                                        count("filled");
+                                        evict(&lru, &tier, max).await;
                                     }
+                                    Err(e) => tracing::warn!(error = %e, path = %name, "read-through tier: copy not published"),
                                 }
-                                Err(e) => tracing::warn!(error = %e, path = %f.name, "read-through tier: copy not published"),
-                            }
+                            });
                         }
                     }
                     Some((Ok(bytes), f))
@@ -346,6 +342,54 @@ impl ReadThrough {
             }
         })
         .boxed())
+    }
+
+    /// Whether the tier's file system has room for `len` more bytes and a margin: the
+    /// tier never fills the disk it shares with the index.
+    fn room_for(&self, len: u64) -> bool {
+        match crate::metrics::free_bytes(&self.root) {
+            Some(free) => free >= len.saturating_add(TIER_FREE_MARGIN),
+            None => true,
+        }
+    }
+}
+
+/// Free space the tier leaves on its file system.
+const TIER_FREE_MARGIN: u64 = 1 << 30;
+
+/// A read's check, watched: `verified` is set once the check says the whole blob hashed
+/// to its digest.
+struct Watched {
+    inner: Box<dyn ReadCheck>,
+    verified: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReadCheck for Watched {
+    fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.inner.check(chunk)?;
+        if self.inner.verified_whole() {
+            self.verified
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn verified_whole(&self) -> bool {
+        self.inner.verified_whole()
+    }
+}
+
+/// Removes the least recently read copies past `max`.
+async fn evict(lru: &Mutex<Lru>, tier: &LocalBackend, max: u64) {
+    let gone = lru.lock().expect("tier order").evict_to(max);
+    if gone.is_empty() {
+        return;
+    }
+    for _ in &gone {
+        count("evicted");
+    }
+    if let Err(e) = tier.delete_many(gone).await {
+        tracing::warn!(error = %e, "read-through tier: could not remove evicted blobs");
     }
 }
 
@@ -415,6 +459,19 @@ impl Backend for ReadThrough {
         }
     }
 
+    async fn read_origin(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        check: Option<Box<dyn ReadCheck>>,
+    ) -> Result<ByteStream, StorageError> {
+        self.inner
+            .read_origin(path, offset, len, chunk, check)
+            .await
+    }
+
     async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
         self.inner.get(path).await
     }
@@ -434,7 +491,10 @@ impl Backend for ReadThrough {
             paths.into_iter().filter(|p| lru.remove(p)).collect()
         };
         if !copies.is_empty() {
-            self.tier.delete_many(copies).await?;
+            // The store's delete is what counts; a copy left behind is only space.
+            if let Err(e) = self.tier.delete_many(copies).await {
+                tracing::warn!(error = %e, "read-through tier: could not remove deleted blobs' copies");
+            }
         }
         Ok(())
     }
@@ -503,6 +563,21 @@ mod tests {
         Ok(out)
     }
 
+    /// Waits (up to 10 s) until the tier holds `bytes`: copies are published, and the
+    /// tier trimmed, on a task of their own after the read's last chunk.
+    async fn settled(tier: &ReadThrough, bytes: u64) {
+        for _ in 0..1000 {
+            if tier.tier_bytes() == bytes && tier.lru.lock().unwrap().bytes == bytes {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if tier.tier_bytes() == bytes {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the tier holds {} bytes, not {bytes}", tier.tier_bytes());
+    }
+
     #[tokio::test]
     async fn verified_whole_reads_fill_the_tier_and_later_reads_come_from_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -518,10 +593,16 @@ mod tests {
         assert_eq!(read_all(&tier, &path, d, false).await.unwrap(), data);
         let mut s = tier.read(&path, 10, 20, 300, None).await.unwrap();
         while s.next().await.is_some() {}
+        // Nor does a checked read from the first byte that stops short of the end: its
+        // check never saw the whole blob verified.
+        let check = Some(crate::store::verified::verifying(d));
+        let mut s = tier.read(&path, 0, 600, 300, check).await.unwrap();
+        while s.next().await.is_some() {}
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(tier.tier_bytes(), 0);
         // A verified read of all of it does.
         assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
-        assert_eq!(tier.tier_bytes(), 1000);
+        settled(&tier, 1000).await;
         // Gone from the store behind it (behind the tier's back): still read, from the tier.
         inner.delete(&path).await.unwrap();
         assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
@@ -549,10 +630,19 @@ mod tests {
         let [(pa, _, a), (pb, _, b), (pc, _, c)] =
             [blobs[0].clone(), blobs[1].clone(), blobs[2].clone()];
         read_all(&tier, &pa, a, true).await.unwrap();
+        settled(&tier, 1000).await;
         read_all(&tier, &pb, b, true).await.unwrap();
+        settled(&tier, 2000).await;
         read_all(&tier, &pa, a, true).await.unwrap(); // a is now the most recent
         read_all(&tier, &pc, c, true).await.unwrap(); // over the bound: b leaves
-        assert_eq!(tier.tier_bytes(), 2000);
+        settled(&tier, 2000).await;
+        // The evicted file goes a moment after its entry.
+        for _ in 0..500 {
+            if !dir.path().join(&pb).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         for (path, d, kept) in [(&pa, a, true), (&pb, b, false), (&pc, c, true)] {
             assert_eq!(
                 tier.lru.lock().unwrap().entries.contains_key(path.as_str()),
@@ -588,7 +678,7 @@ mod tests {
         assert!(!dir.path().join(&path).exists());
         // ...and the next read comes from the store, whose copy is good, refilling it.
         assert_eq!(read_all(&tier, &path, d, true).await.unwrap(), data);
-        assert_eq!(tier.tier_bytes(), 1000);
+        settled(&tier, 1000).await;
     }
 
     #[tokio::test]
