@@ -92,15 +92,18 @@ impl Lru {
 /// Drops a tier copy that failed a read (damaged, or lost), and makes the error that
 /// read answers: "read again" (UNAVAILABLE), so the client's retry reads the store.
 async fn dropped(
-    lru: &Mutex<Lru>,
+    lru: &Copies,
     tier: &LocalBackend,
     describe: &str,
     path: &str,
     why: &str,
 ) -> StorageError {
-    lru.lock().expect("tier order").remove(path);
-    if let Err(e) = tier.delete(path).await {
-        tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
+    {
+        let _files = lru.files.lock().await;
+        lru.order.lock().expect("tier order").remove(path);
+        if let Err(e) = tier.delete(path).await {
+            tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
+        }
     }
     count("dropped");
     StorageError::failed(
@@ -111,6 +114,15 @@ async fn dropped(
     )
 }
 
+/// The tier's copies: their order, and a lock that publishing a copy (rename, then entry)
+/// and removing one (entry, then unlink) each hold throughout, so that an unlink never
+/// removes a copy published after its entry went.
+#[derive(Default)]
+struct Copies {
+    order: Mutex<Lru>,
+    files: tokio::sync::Mutex<()>,
+}
+
 /// A backend with a local read-through tier in front of it.
 pub struct ReadThrough {
     inner: Arc<dyn Backend>,
@@ -118,7 +130,7 @@ pub struct ReadThrough {
     /// The tier's directory.
     root: std::path::PathBuf,
     max_bytes: u64,
-    lru: Arc<Mutex<Lru>>,
+    lru: Arc<Copies>,
     describe: String,
 }
 
@@ -176,7 +188,10 @@ impl ReadThrough {
             tier: Arc::new(tier),
             root: root.to_path_buf(),
             max_bytes,
-            lru: Arc::new(Mutex::new(lru)),
+            lru: Arc::new(Copies {
+                order: Mutex::new(lru),
+                files: Default::default(),
+            }),
             describe,
         };
         t.evict_spawned();
@@ -185,7 +200,7 @@ impl ReadThrough {
 
     /// Bytes the tier holds now.
     pub fn tier_bytes(&self) -> u64 {
-        self.lru.lock().expect("tier order").bytes
+        self.lru.order.lock().expect("tier order").bytes
     }
 
     /// Removes the oldest blobs past the bound, in the background.
@@ -202,7 +217,8 @@ impl ReadThrough {
 
     /// Drops a tier copy (damaged, or gone from the store).
     async fn drop_copy(&self, path: &str) {
-        self.lru.lock().expect("tier order").remove(path);
+        let _files = self.lru.files.lock().await;
+        self.lru.order.lock().expect("tier order").remove(path);
         if let Err(e) = self.tier.delete(path).await {
             tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
         }
@@ -287,7 +303,7 @@ impl ReadThrough {
             verified: Arc<std::sync::atomic::AtomicBool>,
             name: String,
             size: u64,
-            lru: Arc<Mutex<Lru>>,
+            lru: Arc<Copies>,
             tier: Arc<LocalBackend>,
             max_bytes: u64,
         }
@@ -319,9 +335,16 @@ impl ReadThrough {
                             let (lru, tier, name, size, max) =
                                 (f.lru.clone(), f.tier.clone(), f.name.clone(), f.size, f.max_bytes);
                             tokio::spawn(async move {
-                                match c.finish().await {
+                                let published = {
+                                    let _files = lru.files.lock().await;
+                                    let r = c.finish().await;
+                                    if r.is_ok() {
+                                        lru.order.lock().expect("tier order").insert(&name, size);
+                                    }
+                                    r
+                                };
+                                match published {
                                     Ok(()) => {
-                                        lru.lock().expect("tier order").insert(&name, size);
                                         count("filled");
                                         evict(&lru, &tier, max).await;
                                     }
@@ -380,8 +403,9 @@ impl ReadCheck for Watched {
 }
 
 /// Removes the least recently read copies past `max`.
-async fn evict(lru: &Mutex<Lru>, tier: &LocalBackend, max: u64) {
-    let gone = lru.lock().expect("tier order").evict_to(max);
+async fn evict(lru: &Copies, tier: &LocalBackend, max: u64) {
+    let _files = lru.files.lock().await;
+    let gone = lru.order.lock().expect("tier order").evict_to(max);
     if gone.is_empty() {
         return;
     }
@@ -419,9 +443,20 @@ impl Backend for ReadThrough {
             // Blobs are put only after their bytes hashed to their name.
             let size: u64 = data.iter().map(|b| b.len() as u64).sum();
             if size <= self.max_bytes {
-                match self.tier.put(path, data, PutMode::Overwrite).await {
+                let put = {
+                    let _files = self.lru.files.lock().await;
+                    let r = self.tier.put(path, data, PutMode::Overwrite).await;
+                    if r.is_ok() {
+                        self.lru
+                            .order
+                            .lock()
+                            .expect("tier order")
+                            .insert(path, size);
+                    }
+                    r
+                };
+                match put {
                     Ok(_) => {
-                        self.lru.lock().expect("tier order").insert(path, size);
                         count("filled");
                         self.evict_spawned();
                     }
@@ -449,7 +484,7 @@ impl Backend for ReadThrough {
         if !is_blob(path) {
             return self.inner.read(path, offset, len, chunk, check).await;
         }
-        let hit = self.lru.lock().expect("tier order").touch(path);
+        let hit = self.lru.order.lock().expect("tier order").touch(path);
         if hit {
             count("hit");
             self.read_copy(path, offset, len, chunk, check).await
@@ -486,8 +521,9 @@ impl Backend for ReadThrough {
 
     async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
         self.inner.delete_many(paths.clone()).await?;
+        let _files = self.lru.files.lock().await;
         let copies: Vec<String> = {
-            let mut lru = self.lru.lock().expect("tier order");
+            let mut lru = self.lru.order.lock().expect("tier order");
             paths.into_iter().filter(|p| lru.remove(p)).collect()
         };
         if !copies.is_empty() {
@@ -567,7 +603,7 @@ mod tests {
     /// tier trimmed, on a task of their own after the read's last chunk.
     async fn settled(tier: &ReadThrough, bytes: u64) {
         for _ in 0..1000 {
-            if tier.tier_bytes() == bytes && tier.lru.lock().unwrap().bytes == bytes {
+            if tier.tier_bytes() == bytes && tier.lru.order.lock().unwrap().bytes == bytes {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 if tier.tier_bytes() == bytes {
                     return;
@@ -645,7 +681,12 @@ mod tests {
         }
         for (path, d, kept) in [(&pa, a, true), (&pb, b, false), (&pc, c, true)] {
             assert_eq!(
-                tier.lru.lock().unwrap().entries.contains_key(path.as_str()),
+                tier.lru
+                    .order
+                    .lock()
+                    .unwrap()
+                    .entries
+                    .contains_key(path.as_str()),
                 kept,
                 "{d}"
             );
