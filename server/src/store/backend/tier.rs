@@ -27,7 +27,7 @@ use super::{
 use bytes::Bytes;
 use futures::stream::StreamExt;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,48 +89,114 @@ impl Lru {
     }
 }
 
-/// Drops a tier copy that failed a read (damaged, or lost), and makes the error that
-/// read answers: "read again" (UNAVAILABLE), so the client's retry reads the store.
-async fn dropped(
-    lru: &Copies,
-    tier: &LocalBackend,
-    describe: &str,
-    path: &str,
-    why: &str,
-) -> StorageError {
-    {
-        let _files = lru.files.lock().await;
-        lru.order.lock().expect("tier order").remove(path);
-        if let Err(e) = tier.delete(path).await {
-            tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
-        }
-    }
-    count("dropped");
-    StorageError::failed(
-        describe,
-        "read",
-        path,
-        format!("{why}; the tier's copy was dropped: read again"),
-    )
+/// The tier itself: its directory, its bound, the least-recently-read order of its copies,
+/// and a lock that publishing a copy (rename, then entry) and removing copies (entries,
+/// then unlinks) each hold throughout, so that an unlink never removes a copy published
+/// after its entry went.
+struct Tier {
+    files: LocalBackend,
+    root: PathBuf,
+    max_bytes: u64,
+    order: Mutex<Lru>,
+    lock: tokio::sync::Mutex<()>,
 }
 
-/// The tier's copies: their order, and a lock that publishing a copy (rename, then entry)
-/// and removing one (entry, then unlink) each hold throughout, so that an unlink never
-/// removes a copy published after its entry went.
-#[derive(Default)]
-struct Copies {
-    order: Mutex<Lru>,
-    files: tokio::sync::Mutex<()>,
+impl Tier {
+    fn order(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.order.lock().expect("tier order")
+    }
+
+    /// Publishes a copy of `name` (`size` bytes): `write` (its rename) and then its entry,
+    /// under the lock. Whether it was published.
+    async fn publish(
+        &self,
+        name: &str,
+        size: u64,
+        write: impl std::future::Future<Output = Result<(), StorageError>>,
+    ) -> bool {
+        let published = {
+            let _lock = self.lock.lock().await;
+            let r = write.await;
+            if r.is_ok() {
+                self.order().insert(name, size);
+            }
+            r
+        };
+        match published {
+            Ok(()) => {
+                count("filled");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = name, "read-through tier: copy not published");
+                false
+            }
+        }
+    }
+
+    /// Removes the copies `pick` takes out of the order (entries, then files, under the
+    /// lock); each is counted as `event`, when given.
+    async fn remove_where(&self, pick: impl FnOnce(&mut Lru) -> Vec<String>, event: Option<&str>) {
+        let _lock = self.lock.lock().await;
+        let gone = pick(&mut self.order());
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(event) = event {
+            for _ in &gone {
+                count(event);
+            }
+        }
+        if let Err(e) = self.files.delete_many(gone).await {
+            tracing::warn!(error = %e, "read-through tier: could not remove copies");
+        }
+    }
+
+    /// Removes the copies of `names` the tier holds (a blob deleted or moved in the store:
+    /// a copy left behind would only be space).
+    async fn remove(&self, names: Vec<String>) {
+        self.remove_where(
+            |order| names.into_iter().filter(|n| order.remove(n)).collect(),
+            None,
+        )
+        .await
+    }
+
+    /// Removes the least recently read copies past the bound.
+    async fn evict(&self) {
+        let max = self.max_bytes;
+        self.remove_where(|order| order.evict_to(max), Some("evicted"))
+            .await
+    }
+
+    /// Drops a copy that failed a read (damaged, short, gone, unreadable), and makes the
+    /// error that read answers: "read again" (UNAVAILABLE), so the client's retry reads
+    /// the store, whose copy is not quarantined for the tier's fault.
+    async fn dropped(&self, describe: &str, path: &str, why: &str) -> StorageError {
+        self.remove(vec![path.to_string()]).await;
+        count("dropped");
+        StorageError::failed(
+            describe,
+            "read",
+            path,
+            format!("{why}; the tier's copy was dropped: read again"),
+        )
+    }
+
+    /// Whether the tier's file system has room for `len` more bytes and a margin: the
+    /// tier never fills the disk it shares with the index.
+    fn room_for(&self, len: u64) -> bool {
+        match crate::metrics::free_bytes(&self.root) {
+            Some(free) => free >= len.saturating_add(TIER_FREE_MARGIN),
+            None => true,
+        }
+    }
 }
 
 /// A backend with a local read-through tier in front of it.
 pub struct ReadThrough {
     inner: Arc<dyn Backend>,
-    tier: Arc<LocalBackend>,
-    /// The tier's directory.
-    root: std::path::PathBuf,
-    max_bytes: u64,
-    lru: Arc<Copies>,
+    tier: Arc<Tier>,
     describe: String,
 }
 
@@ -152,8 +218,8 @@ impl ReadThrough {
         root: &Path,
         max_bytes: u64,
     ) -> Result<Self, StorageError> {
-        let tier = LocalBackend::open(root.to_path_buf())?;
-        let swept = tier.sweep_staging();
+        let files = LocalBackend::open(root.to_path_buf())?;
+        let swept = files.sweep_staging();
         let mut found: Vec<(std::time::SystemTime, String, u64)> =
             walkdir::WalkDir::new(root.join("cas"))
                 .into_iter()
@@ -166,9 +232,9 @@ impl ReadThrough {
                 })
                 .collect();
         found.sort();
-        let mut lru = Lru::default();
+        let mut order = Lru::default();
         for (_, name, size) in found {
-            lru.insert(&name, size);
+            order.insert(&name, size);
         }
         let describe = format!(
             "{} (read-through tier {})",
@@ -177,20 +243,20 @@ impl ReadThrough {
         );
         tracing::info!(
             tier = %root.display(),
-            blobs = lru.entries.len(),
-            bytes = lru.bytes,
+            blobs = order.entries.len(),
+            bytes = order.bytes,
             max_bytes,
             staging_files_swept = swept,
             "read-through tier"
         );
         let t = ReadThrough {
             inner,
-            tier: Arc::new(tier),
-            root: root.to_path_buf(),
-            max_bytes,
-            lru: Arc::new(Copies {
-                order: Mutex::new(lru),
-                files: Default::default(),
+            tier: Arc::new(Tier {
+                files,
+                root: root.to_path_buf(),
+                max_bytes,
+                order: Mutex::new(order),
+                lock: Default::default(),
             }),
             describe,
         };
@@ -200,13 +266,13 @@ impl ReadThrough {
 
     /// Bytes the tier holds now.
     pub fn tier_bytes(&self) -> u64 {
-        self.lru.order.lock().expect("tier order").bytes
+        self.tier.order().bytes
     }
 
     /// Removes the oldest blobs past the bound, in the background.
     fn evict_spawned(&self) {
-        let (lru, tier, max) = (self.lru.clone(), self.tier.clone(), self.max_bytes);
-        let run = async move { evict(&lru, &tier, max).await };
+        let tier = self.tier.clone();
+        let run = async move { tier.evict().await };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(run);
@@ -215,16 +281,7 @@ impl ReadThrough {
         }
     }
 
-    /// Drops a tier copy (damaged, or gone from the store).
-    async fn drop_copy(&self, path: &str) {
-        let _files = self.lru.files.lock().await;
-        self.lru.order.lock().expect("tier order").remove(path);
-        if let Err(e) = self.tier.delete(path).await {
-            tracing::warn!(error = %e, path, "read-through tier: could not remove a copy");
-        }
-    }
-
-    /// Reads a tier copy: a damaged one is dropped and the read answers "read again".
+    /// Reads a tier copy; any failure of it drops it and answers "read again".
     async fn read_copy(
         &self,
         path: &str,
@@ -233,36 +290,24 @@ impl ReadThrough {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
-        // Any failure of the tier's copy (damaged, short, gone, unreadable) drops it: the
-        // read answers "read again", and the retry reads the store, whose copy is not
-        // quarantined for the tier's fault.
-        let why = match self.tier.read(path, offset, len, chunk, check).await {
-            Ok(s) => {
-                let (lru, tier, describe, name) = (
-                    self.lru.clone(),
-                    self.tier.clone(),
-                    self.describe.clone(),
-                    path.to_string(),
-                );
-                return Ok(s
-                    .then(move |r| {
-                        let (lru, tier, describe, name) =
-                            (lru.clone(), tier.clone(), describe.clone(), name.clone());
-                        async move {
-                            match r {
-                                Err(e) => {
-                                    let why = e.to_string();
-                                    Err(dropped(&lru, &tier, &describe, &name, &why).await)
-                                }
-                                ok => ok,
-                            }
-                        }
-                    })
-                    .boxed());
+        let s = match self.tier.files.read(path, offset, len, chunk, check).await {
+            Ok(s) => s,
+            Err(e) => {
+                let why = e.to_string();
+                return Err(self.tier.dropped(&self.describe, path, &why).await);
             }
-            Err(e) => e.to_string(),
         };
-        Err(dropped(&self.lru, &self.tier, &self.describe, path, &why).await)
+        let (tier, describe, name) = (self.tier.clone(), self.describe.clone(), path.to_string());
+        Ok(s.then(move |r| {
+            let (tier, describe, name) = (tier.clone(), describe.clone(), name.clone());
+            async move {
+                match r {
+                    Err(e) => Err(tier.dropped(&describe, &name, &e.to_string()).await),
+                    ok => ok,
+                }
+            }
+        })
+        .boxed())
     }
 
     /// Reads the store behind the tier; a whole verified read from the first byte is
@@ -278,7 +323,7 @@ impl ReadThrough {
         // Only a read that may verify the whole blob (from its first byte, with a check)
         // can fill the tier, and then only if the check says it did (`Watched`).
         let check = match check {
-            Some(c) if offset == 0 && len <= self.max_bytes && self.room_for(len) => c,
+            Some(c) if offset == 0 && len <= self.tier.max_bytes && self.tier.room_for(len) => c,
             other => return self.inner.read(path, offset, len, chunk, other).await,
         };
         let verified = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -290,7 +335,7 @@ impl ReadThrough {
             .inner
             .read(path, offset, len, chunk, Some(watched))
             .await?;
-        let copy = match self.tier.upload(path).await {
+        let copy = match self.tier.files.upload(path).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(error = %e, path, "read-through tier: cannot stage a copy");
@@ -303,9 +348,7 @@ impl ReadThrough {
             verified: Arc<std::sync::atomic::AtomicBool>,
             name: String,
             size: u64,
-            lru: Arc<Copies>,
-            tier: Arc<LocalBackend>,
-            max_bytes: u64,
+            tier: Arc<Tier>,
         }
         let fill = Fill {
             inner: s,
@@ -313,9 +356,7 @@ impl ReadThrough {
             verified,
             name: path.to_string(),
             size: len,
-            lru: self.lru.clone(),
             tier: self.tier.clone(),
-            max_bytes: self.max_bytes,
         };
         Ok(futures::stream::unfold(fill, |mut f| async move {
             match f.inner.next().await {
@@ -332,23 +373,10 @@ impl ReadThrough {
                         // The last chunk passed the check: the whole blob verified. The
                         // copy is published, and the tier trimmed, off the read's path.
                         if let Some(c) = f.copy.take() {
-                            let (lru, tier, name, size, max) =
-                                (f.lru.clone(), f.tier.clone(), f.name.clone(), f.size, f.max_bytes);
+                            let (tier, name, size) = (f.tier.clone(), f.name.clone(), f.size);
                             tokio::spawn(async move {
-                                let published = {
-                                    let _files = lru.files.lock().await;
-                                    let r = c.finish().await;
-                                    if r.is_ok() {
-                                        lru.order.lock().expect("tier order").insert(&name, size);
-                                    }
-                                    r
-                                };
-                                match published {
-                                    Ok(()) => {
-                                        count("filled");
-                                        evict(&lru, &tier, max).await;
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, path = %name, "read-through tier: copy not published"),
+                                if tier.publish(&name, size, c.finish()).await {
+                                    tier.evict().await;
                                 }
                             });
                         }
@@ -365,15 +393,6 @@ impl ReadThrough {
             }
         })
         .boxed())
-    }
-
-    /// Whether the tier's file system has room for `len` more bytes and a margin: the
-    /// tier never fills the disk it shares with the index.
-    fn room_for(&self, len: u64) -> bool {
-        match crate::metrics::free_bytes(&self.root) {
-            Some(free) => free >= len.saturating_add(TIER_FREE_MARGIN),
-            None => true,
-        }
     }
 }
 
@@ -402,21 +421,6 @@ impl ReadCheck for Watched {
     }
 }
 
-/// Removes the least recently read copies past `max`.
-async fn evict(lru: &Copies, tier: &LocalBackend, max: u64) {
-    let _files = lru.files.lock().await;
-    let gone = lru.order.lock().expect("tier order").evict_to(max);
-    if gone.is_empty() {
-        return;
-    }
-    for _ in &gone {
-        count("evicted");
-    }
-    if let Err(e) = tier.delete_many(gone).await {
-        tracing::warn!(error = %e, "read-through tier: could not remove evicted blobs");
-    }
-}
-
 #[async_trait::async_trait]
 impl Backend for ReadThrough {
     fn describe(&self) -> &str {
@@ -442,27 +446,16 @@ impl Backend for ReadThrough {
         if let Some(data) = copy {
             // Blobs are put only after their bytes hashed to their name.
             let size: u64 = data.iter().map(|b| b.len() as u64).sum();
-            if size <= self.max_bytes {
-                let put = {
-                    let _files = self.lru.files.lock().await;
-                    let r = self.tier.put(path, data, PutMode::Overwrite).await;
-                    if r.is_ok() {
-                        self.lru
-                            .order
-                            .lock()
-                            .expect("tier order")
-                            .insert(path, size);
-                    }
-                    r
+            if size <= self.tier.max_bytes {
+                let write = async {
+                    self.tier
+                        .files
+                        .put(path, data, PutMode::Overwrite)
+                        .await
+                        .map(|_| ())
                 };
-                match put {
-                    Ok(_) => {
-                        count("filled");
-                        self.evict_spawned();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, path, "read-through tier: no copy of a put")
-                    }
+                if self.tier.publish(path, size, write).await {
+                    self.evict_spawned();
                 }
             }
         }
@@ -484,7 +477,7 @@ impl Backend for ReadThrough {
         if !is_blob(path) {
             return self.inner.read(path, offset, len, chunk, check).await;
         }
-        let hit = self.lru.order.lock().expect("tier order").touch(path);
+        let hit = self.tier.order().touch(path);
         if hit {
             count("hit");
             self.read_copy(path, offset, len, chunk, check).await
@@ -514,31 +507,22 @@ impl Backend for ReadThrough {
     async fn delete(&self, path: &str) -> Result<(), StorageError> {
         self.inner.delete(path).await?;
         if is_blob(path) {
-            self.drop_copy(path).await;
+            self.tier.remove(vec![path.to_string()]).await;
         }
         Ok(())
     }
 
     async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
         self.inner.delete_many(paths.clone()).await?;
-        let _files = self.lru.files.lock().await;
-        let copies: Vec<String> = {
-            let mut lru = self.lru.order.lock().expect("tier order");
-            paths.into_iter().filter(|p| lru.remove(p)).collect()
-        };
-        if !copies.is_empty() {
-            // The store's delete is what counts; a copy left behind is only space.
-            if let Err(e) = self.tier.delete_many(copies).await {
-                tracing::warn!(error = %e, "read-through tier: could not remove deleted blobs' copies");
-            }
-        }
+        // The store's delete is what counts; a copy left behind is only space.
+        self.tier.remove(paths).await;
         Ok(())
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
         let moved = self.inner.rename(from, to).await?;
         if is_blob(from) {
-            self.drop_copy(from).await;
+            self.tier.remove(vec![from.to_string()]).await;
         }
         Ok(moved)
     }
@@ -603,7 +587,7 @@ mod tests {
     /// tier trimmed, on a task of their own after the read's last chunk.
     async fn settled(tier: &ReadThrough, bytes: u64) {
         for _ in 0..1000 {
-            if tier.tier_bytes() == bytes && tier.lru.order.lock().unwrap().bytes == bytes {
+            if tier.tier_bytes() == bytes && tier.tier.order().bytes == bytes {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 if tier.tier_bytes() == bytes {
                     return;
@@ -681,12 +665,7 @@ mod tests {
         }
         for (path, d, kept) in [(&pa, a, true), (&pb, b, false), (&pc, c, true)] {
             assert_eq!(
-                tier.lru
-                    .order
-                    .lock()
-                    .unwrap()
-                    .entries
-                    .contains_key(path.as_str()),
+                tier.tier.order().entries.contains_key(path.as_str()),
                 kept,
                 "{d}"
             );
