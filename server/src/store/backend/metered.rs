@@ -52,6 +52,20 @@ fn observe<T>(kind: &'static str, op: &'static str, started: Instant, r: &Result
         .observe(started.elapsed().as_secs_f64());
 }
 
+impl<B: Backend> Metered<B> {
+    /// Runs one operation of the backend, counting and timing it as `op`.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        operation: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let started = Instant::now();
+        let r = operation.await;
+        observe(self.kind(), op, started, &r);
+        r
+    }
+}
+
 #[async_trait::async_trait]
 impl<B: Backend> Backend for Metered<B> {
     fn describe(&self) -> &str {
@@ -76,10 +90,8 @@ impl<B: Backend> Backend for Metered<B> {
         data: Vec<Bytes>,
         mode: PutMode,
     ) -> Result<Written, StorageError> {
-        let started = Instant::now();
         let bytes: usize = data.iter().map(Bytes::len).sum();
-        let r = self.inner.put(path, data, mode).await;
-        observe(self.kind(), "put", started, &r);
+        let r = self.timed("put", self.inner.put(path, data, mode)).await;
         if matches!(r, Ok(Written::Done)) {
             if let Some(m) = metrics() {
                 m.storage_bytes_written
@@ -112,10 +124,8 @@ impl<B: Backend> Backend for Metered<B> {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.read(path, offset, len, chunk, check).await;
-        observe(self.kind(), "read", started, &r);
-        r
+        self.timed("read", self.inner.read(path, offset, len, chunk, check))
+            .await
     }
 
     async fn read_origin(
@@ -126,55 +136,36 @@ impl<B: Backend> Backend for Metered<B> {
         chunk: usize,
         check: Option<Box<dyn ReadCheck>>,
     ) -> Result<ByteStream, StorageError> {
-        let started = Instant::now();
-        let r = self
-            .inner
-            .read_origin(path, offset, len, chunk, check)
-            .await;
-        observe(self.kind(), "read", started, &r);
-        r
+        self.timed(
+            "read",
+            self.inner.read_origin(path, offset, len, chunk, check),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.get(path).await;
-        observe(self.kind(), "get", started, &r);
-        r
+        self.timed("get", self.inner.get(path)).await
     }
 
     async fn delete(&self, path: &str) -> Result<(), StorageError> {
-        let started = Instant::now();
-        let r = self.inner.delete(path).await;
-        observe(self.kind(), "delete", started, &r);
-        r
+        self.timed("delete", self.inner.delete(path)).await
     }
 
     async fn delete_many(&self, paths: Vec<String>) -> Result<(), StorageError> {
-        let started = Instant::now();
-        let r = self.inner.delete_many(paths).await;
-        observe(self.kind(), "delete_many", started, &r);
-        r
+        self.timed("delete_many", self.inner.delete_many(paths))
+            .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<bool, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.rename(from, to).await;
-        observe(self.kind(), "rename", started, &r);
-        r
+        self.timed("rename", self.inner.rename(from, to)).await
     }
 
     async fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Entry>, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.list(prefix, after).await;
-        observe(self.kind(), "list", started, &r);
-        r
+        self.timed("list", self.inner.list(prefix, after)).await
     }
 
     async fn has_any(&self, prefix: &str) -> Result<bool, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.has_any(prefix).await;
-        observe(self.kind(), "list", started, &r);
-        r
+        self.timed("list", self.inner.has_any(prefix)).await
     }
 
     async fn signed_urls(
@@ -182,10 +173,8 @@ impl<B: Backend> Backend for Metered<B> {
         paths: &[String],
         expires: Duration,
     ) -> Result<Option<Vec<url::Url>>, StorageError> {
-        let started = Instant::now();
-        let r = self.inner.signed_urls(paths, expires).await;
-        observe(self.kind(), "sign", started, &r);
-        r
+        self.timed("sign", self.inner.signed_urls(paths, expires))
+            .await
     }
 }
 
