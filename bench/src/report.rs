@@ -302,14 +302,21 @@ impl Results {
     fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
         if let Some(t) = &self.transfer {
-            let base = |figure: &str, f: &Figure| Row {
-                figure: figure.into(),
+            // A figure of the tree's transfer: its median time, the rate that makes, and
+            // the CPU it took (when measured); reported unless the caller judges it.
+            let row = |figure: String, f: &Figure| Row {
+                figure,
                 time: format!("{:.3} s", f.median_s),
                 rate: rate(t.bytes, f.median_s),
+                ratio: String::new(),
+                target: "reported".into(),
+                met: None,
+                cpu: f.cpu(t.bytes),
+            };
+            let base = |figure: &str, f: &Figure| Row {
                 ratio: "baseline".into(),
                 target: String::new(),
-                met: None,
-                cpu: String::new(),
+                ..row(figure.into(), f)
             };
             rows.push(base("cp -r (copy limit)", &t.cp));
             rows.push(Row {
@@ -339,45 +346,35 @@ impl Results {
                     )
                 };
                 rows.push(Row {
-                    figure: name.into(),
-                    time: format!("{:.3} s", f.median_s),
-                    rate: rate(t.bytes, f.median_s),
                     ratio,
                     target,
                     met: Some(met),
-                    cpu: f.cpu(t.bytes),
+                    ..row(name.into(), f)
                 });
             }
             // Verified reads are judged by the time they add to a cold fetch, measured in
             // pairs (see `Transfer::verified_cold_x`).
             let x = t.verified_cold_x;
             rows.push(Row {
-                figure: "fetch, cold, reads not verified".into(),
-                time: format!("{:.3} s", t.fetch_cold_unverified.median_s),
-                rate: rate(t.bytes, t.fetch_cold_unverified.median_s),
                 ratio: format!("verified {x:.2}x"),
                 target: format!("verified <= {VERIFIED_MAX_X}x"),
                 met: Some(x <= VERIFIED_MAX_X),
-                cpu: t.fetch_cold_unverified.cpu(t.bytes),
+                ..row(
+                    "fetch, cold, reads not verified".into(),
+                    &t.fetch_cold_unverified,
+                )
             });
-            rows.push(Row {
-                figure: "fetch, cold, verified (paired)".into(),
-                time: format!("{:.3} s", t.fetch_cold_verified.median_s),
-                rate: rate(t.bytes, t.fetch_cold_verified.median_s),
-                ratio: String::new(),
-                target: "reported".into(),
-                met: None,
-                cpu: t.fetch_cold_verified.cpu(t.bytes),
-            });
+            rows.push(row(
+                "fetch, cold, verified (paired)".into(),
+                &t.fetch_cold_verified,
+            ));
             let x = t.fetch_warm.median_s / t.fetch_warm_unverified.median_s;
             rows.push(Row {
-                figure: "fetch, warm, reads not verified".into(),
-                time: format!("{:.3} s", t.fetch_warm_unverified.median_s),
-                rate: rate(t.bytes, t.fetch_warm_unverified.median_s),
                 ratio: format!("verified {x:.2}x"),
-                target: "reported".into(),
-                met: None,
-                cpu: t.fetch_warm_unverified.cpu(t.bytes),
+                ..row(
+                    "fetch, warm, reads not verified".into(),
+                    &t.fetch_warm_unverified,
+                )
             });
             if let Some(p) = &t.peer {
                 for (what, f, ours, our_name) in [
@@ -385,13 +382,9 @@ impl Results {
                     ("download-dir", &p.download, &t.fetch_cold, "fetch"),
                 ] {
                     rows.push(Row {
-                        figure: format!("peer: {} {what}, cold", p.name),
-                        time: format!("{:.3} s", f.median_s),
-                        rate: rate(t.bytes, f.median_s),
                         ratio: format!("{:.2}x {our_name}", f.median_s / ours.median_s),
                         target: "reported (its time / ours)".into(),
-                        met: None,
-                        cpu: String::new(),
+                        ..row(format!("peer: {} {what}, cold", p.name), f)
                     });
                 }
             }
