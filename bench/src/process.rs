@@ -49,65 +49,59 @@ fn pin_to(cmd: &mut Command, cpu: usize) {
 /// environment. Every fresh data dir gets a prefix of its own in it, so a cold run starts
 /// from an empty store; a server restarted on a data dir finds its prefix again.
 pub struct BlobStoreTarget {
-    /// `az://stagecache`, `s3://stagecache`, or the URL given.
+    /// The emulator's container or bucket (`az://stagecache/release`, ...), or the URL
+    /// given.
     base: String,
     env: Vec<(String, String)>,
     prefixes: Mutex<HashMap<PathBuf, String>>,
     next: AtomicU32,
-    _azurite: Option<stagecache_tests::azurite::Azurite>,
-    _moto: Option<stagecache_tests::moto::Moto>,
+    /// The emulator, started as the tests start it (stopped on drop); `None` for a URL.
+    emulator: Option<stagecache_tests::backends::Backend>,
 }
 
 impl BlobStoreTarget {
     /// `azurite` or `s3` (an emulator, started here from where `scripts/ci-deps` puts
     /// it), or a blob-store URL.
     pub async fn open(arg: &str) -> Result<Self> {
-        let (base, env, azurite, moto) = match arg {
-            "azurite" => {
-                let a = stagecache_tests::azurite::Azurite::start()
-                    .ok_or("Azurite is not installed: run scripts/ci-deps")?;
-                a.create_container("stagecache").await;
-                let env = a
-                    .env()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                ("az://stagecache".to_string(), env, Some(a), None)
-            }
-            "s3" => {
-                let m = stagecache_tests::moto::Moto::start()
-                    .ok_or("moto is not installed: run scripts/ci-deps")?;
-                m.create_bucket("stagecache").await;
-                let env = m
-                    .env()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                ("s3://stagecache".to_string(), env, None, Some(m))
-            }
-            url => (
-                url.trim_end_matches('/').to_string(),
-                Vec::new(),
-                None,
-                None,
+        use stagecache_tests::backends::Backend;
+        let emulator = match arg {
+            "azurite" => Some(
+                Backend::azurite()
+                    .await
+                    .ok_or("Azurite is not installed: run scripts/ci-deps")?,
             ),
+            "s3" => Some(
+                Backend::s3()
+                    .await
+                    .ok_or("moto is not installed: run scripts/ci-deps")?,
+            ),
+            _ => None,
+        };
+        let (base, env) = match &emulator {
+            Some(b) => (
+                b.url.clone(),
+                b.env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
+            None => (arg.trim_end_matches('/').to_string(), Vec::new()),
         };
         Ok(BlobStoreTarget {
             base,
             env,
             prefixes: Mutex::new(HashMap::new()),
             next: AtomicU32::new(0),
-            _azurite: azurite,
-            _moto: moto,
+            emulator,
         })
     }
 
-    /// What the report calls it: `azurite`, `s3` or the URL.
+    /// What the report calls it: the emulator, or the URL.
     pub fn describe(&self) -> String {
-        match (&self._azurite, &self._moto) {
-            (Some(_), _) => "azurite (emulator, npm)".into(),
-            (_, Some(_)) => "s3 (moto server, PyPI)".into(),
-            _ => self.base.clone(),
+        match &self.emulator {
+            Some(_) if self.base.starts_with("az://") => "azurite (emulator, npm)".into(),
+            Some(_) => "s3 (moto server, PyPI)".into(),
+            None => self.base.clone(),
         }
     }
 
