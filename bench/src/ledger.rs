@@ -269,6 +269,10 @@ pub struct LoadFigure {
     /// a drift of the machine over the phase.
     #[serde(default)]
     pub again: bool,
+    /// Against a server with its ledger heads cache off (`--ledger-cache 0`): what the
+    /// cache saves, in the same run.
+    #[serde(default)]
+    pub cache_off: bool,
     pub calls: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -354,6 +358,7 @@ pub async fn load(
         auth: server.has_token(),
         metrics: server.has_metrics(),
         again: false,
+        cache_off: server.has_cache_off(),
         calls: all.len(),
         p50_ms: percentile(&all, 0.5),
         p99_ms: percentile(&all, 0.99),

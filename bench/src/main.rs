@@ -594,6 +594,36 @@ impl Bench {
         })
     }
 
+    /// Status and plan at each of `callers` against the ledger in `dir`, served by a
+    /// server started with `args` (and `token` on every call): a variant of the plain
+    /// figures, logged to `server-ledger-{log}`.
+    async fn ledger_variant(
+        &self,
+        dir: &Path,
+        log: &str,
+        args: &[&str],
+        token: Option<String>,
+        (label, callers, subjects, window): (&str, &[usize], usize, Duration),
+    ) -> Result<Vec<ledger::LoadFigure>> {
+        let server = Server::start_with(
+            &self.bins,
+            dir,
+            &self.log(&format!("server-ledger-{log}")),
+            args,
+            token,
+        )
+        .await?;
+        let mut figures = Vec::new();
+        for &n in callers {
+            for call in [ledger::Call::Status, ledger::Call::Plan] {
+                eprintln!("ledger: {} with {n} callers, {label} ...", call.name());
+                figures.push(ledger::load(&server, call, n, subjects, window, None).await?);
+            }
+        }
+        server.stop()?;
+        Ok(figures)
+    }
+
     async fn ledger(&self) -> Result<report::Ledger> {
         let dir = self.work.join("ledger");
         remove(&dir)?;
@@ -624,66 +654,42 @@ impl Bench {
             }
         }
         server.stop()?;
+        let extremes: Vec<usize> = [
+            *self.args.callers.iter().min().unwrap_or(&1),
+            *self.args.callers.iter().max().unwrap_or(&64),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+        let reads = |label: &'static str| (label, extremes.as_slice(), subjects, window);
         // The same calls against the same ledger with auth on: a token minted by the
         // server, verified once and then answered from the verdict cache.
         let (auth_args, token) = self.auth_config(&dir)?;
         let args: Vec<&str> = auth_args.iter().map(String::as_str).collect();
-        let server = Server::start_with(
-            &self.bins,
-            &dir,
-            &self.log("server-ledger-auth"),
-            &args,
-            Some(token),
-        )
-        .await?;
-        let extremes = [
-            *self.args.callers.iter().min().unwrap_or(&1),
-            *self.args.callers.iter().max().unwrap_or(&64),
-        ];
-        for callers in extremes
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            for call in [ledger::Call::Status, ledger::Call::Plan] {
-                eprintln!(
-                    "ledger: {} with {callers} callers, auth on ...",
-                    call.name()
-                );
-                figures.push(ledger::load(&server, call, callers, subjects, window, None).await?);
-            }
-        }
-        server.stop()?;
+        figures.extend(
+            self.ledger_variant(&dir, "auth", &args, Some(token), reads("auth on"))
+                .await?,
+        );
         // And with a metrics port: every call counted (per-RPC layer, ledger and plan
         // counters), judged against the same calls without.
-        let server = Server::start_with(
-            &self.bins,
-            &dir,
-            &self.log("server-ledger-metrics"),
-            &["--metrics-listen", "127.0.0.1:0"],
-            None,
-        )
-        .await?;
-        for callers in extremes
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            for call in [ledger::Call::Status, ledger::Call::Plan] {
-                eprintln!(
-                    "ledger: {} with {callers} callers, metrics on ...",
-                    call.name()
-                );
-                figures.push(ledger::load(&server, call, callers, subjects, window, None).await?);
-            }
-        }
-        server.stop()?;
-        // Writes last, on the plain server again: the reads above, with and without auth
-        // and metrics, all see the ledger as the fill left it (no flush or compaction of
+        let args = ["--metrics-listen", "127.0.0.1:0"];
+        figures.extend(
+            self.ledger_variant(&dir, "metrics", &args, None, reads("metrics on"))
+                .await?,
+        );
+        // And with the ledger heads cache off: every status and plan reads the index, as
+        // before the cache; reported beside the same call with it.
+        let args = ["--ledger-cache", "0"];
+        figures.extend(
+            self.ledger_variant(&dir, "cache-off", &args, None, reads("cache off"))
+                .await?,
+        );
+        // Writes last, on the plain server again: the reads above, with and without auth,
+        // metrics and the cache, all see the ledger as the fill left it (no flush or compaction of
         // the writes' records running under them).
         let server = Server::start(&self.bins, &dir, &self.log("server-ledger")).await?;
-        for callers in extremes
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-        {
+        for &callers in &extremes {
             for call in [ledger::Call::Status, ledger::Call::Plan] {
                 eprintln!("ledger: {} with {callers} callers, again ...", call.name());
                 let mut f = ledger::load(&server, call, callers, subjects, window, None).await?;

@@ -181,6 +181,8 @@ pub struct Server {
     token: Option<String>,
     /// Started with a metrics port (so counting every call).
     metrics: bool,
+    /// Started with `--ledger-cache 0` (every status and plan reads the index).
+    cache_off: bool,
 }
 
 impl Server {
@@ -239,6 +241,7 @@ impl Server {
             url: String::new(),
             token,
             metrics: extra.contains(&"--metrics-listen"),
+            cache_off: extra.windows(2).any(|w| w == ["--ledger-cache", "0"]),
         };
         let line = match tokio::time::timeout(Duration::from_secs(60), first).await {
             Ok(Ok(Some(Ok(line)))) => line,
@@ -293,6 +296,10 @@ impl Server {
 
     pub fn has_metrics(&self) -> bool {
         self.metrics
+    }
+
+    pub fn has_cache_off(&self) -> bool {
+        self.cache_off
     }
 
     pub fn pid(&self) -> u32 {

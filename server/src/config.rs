@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub local_tier: Option<PathBuf>,
     /// `100GiB`: the most the local tier holds.
     pub local_tier_max_bytes: Option<String>,
+    /// `64MiB`, `0` (off) or bytes: the ledger heads cache.
+    pub ledger_cache: Option<String>,
 }
 
 /// `[scrub]`: a periodic re-hash of every stored blob.
@@ -117,6 +119,7 @@ impl FileConfig {
             ("max_bytes", &config.max_bytes),
             ("min_free_space", &config.min_free_space),
             ("local_tier_max_bytes", &config.local_tier_max_bytes),
+            ("ledger_cache", &config.ledger_cache),
         ] {
             if let Some(v) = value {
                 crate::store::space::parse_size(v).map_err(|e| format!("{key} {e}"))?;

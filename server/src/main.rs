@@ -135,6 +135,10 @@ struct Args {
     /// The most the local tier holds (`100GiB`); the least recently read blobs leave first.
     #[arg(long, env = "STAGECACHE_LOCAL_TIER_MAX_BYTES", default_value = "100GiB", value_parser = parse_size)]
     local_tier_max_bytes: u64,
+    /// The most the ledger heads cache holds (`64MiB`): each subject's heads lately read
+    /// by status and plan, kept as stored so a hot subject skips RocksDB; 0 turns it off.
+    #[arg(long, env = "STAGECACHE_LEDGER_CACHE", default_value = "64MiB", value_parser = parse_size)]
+    ledger_cache: u64,
     /// Serve reads without hashing them: damaged bytes are served. Only for `bench/run`'s
     /// same-run measure of what verified reads cost; hidden from --help.
     #[arg(long, hide = true)]
@@ -267,6 +271,11 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             args.local_tier_max_bytes = v;
         }
     }
+    if unset("ledger_cache") {
+        if let Some(v) = f.ledger_cache.as_deref().and_then(|v| parse_size(v).ok()) {
+            args.ledger_cache = v;
+        }
+    }
     if let Some(sc) = &f.scrub {
         if unset("scrub_interval") {
             if let Some(v) = sc.interval.as_deref().and_then(|v| parse_duration(v).ok()) {
@@ -371,6 +380,7 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
         }),
         local_tier: args.local_tier.clone(),
         local_tier_max_bytes: Some(args.local_tier_max_bytes.to_string()),
+        ledger_cache: Some(args.ledger_cache.to_string()),
         scrub: Some(ScrubFile {
             interval: args.scrub_interval.map(|s| format!("{s}s")),
             rate: Some(args.scrub_rate.to_string()),
@@ -766,6 +776,7 @@ async fn main() -> ExitCode {
         .filter(|s| *s > 0)
         .map(|s| std::time::Duration::from_secs(s as u64));
     config.scrub_rate = args.scrub_rate;
+    config.ledger_cache_bytes = args.ledger_cache;
     config.local_tier = args
         .local_tier
         .clone()

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub scrub_runs: IntCounter,
     /// The local read-through tier: hit, miss, filled, evicted, dropped.
     pub read_tier: IntCounterVec,
+    /// Status and plan reads of a subject's ledger heads: served from the cache or not.
+    pub ledger_cache_hits: IntCounter,
+    pub ledger_cache_misses: IntCounter,
     pub scrubbed_bytes: IntCounter,
     pub gc_blobs: IntCounter,
     pub gc_bytes: IntCounter,
@@ -116,6 +119,12 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ));
         }
+        let ledger_cache = counter(
+            &r,
+            "ledger_cache_total",
+            "Reads of a subject's ledger heads (status, plan): served from the heads cache (hit) or from RocksDB (miss)",
+            &["event"],
+        );
         let m = Metrics {
             rpc_requests: counter(
                 &r,
@@ -177,6 +186,8 @@ impl Metrics {
                 "Reads of blobs through the local read-through tier (hit, miss) and its copies (filled, evicted, dropped: damaged or lost)",
                 &["event"],
             ),
+            ledger_cache_hits: ledger_cache.with_label_values(&["hit"]),
+            ledger_cache_misses: ledger_cache.with_label_values(&["miss"]),
             scrubbed_bytes: counter1(
                 &r,
                 "scrub_bytes_total",

@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// A local read-through tier in front of a cloud blob store (`--local-tier DIR`,
     /// `--local-tier-max-bytes`): directory and bound.
     pub local_tier: Option<(PathBuf, u64)>,
+    /// The most the ledger heads cache holds (`--ledger-cache`); 0 turns it off.
+    pub ledger_cache_bytes: u64,
     /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
     /// measure of what verified reads cost. Damaged bytes are then served.
     pub unverified_reads: bool,
@@ -120,6 +122,7 @@ impl ServerConfig {
             scrub_interval: None,
             scrub_rate: DEFAULT_SCRUB_RATE,
             local_tier: None,
+            ledger_cache_bytes: crate::store::index::DEFAULT_LEDGER_CACHE_BYTES,
             unverified_reads: false,
         }
     }
@@ -209,6 +212,9 @@ pub async fn serve_listeners(
     .await??
     .with_clock(config.clock.clone());
     store.set_retention(config.retention.clone());
+    store
+        .index()
+        .set_ledger_cache_bytes(config.ledger_cache_bytes);
     if config.unverified_reads {
         store.set_verify_reads(false);
         tracing::warn!("--unverified-reads: reads are not hashed, and damaged bytes are served (a benchmark setting)");

@@ -203,10 +203,12 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
                 f["auth"].as_bool().unwrap(),
                 f["metrics"].as_bool().unwrap(),
                 f["again"].as_bool().unwrap(),
+                f["cache_off"].as_bool().unwrap(),
             ) {
-                (true, _, _) => "auth",
-                (_, true, _) => "metrics",
-                (_, _, true) => "again",
+                (true, _, _, _) => "auth",
+                (_, true, _, _) => "metrics",
+                (_, _, true, _) => "again",
+                (_, _, _, true) => "cache off",
                 _ => "",
             };
             (
@@ -217,8 +219,8 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         })
         .collect();
     // The same calls again with auth on (a minted token on every call), then with a
-    // metrics port (every call counted), then plain again, at the fewest and the most
-    // callers; writes last.
+    // metrics port (every call counted), then with the ledger heads cache off, then plain
+    // again, at the fewest and the most callers; writes last.
     assert_eq!(
         shape,
         [
@@ -234,6 +236,10 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             ("plan", 2, "metrics"),
             ("status", 4, "metrics"),
             ("plan", 4, "metrics"),
+            ("status", 2, "cache off"),
+            ("plan", 2, "cache off"),
+            ("status", 4, "cache off"),
+            ("plan", 4, "cache off"),
             ("status", 2, "again"),
             ("plan", 2, "again"),
             ("status", 4, "again"),
@@ -284,6 +290,24 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             }
             _ => {}
         }
+        if f["cache_off"].as_bool().unwrap() {
+            // Reported beside the cached call, not judged.
+            let name = format!(
+                "{}, {} callers, cache off",
+                f["call"].as_str().unwrap(),
+                f["callers"]
+            );
+            assert!(
+                !targets.iter().any(|t| t["figure"] == name.as_str()),
+                "{name} was judged: {targets:?}"
+            );
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(&name))
+                .unwrap_or_else(|| panic!("no row {name} in {stdout}"));
+            assert!(row.contains("x cached"), "{row}");
+            continue;
+        }
         let metered = f["metrics"].as_bool().unwrap();
         let again = f["again"].as_bool().unwrap();
         let (suffix, without, min) = match (auth, metered) {
@@ -310,6 +334,7 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
                 .filter(|o| {
                     o["auth"] == false
                         && o["metrics"] == false
+                        && o["cache_off"] == false
                         && o["call"] == f["call"]
                         && o["callers"] == f["callers"]
                 })

@@ -723,3 +723,70 @@ async fn bad_ledger_input_is_refused_and_changes_nothing() {
     assert_eq!(h[0].status, StageStatus::Succeeded as i32);
     server.stop().await;
 }
+
+/// Status and plan read a subject's heads from a cache that every write empties: while
+/// readers keep filling it, each acknowledged record must be what the very next status
+/// and plan say, never the head it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_record_is_in_the_next_read_while_others_read() {
+    let server = ServerProcess::start_fresh();
+    let client = server.client("prod").await;
+    let subject = asset_set(&client, "bar/cache", b"cached heads").await;
+    let file = stage_file("validate-publish.stages.yaml");
+    let stage = "Validation".to_string();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let client = server.client("prod").await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .stage_status(StatusRequest {
+                        subject: Some(subject.to_proto()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    for attempt in 1..=40u32 {
+        for status in [StageStatus::Started, StageStatus::Failed] {
+            let r = client.record(rec(subject, &stage, status)).await.unwrap();
+            assert_eq!((r.attempt, r.status), (attempt, status as i32));
+            let st = client
+                .stage_status(StatusRequest {
+                    subject: Some(subject.to_proto()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let head = st
+                .iter()
+                .find(|h| h.stage == stage)
+                .expect("the stage's line");
+            assert_eq!(
+                (head.attempt, head.status),
+                (attempt, status as i32),
+                "status after attempt {attempt} was recorded {status:?}"
+            );
+            let p = plan(&client, subject, &file, &[]).await;
+            assert!(
+                p[&stage].1.contains(&format!("in attempt {attempt} at")),
+                "plan after attempt {attempt} was recorded {status:?}: {:?}",
+                p[&stage]
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 80, "the readers raced only {reads} reads");
+    server.stop().await;
+}

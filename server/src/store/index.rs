@@ -133,7 +133,12 @@ pub struct Index {
     /// Serialises ledger read-modify-write (transitions, claims) and owns the next
     /// ledger sequence number.
     pub(crate) ledger_writes: Mutex<u64>,
+    /// Each subject's ledger heads lately read; every head write invalidates its subject.
+    pub(crate) heads_cache: super::heads_cache::HeadsCache,
 }
+
+/// What the ledger heads cache holds by default (`--ledger-cache`).
+pub const DEFAULT_LEDGER_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn lock<'a>(m: &'a Mutex<()>, what: &str) -> Result<std::sync::MutexGuard<'a, ()>> {
     m.lock()
@@ -195,6 +200,7 @@ impl Index {
             mark_writes: Mutex::new(()),
             blob_writes: Mutex::new(()),
             ledger_writes: Mutex::new(0),
+            heads_cache: super::heads_cache::HeadsCache::new(DEFAULT_LEDGER_CACHE_BYTES),
         };
         index.check_schema()?;
         let next_seq = index.load_ledger_seq()?;

@@ -7,6 +7,7 @@
 //! result survives a crash and is visible to the very next read. The rules (transitions,
 //! claims, plans) live in `crate::ledger`; this file only stores.
 
+use super::heads_cache::{Heads, Lookup};
 use super::index::{
     synced, Index, CF_CLAIMS, CF_LEDGER_COLLECTED, CF_LEDGER_HEAD, CF_LEDGER_HISTORY,
 };
@@ -88,6 +89,8 @@ pub struct LedgerTxn<'a> {
     next_seq: u64,
     /// What this transaction appended, for the journal.
     appended: Vec<JournalLedgerRecord>,
+    /// The subjects whose heads it wrote (their prefixes), for the heads cache.
+    subjects: Vec<Vec<u8>>,
 }
 
 impl LedgerTxn<'_> {
@@ -117,6 +120,10 @@ impl LedgerTxn<'_> {
         self.batch
             .put_cf(self.index.cf(CF_LEDGER_HEAD)?, key.key(), &bytes);
         self.heads.insert(key.key(), record.clone());
+        let subject = subject_prefix(&key.namespace, &key.subject);
+        if !self.subjects.contains(&subject) {
+            self.subjects.push(subject);
+        }
         self.appended.push(JournalLedgerRecord {
             namespace: key.namespace.as_str().to_string(),
             subject_hash: key.subject.hash().to_vec(),
@@ -183,6 +190,7 @@ impl Index {
             claims: HashMap::new(),
             next_seq: *seq,
             appended: Vec::new(),
+            subjects: Vec::new(),
         };
         let out = f(&mut txn)?;
         if !txn.batch.is_empty() {
@@ -190,6 +198,8 @@ impl Index {
             batch.put_cf(self.meta_cf()?, SEQ_KEY, txn.next_seq.to_le_bytes());
             self.db.write_opt(batch, &synced())?;
             *seq = txn.next_seq;
+            self.heads_cache
+                .invalidate(txn.subjects.iter().map(Vec::as_slice));
         }
         Ok((out, txn.appended))
     }
@@ -236,6 +246,7 @@ impl Index {
         batch.put_cf(self.meta_cf()?, SEQ_KEY, next.to_le_bytes());
         self.db.write_opt(batch, &synced())?;
         *seq = next;
+        self.heads_cache.invalidate_all();
         Ok(records.len())
     }
 
@@ -246,9 +257,20 @@ impl Index {
         }
     }
 
-    /// The head of every line of a subject, in (stage, target) order.
+    /// The most the ledger heads cache holds (`--ledger-cache`); 0 turns it off.
+    pub fn set_ledger_cache_bytes(&self, max_bytes: u64) {
+        self.heads_cache.set_max_bytes(max_bytes);
+    }
+
+    /// The head of every line of a subject, in (stage, target) order: from the heads
+    /// cache, or read from RocksDB and kept there.
     pub fn ledger_heads(&self, ns: &Namespace, subject: &Digest) -> Result<Vec<StageResultRecord>> {
         let prefix = subject_prefix(ns, subject);
+        let ticket = match self.heads_cache.get(&prefix) {
+            Lookup::Hit(heads) => return heads.records().map(decode_result).collect(),
+            Lookup::Miss(ticket) => ticket,
+        };
+        let mut kept = Heads::default();
         let mut out = Vec::new();
         // Bounded to the prefix: RocksDB stops at the bound instead of reading the next
         // subject's first key (often another data block).
@@ -264,9 +286,12 @@ impl Index {
                 break;
             }
             out.push(decode_result(v)?);
+            kept.push(v);
             it.next();
         }
         it.status()?;
+        drop(it);
+        self.heads_cache.fill(prefix, kept, ticket);
         Ok(out)
     }
 
@@ -406,6 +431,7 @@ impl Index {
             record.encode_to_vec(),
         );
         self.db.write_opt(batch, &synced())?;
+        self.heads_cache.invalidate([prefix.as_slice()]);
         Ok(record)
     }
 

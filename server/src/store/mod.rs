@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod blobs;
 pub mod gc;
+pub mod heads_cache;
 pub mod index;
 pub mod journal;
 pub mod lease;
