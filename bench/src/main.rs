@@ -119,6 +119,10 @@ struct Args {
     /// machines: what client and server each cost, without the other on its core.
     #[arg(long)]
     pin: bool,
+    /// A flag given to every server the bench starts, e.g. `--server-arg=--direct-writes`
+    /// (repeat for several): to measure a server setting against a run without it.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     /// Seed of the tree's contents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -381,10 +385,14 @@ impl Bench {
         let mut cp_sync = Vec::new();
         let mut cp = self.copy_baseline(&tree_dir, &mut cp_sync)?;
 
-        eprintln!("register, cold ...");
+        eprintln!("register, cold (each followed by a first fetch) ...");
         let data = self.work.join("data");
         let tree_arg = tree_dir.to_str().ok_or("work dir is not UTF-8")?;
+        let out = self.work.join("out");
+        let out_arg = out.to_str().ok_or("work dir is not UTF-8")?.to_string();
+        let fetch_args = ["fetch", "--ref", REF, "--out", &out_arg];
         let mut server: Option<Server> = None;
+        let mut fetch_first = Vec::new();
         let register_cold = {
             let mut runs_out = Vec::new();
             for i in 0..=runs {
@@ -402,9 +410,15 @@ impl Bench {
                     bytes,
                     "cold register",
                 )?;
+                // What Validate-Publish does next: fetch what was just registered.
+                self.discard(&out)?;
+                sync_disks();
+                let n = files.len() as u64;
+                let f = cli_expecting(self, &s, &fetch_args, "downloaded_files", n, "first fetch")?;
                 server = Some(s);
                 if i > 0 {
                     runs_out.push(r.sample());
+                    fetch_first.push(f.sample());
                 }
             }
             runs_out
@@ -423,9 +437,6 @@ impl Bench {
         )?;
 
         eprintln!("fetch, cold ...");
-        let out = self.work.join("out");
-        let out_arg = out.to_str().ok_or("work dir is not UTF-8")?.to_string();
-        let fetch_args = ["fetch", "--ref", REF, "--out", &out_arg];
         let cold_fetches = |server: &Server, what: &str| {
             measure(
                 runs,
@@ -581,6 +592,7 @@ impl Bench {
             register_cold: Figure::new(&register_cold),
             register_warm: Figure::new(&register_warm),
             fetch_cold: Figure::new(&fetch_cold),
+            fetch_first: Figure::new(&fetch_first),
             fetch_warm: Figure::new(&fetch_warm),
             fetch_cold_unverified: Figure::new(&fetch_cold_unverified),
             fetch_cold_verified: Figure::new(&fetch_cold_verified),
@@ -856,6 +868,7 @@ impl Bench {
 async fn run(args: Args) -> Result<()> {
     let mut bins = Bins::locate(args.bin_dir.as_deref())?;
     bins.pin = args.pin;
+    bins.server_args = args.server_args.clone();
     if let Some(store) = &args.blob_store {
         eprintln!("blob store: {store} ...");
         bins.store = Some(std::sync::Arc::new(
@@ -996,6 +1009,7 @@ impl Args {
             ledger_seconds: self.ledger_seconds,
             blob_store: self.blob_store.clone(),
             pinned: self.pin,
+            server_args: self.server_args.clone(),
         }
     }
 }

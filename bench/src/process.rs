@@ -22,6 +22,8 @@ pub struct Bins {
     pub store: Option<Arc<BlobStoreTarget>>,
     /// `--pin`: servers on [`SERVER_CPU`], CLI runs on [`CLI_CPU`].
     pub pin: bool,
+    /// `--server-arg`: given to every server the bench starts.
+    pub server_args: Vec<String>,
 }
 
 pub const SERVER_CPU: usize = 0;
@@ -159,6 +161,7 @@ impl Bins {
             cli: dir.join(format!("stagecache{}", std::env::consts::EXE_SUFFIX)),
             store: None,
             pin: false,
+            server_args: Vec::new(),
         };
         for b in [&bins.server, &bins.cli] {
             if !b.exists() {
@@ -206,6 +209,7 @@ impl Server {
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(&bins.server_args)
             .args(extra);
         if bins.pin {
             pin_to(&mut cmd, SERVER_CPU);

@@ -72,6 +72,9 @@ pub struct Config {
     pub blob_store: Option<String>,
     /// `--pin`: server and CLI each on a core of its own.
     pub pinned: bool,
+    /// `--server-arg`: flags every server was started with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +208,11 @@ pub struct Transfer {
     pub register_warm: Figure,
     pub fetch_cold: Figure,
     pub fetch_warm: Figure,
+    /// The first fetch after each cold register, into an empty directory: what
+    /// Validate-Publish does with what Prepare-Artifacts just registered. Unlike the
+    /// later cold fetches, it reads only what the register left in the page cache (all
+    /// of it, unless the server writes with `--direct-writes`).
+    pub fetch_first: Figure,
     /// Cold fetches from a server started with `--unverified-reads`, each paired with one
     /// from a server that verifies (`fetch_cold_verified`), in alternating order.
     pub fetch_cold_unverified: Figure,
@@ -352,6 +360,11 @@ impl Results {
                     ..row(name.into(), f)
                 });
             }
+            rows.push(Row {
+                ratio: format!("{:.2}x cp", t.x_cp(&t.fetch_first)),
+                target: "reported".into(),
+                ..row("fetch, first after register".into(), &t.fetch_first)
+            });
             // Verified reads are judged by the time they add to a cold fetch, measured in
             // pairs (see `Transfer::verified_cold_x`).
             let x = t.verified_cold_x;
@@ -618,6 +631,13 @@ impl Results {
         if let Some(b) = &self.config.blob_store {
             let _ = writeln!(out, "blob store: {b} (transfer, ledger and rebuild phases)");
         }
+        if !self.config.server_args.is_empty() {
+            let _ = writeln!(
+                out,
+                "servers started with: {}",
+                self.config.server_args.join(" ")
+            );
+        }
         if self.config.pinned {
             let _ = writeln!(
                 out,
@@ -787,6 +807,7 @@ mod tests {
             ledger_seconds: 1.0,
             blob_store: None,
             pinned: false,
+            server_args: Vec::new(),
         })
     }
 
@@ -922,6 +943,7 @@ mod tests {
             verified_cold_ratios: [vec![1.0], vec![1.08]],
             peer: None,
             fetch_warm_unverified: fig(2.0),
+            fetch_first: fig(2.6),
             find_missing_digests: 100_000,
             find_missing_present: 10,
             find_missing: fig(0.04),
@@ -935,6 +957,7 @@ mod tests {
             ledger_seconds: 1.0,
             blob_store: None,
             pinned: false,
+            server_args: Vec::new(),
         });
         r.transfer = Some(t);
         r.ledger = Some(Ledger {

@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub local_tier_max_bytes: Option<String>,
     /// `64MiB`, `0` (off) or bytes: the ledger heads cache.
     pub ledger_cache: Option<String>,
+    /// Large blobs to a local blob store with O_DIRECT.
+    pub direct_writes: Option<bool>,
 }
 
 /// `[scrub]`: a periodic re-hash of every stored blob.
@@ -269,6 +271,13 @@ mod tests {
             assert!(e.contains("direct_download_ttl"), "{ttl}: {e}");
         }
         FileConfig::parse("direct_download_ttl = \"7d\"\nmax_bytes = \"2TiB\"\n").unwrap();
+        let e = FileConfig::parse("ledger_cache = \"lots\"\n").unwrap_err();
+        assert!(e.starts_with("ledger_cache"), "{e}");
+        let c = FileConfig::parse("ledger_cache = \"0\"\ndirect_writes = true\n").unwrap();
+        assert_eq!(
+            (c.ledger_cache.as_deref(), c.direct_writes),
+            (Some("0"), Some(true))
+        );
         let r = FileConfig::parse(
             "[retention]\ngrace = \"12h\"\ngc_interval = \"1h\"\nref_expiry = [\"test*=7d\", \"*=never\"]\n",
         )

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub local_tier: Option<(PathBuf, u64)>,
     /// The most the ledger heads cache holds (`--ledger-cache`); 0 turns it off.
     pub ledger_cache_bytes: u64,
+    /// Streamed uploads to a local blob store bypass the page cache (`--direct-writes`).
+    pub direct_writes: bool,
     /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
     /// measure of what verified reads cost. Damaged bytes are then served.
     pub unverified_reads: bool,
@@ -123,6 +125,7 @@ impl ServerConfig {
             scrub_rate: DEFAULT_SCRUB_RATE,
             local_tier: None,
             ledger_cache_bytes: crate::store::index::DEFAULT_LEDGER_CACHE_BYTES,
+            direct_writes: false,
             unverified_reads: false,
         }
     }
@@ -215,6 +218,7 @@ pub async fn serve_listeners(
     store
         .index()
         .set_ledger_cache_bytes(config.ledger_cache_bytes);
+    crate::store::backend::local::set_direct_writes(config.direct_writes);
     if config.unverified_reads {
         store.set_verify_reads(false);
         tracing::warn!("--unverified-reads: reads are not hashed, and damaged bytes are served (a benchmark setting)");
