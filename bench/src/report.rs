@@ -702,7 +702,8 @@ impl Results {
         out
     }
 
-    /// `summary: register_cold=..x_cp fetch_cold=..x_cp register_warm=..x_hash plan_p50=..ms`
+    /// `summary: register_cold=..x_cp fetch_cold=..x_cp register_warm=..x_hash plan_p50=..ms
+    /// status_64=../s plan_64=../s ...` (the ledger's throughput at 64 callers)
     /// (the figures a run did not measure are left out).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
@@ -729,6 +730,16 @@ impl Results {
                 .or_else(|| l.figures.iter().find(|f| f.call == Call::Plan))
             {
                 parts.push(format!("plan_p50={:.3}ms", f.p50_ms));
+            }
+            // Throughput where it is the target: the first plain figure at 64 callers.
+            for call in [Call::Status, Call::Plan] {
+                if let Some(f) = l.figures.iter().find(|f| {
+                    f.call == call
+                        && f.callers == LEDGER_THROUGHPUT_CALLERS
+                        && !(f.auth || f.metrics || f.cache_off || f.again)
+                }) {
+                    parts.push(format!("{}_64={:.0}/s", call.name(), f.calls_per_s));
+                }
             }
         }
         if let Some(g) = &self.gc {
@@ -921,6 +932,28 @@ mod tests {
             .unwrap_or_else(|| panic!("no cache-off row in\n{table}"));
         assert!(row.contains("0.50x cached"), "{row}");
         assert!(!row.contains("MISSED"), "{row}");
+    }
+
+    #[test]
+    fn the_summary_gives_ledger_throughput_at_64_callers_from_the_plain_figures() {
+        let r = with_figures(vec![
+            load(Call::Status, 1, 0.2, 0.3, 4_000.0),
+            load(Call::Status, 64, 3.0, 7.0, 21_000.0),
+            load(Call::Plan, 64, 4.0, 9.0, 13_500.0),
+            LoadFigure {
+                cache_off: true,
+                ..load(Call::Status, 64, 4.0, 9.0, 1.0)
+            },
+            LoadFigure {
+                again: true,
+                ..load(Call::Plan, 64, 4.0, 9.0, 2.0)
+            },
+        ]);
+        assert!(
+            r.summary().ends_with(" status_64=21000/s plan_64=13500/s"),
+            "{}",
+            r.summary()
+        );
     }
 
     #[test]

@@ -264,18 +264,20 @@ pub fn plan_from_heads(
     force: &[String],
     heads: Vec<stagecache_proto::records::StageResultRecord>,
 ) -> Result<Vec<StagePlan<stagecache_proto::records::StageResultRecord>>, ServerError> {
-    let heads: HashMap<String, stagecache_proto::records::StageResultRecord> = heads
+    let mut heads: HashMap<String, stagecache_proto::records::StageResultRecord> = heads
         .into_iter()
         .filter(|h| h.target.is_empty())
         .map(|h| (h.stage.clone(), h))
         .collect();
+    // Each stage is asked about once (names are unique), so its head moves into the plan.
     plan(graph, selection, force, |node| {
-        match heads.get(&node.name) {
+        match heads.remove(&node.name) {
             None => Known::Never,
-            Some(h) if super::effective_success(h, &node.fingerprint) => {
-                Known::Succeeded(h.clone(), super::describe(h))
+            Some(h) if super::effective_success(&h, &node.fingerprint) => {
+                let how = super::describe(&h);
+                Known::Succeeded(h, how)
             }
-            Some(h) => Known::Other(super::describe_other(h, &node.fingerprint)),
+            Some(h) => Known::Other(super::describe_other(&h, &node.fingerprint)),
         }
     })
 }
@@ -338,8 +340,9 @@ pub fn plan<R: Clone>(
             }
         }
         let state = known(node);
+        let succeeded_before = matches!(state, Known::Succeeded(..));
         let is_forced = forced.contains(&i);
-        let p = match (&state, is_forced) {
+        let p = match (state, is_forced) {
             (Known::Succeeded(r, how), false) => {
                 let mut reason = format!("succeeded {how}");
                 if !upstream_rerun.is_empty() {
@@ -352,11 +355,11 @@ pub fn plan<R: Clone>(
                     name: node.name.clone(),
                     decision: Decision::Skip,
                     reason,
-                    succeeded: Some(r.clone()),
+                    succeeded: Some(r),
                     blocked_by: vec![],
                 }
             }
-            _ => {
+            (state, _) => {
                 let blocked_by: Vec<String> = node
                     .depends_on
                     .iter()
@@ -407,7 +410,7 @@ pub fn plan<R: Clone>(
                 }
             }
         };
-        if p.decision == Decision::Run && matches!(state, Known::Succeeded(..)) {
+        if p.decision == Decision::Run && succeeded_before {
             upstream_rerun.push(node.name.clone());
         }
         rerun_upstream[i] = upstream_rerun;
