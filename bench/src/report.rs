@@ -429,7 +429,9 @@ impl Results {
                 }
                 // The cache-off variant is a comparison, not a configuration anyone runs.
                 let judged = f.call != Call::RecordBatch && !f.cache_off;
-                if f.call == Call::RecordBatch {
+                if f.cache_off {
+                    target = "reported (its throughput / the cached call's)".into();
+                } else if f.call == Call::RecordBatch {
                     target = "reported (one journal object per batch)".into();
                 } else if f.callers == LEDGER_THROUGHPUT_CALLERS && !f.call.writes() {
                     target.push_str(&format!(

@@ -218,7 +218,7 @@ pub async fn serve_listeners(
     store
         .index()
         .set_ledger_cache_bytes(config.ledger_cache_bytes);
-    crate::store::backend::local::set_direct_writes(config.direct_writes);
+    store.set_direct_writes(config.direct_writes)?;
     if config.unverified_reads {
         store.set_verify_reads(false);
         tracing::warn!("--unverified-reads: reads are not hashed, and damaged bytes are served (a benchmark setting)");

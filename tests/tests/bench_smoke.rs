@@ -107,6 +107,7 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         "register_warm",
         "fetch_cold",
         "fetch_warm",
+        "fetch_first",
         "find_missing",
     ] {
         let runs = t[fig]["runs_s"].as_array().unwrap();

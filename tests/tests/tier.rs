@@ -45,6 +45,19 @@ async fn fetches_read_the_cloud_once(backend: &Backend) {
         assert!(stderr.contains("already on local disk"), "{stderr}");
         return;
     }
+    // Direct writes are for a local blob store: with a cloud one the flag is refused.
+    let out = backend
+        .command("stagecache-server")
+        .args(["--data-dir", tier_arg, "--listen", "127.0.0.1:0"])
+        .args(["--blob-store", &backend.url, "--direct-writes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--direct-writes") && stderr.contains("not on local disk"),
+        "{stderr}"
+    );
     let kind = if backend.url.starts_with("az://") {
         "azure"
     } else {

@@ -26,6 +26,59 @@ fn small_tree(root: &std::path::Path, seed: u64) {
     write_file(root, "dup/two.bin", b"same bytes", false);
 }
 
+/// `--direct-writes` on a local blob store: large blobs go to the disk with O_DIRECT and
+/// come back byte for byte, whatever their length (a cloud store refuses the flag:
+/// `tier.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_keep_every_byte() {
+    if std::env::var_os(stagecache_tests::backends::SUITE_BLOB_STORE).is_some() {
+        eprintln!("skipped: direct writes are for a local blob store");
+        return;
+    }
+    let server = ServerProcess::start_fresh_with_args(&["--direct-writes"]);
+    let client = server.client("prod").await;
+    let src = tempfile::tempdir().unwrap();
+    small_tree(src.path(), 3);
+    // Past the 8 MiB single put (so streamed), not a whole number of 4 KiB blocks.
+    for (i, len) in [
+        9 * 1024 * 1024 + 1,
+        16 * 1024 * 1024,
+        20 * 1024 * 1024 - 4095,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        write_file(
+            src.path(),
+            &format!("archives/{i}.zip"),
+            &pseudo_random(i as u64 + 7, len),
+            false,
+        );
+    }
+    let reg = client
+        .register(src.path(), "bar/direct", &RegisterOptions::default())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    client
+        .fetch(reg.manifest, out.path(), &FetchOptions::default())
+        .await
+        .unwrap();
+    assert_same_tree(src.path(), out.path());
+    // And after a restart, from the disk itself.
+    let mut server = server;
+    server.signal_and_wait("TERM");
+    server.restart();
+    let client = server.client("prod").await;
+    let again = tempfile::tempdir().unwrap();
+    client
+        .fetch(reg.manifest, again.path(), &FetchOptions::default())
+        .await
+        .unwrap();
+    assert_same_tree(src.path(), again.path());
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trip_of_a_tree_with_a_200_mib_file() {
     let server = ServerProcess::start_fresh();

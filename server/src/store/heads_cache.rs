@@ -19,6 +19,9 @@ use std::sync::Arc;
 /// Bytes a cached subject costs besides its records: the key, the offsets, the entry.
 const ENTRY_OVERHEAD: u64 = 96;
 
+/// Shards of the cache (each its own lock): enough for a server's worker threads.
+const SHARDS: usize = 8;
+
 /// One subject's heads: the encoded records back to back, in (stage, target) order.
 #[derive(Debug, Default)]
 pub struct Heads {
@@ -27,11 +30,15 @@ pub struct Heads {
 }
 
 impl Heads {
-    /// Appends one encoded record.
-    pub fn push(&mut self, record: &[u8]) {
+    /// Appends one encoded record; false (and nothing kept) past 4 GiB of records,
+    /// which no cache would hold anyway.
+    pub fn push(&mut self, record: &[u8]) -> bool {
+        let Ok(end) = u32::try_from(self.buf.len() + record.len()) else {
+            return false;
+        };
         self.buf.extend_from_slice(record);
-        // A record is far under 4 GiB (an RPC message is at most a few MiB).
-        self.ends.push(self.buf.len() as u32);
+        self.ends.push(end);
+        true
     }
 
     /// The encoded records, in order.
@@ -52,8 +59,9 @@ impl Heads {
         self.ends.is_empty()
     }
 
+    /// What it holds in memory (after [`HeadsCache::fill`] trims it to its length).
     fn weight(&self, key: &[u8]) -> u64 {
-        (key.len() + self.buf.len() + 4 * self.ends.len()) as u64 + ENTRY_OVERHEAD
+        (key.len() + self.buf.capacity() + 4 * self.ends.capacity()) as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -88,10 +96,18 @@ pub struct HeadsCache {
 impl HeadsCache {
     /// A cache holding at most about `max_bytes` of heads; 0 keeps none.
     pub fn new(max_bytes: u64) -> Self {
-        // Sized for subjects of a few KiB each; the cache grows its tables as needed.
+        // Sized for subjects of a few KiB each; the cache grows its tables as needed. A
+        // fixed, small number of shards: each holds a share of the bound, and an entry
+        // must fit in one, so a small `--ledger-cache` still keeps subjects.
         let items = (max_bytes / 4096).clamp(16, 1 << 20) as usize;
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(max_bytes.max(1))
+            .shards(SHARDS)
+            .build()
+            .expect("heads cache options are valid");
         HeadsCache {
-            cache: Cache::with_weighter(items, max_bytes.max(1), Weigh),
+            cache: Cache::with_options(options, Weigh, Default::default(), Default::default()),
             epoch: AtomicU64::new(0),
             max_bytes: AtomicU64::new(max_bytes),
         }
@@ -130,11 +146,18 @@ impl HeadsCache {
         }
     }
 
+    /// Whether reads should gather heads to fill it with (it is on).
+    pub fn is_on(&self) -> bool {
+        self.max_bytes() > 0
+    }
+
     /// Keeps heads read from RocksDB after a miss, unless an invalidation came since.
-    pub fn fill(&self, key: Vec<u8>, heads: Heads, ticket: Ticket) {
-        if self.max_bytes() == 0 || self.epoch.load(Ordering::SeqCst) != ticket.0 {
+    pub fn fill(&self, key: Vec<u8>, mut heads: Heads, ticket: Ticket) {
+        if !self.is_on() || self.epoch.load(Ordering::SeqCst) != ticket.0 {
             return;
         }
+        heads.buf.shrink_to_fit();
+        heads.ends.shrink_to_fit();
         self.cache.insert(key.clone(), Arc::new(heads));
         if self.epoch.load(Ordering::SeqCst) != ticket.0 {
             // An invalidation ran between the check and the insert, perhaps before its
@@ -180,7 +203,7 @@ mod tests {
     fn heads(records: &[&[u8]]) -> Heads {
         let mut h = Heads::default();
         for r in records {
-            h.push(r);
+            assert!(h.push(r));
         }
         h
     }
@@ -258,6 +281,15 @@ mod tests {
             "{bytes} bytes cached past a 64 KiB bound"
         );
         assert!(n > 10, "only {n} subjects kept");
+        // A bound set later, and small, still keeps subjects (entries fit a shard).
+        c.set_max_bytes(16 * 1024);
+        assert!(c.usage().1 <= 16 * 1024);
+        let t = ticket(&c, b"late");
+        c.fill(b"late".to_vec(), heads(&[&record]), t);
+        assert!(
+            cached(&c, b"late").is_some(),
+            "a 16 KiB cache kept no 1 KiB subject"
+        );
         c.set_max_bytes(0);
         assert_eq!(c.usage().0, 0);
         let t = ticket(&c, b"s");

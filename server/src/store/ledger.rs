@@ -270,7 +270,8 @@ impl Index {
             Lookup::Hit(heads) => return heads.records().map(decode_result).collect(),
             Lookup::Miss(ticket) => ticket,
         };
-        let mut kept = Heads::default();
+        // Gathered for the cache only when it is on, and only while it fits.
+        let mut kept = self.heads_cache.is_on().then(Heads::default);
         let mut out = Vec::new();
         // Bounded to the prefix: RocksDB stops at the bound instead of reading the next
         // subject's first key (often another data block).
@@ -286,12 +287,16 @@ impl Index {
                 break;
             }
             out.push(decode_result(v)?);
-            kept.push(v);
+            if kept.as_mut().is_some_and(|k| !k.push(v)) {
+                kept = None;
+            }
             it.next();
         }
         it.status()?;
         drop(it);
-        self.heads_cache.fill(prefix, kept, ticket);
+        if let Some(kept) = kept {
+            self.heads_cache.fill(prefix, kept, ticket);
+        }
         Ok(out)
     }
 

@@ -100,6 +100,19 @@ impl Store {
         Ok(self)
     }
 
+    /// Streamed uploads bypass the page cache (`--direct-writes`); refused unless the
+    /// blob store is on local disk.
+    pub fn set_direct_writes(&self, on: bool) -> Result<()> {
+        let backend = self.blobs.backend();
+        if !backend.set_direct_writes(on) && on {
+            return Err(ServerError::InvalidArgument(format!(
+                "--direct-writes: the blob store {} is not on local disk; direct writes are for a local blob store",
+                backend.describe()
+            )));
+        }
+        Ok(())
+    }
+
     /// Turns the hashing of what reads serve off (`--unverified-reads`, for the
     /// benchmark) or on.
     pub fn set_verify_reads(&self, on: bool) {

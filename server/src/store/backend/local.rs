@@ -30,17 +30,6 @@ const WRITE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// size of common disks).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Whether streamed uploads bypass the page cache (`--direct-writes`).
-static DIRECT_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Streamed uploads (large blobs) write their staging file with O_DIRECT: from the
-/// server's buffer straight to the disk, without filling the page cache (where a file
-/// system refuses O_DIRECT, they write through it as before). Later reads then come from
-/// the disk. Process-wide; set once at start.
-pub fn set_direct_writes(on: bool) {
-    DIRECT_WRITES.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// A buffer whose bytes start on a [`DIRECT_ALIGN`] boundary, as O_DIRECT wants of memory;
 /// made by over-allocating a `Vec` and starting at the first aligned byte.
 struct AlignedBuf {
@@ -100,25 +89,26 @@ impl AlignedBuf {
 /// Creates a staging file, with O_DIRECT when asked and the file system allows it.
 /// Returns the file and whether it is direct.
 fn create_staging(path: &Path, direct: bool) -> std::io::Result<(std::fs::File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if direct {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true)
-            .create_new(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
-        match o.open(path) {
-            Ok(f) => return Ok((f, true)),
-            // EINVAL: this file system does not do O_DIRECT (tmpfs, some FUSE).
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-            Err(e) => return Err(e),
-        }
+    let file = std::fs::File::create_new(path)?;
+    if !direct {
+        return Ok((file, false));
     }
-    Ok((std::fs::File::create_new(path)?, false))
+    // Turned on after the create, not in it: Linux creates the file before it checks
+    // O_DIRECT, so a refused open would leave the file behind.
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    match rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::DIRECT) {
+        Ok(()) => Ok((file, true)),
+        // This file system does not do O_DIRECT: write through the page cache.
+        Err(rustix::io::Errno::INVAL) => Ok((file, false)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub struct LocalBackend {
     root: PathBuf,
     describe: String,
+    /// Streamed uploads write with O_DIRECT (`--direct-writes`).
+    direct: std::sync::atomic::AtomicBool,
 }
 
 impl LocalBackend {
@@ -133,7 +123,11 @@ impl LocalBackend {
                 e,
             )
         })?;
-        Ok(LocalBackend { root, describe })
+        Ok(LocalBackend {
+            root,
+            describe,
+            direct: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -357,6 +351,11 @@ impl Backend for LocalBackend {
         self.sweep()
     }
 
+    fn set_direct_writes(&self, on: bool) -> bool {
+        self.direct.store(on, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     async fn put(
         &self,
         name: &str,
@@ -411,7 +410,7 @@ impl Backend for LocalBackend {
         let target = self.file(name);
         let staged = staging_path(&target);
         let open = (target.clone(), staged.clone());
-        let direct = DIRECT_WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        let direct = self.direct.load(std::sync::atomic::Ordering::Relaxed);
         let (file, direct) = self
             .blocking("upload", name, move || {
                 create_dirs(parent(&open.0))?;
@@ -845,7 +844,7 @@ mod tests {
         let probe = d.path().join("probe");
         let (_, direct) = create_staging(&probe, true).unwrap();
         eprintln!("O_DIRECT on this file system: {direct}");
-        set_direct_writes(true);
+        assert!(b.set_direct_writes(true));
         let piece = |n: usize, seed: u8| -> Bytes {
             Bytes::from(
                 (0..n)
@@ -874,7 +873,6 @@ mod tests {
             assert_eq!(got.len(), want.len(), "{name}: length");
             assert!(got == want, "{name}: bytes differ");
         }
-        set_direct_writes(false);
     }
 
     #[tokio::test]

@@ -80,6 +80,10 @@ impl<B: Backend> Backend for Metered<B> {
         self.inner.local_root()
     }
 
+    fn set_direct_writes(&self, on: bool) -> bool {
+        self.inner.set_direct_writes(on)
+    }
+
     fn sweep_staging(&self) -> usize {
         self.inner.sweep_staging()
     }

@@ -179,6 +179,12 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// Streamed uploads bypass the page cache (`--direct-writes`); returns whether this
+    /// backend does that (only a local one, itself: never a tier's copies).
+    fn set_direct_writes(&self, _on: bool) -> bool {
+        false
+    }
+
     /// Writes a whole object, durably and atomically (all of it becomes visible, or none).
     async fn put(
         &self,
