@@ -51,14 +51,6 @@ impl Heads {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// What it holds in memory (after [`HeadsCache::fill`] trims it to its length).
     fn weight(&self, key: &[u8]) -> u64 {
         (key.len() + self.buf.capacity() + 4 * self.ends.capacity()) as u64 + ENTRY_OVERHEAD
@@ -123,15 +115,11 @@ impl HeadsCache {
         }
     }
 
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes.load(Ordering::Relaxed)
-    }
-
     /// The subject's cached heads, or a ticket to fill them with once read.
     pub fn get(&self, key: &[u8]) -> Lookup {
         // The epoch is read before the lookup, so a fill never predates what it missed.
         let ticket = Ticket(self.epoch.load(Ordering::SeqCst));
-        if self.max_bytes() == 0 {
+        if !self.is_on() {
             return Lookup::Miss(ticket);
         }
         match self.cache.get(key) {
@@ -148,7 +136,7 @@ impl HeadsCache {
 
     /// Whether reads should gather heads to fill it with (it is on).
     pub fn is_on(&self) -> bool {
-        self.max_bytes() > 0
+        self.max_bytes.load(Ordering::Relaxed) > 0
     }
 
     /// Keeps heads read from RocksDB after a miss, unless an invalidation came since.
@@ -182,7 +170,8 @@ impl HeadsCache {
     }
 
     /// Subjects cached, and their weight in bytes.
-    pub fn usage(&self) -> (usize, u64) {
+    #[cfg(test)]
+    fn usage(&self) -> (usize, u64) {
         (self.cache.len(), self.cache.weight())
     }
 }
@@ -227,8 +216,8 @@ mod tests {
         let h = heads(&[b"one", b"", b"three"]);
         let got: Vec<&[u8]> = h.records().collect();
         assert_eq!(got, vec![&b"one"[..], b"", b"three"]);
-        assert_eq!(h.len(), 3);
-        assert!(heads(&[]).is_empty());
+        assert_eq!(h.records().count(), 3);
+        assert_eq!(heads(&[]).records().count(), 0);
     }
 
     #[test]
