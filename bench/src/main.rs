@@ -119,7 +119,7 @@ struct Args {
     /// machines: what client and server each cost, without the other on its core.
     #[arg(long)]
     pin: bool,
-    /// A flag given to every server the bench starts, e.g. `--server-arg=--direct-writes`
+    /// A flag given to every server the bench starts, e.g. `--server-arg=--direct-io=0`
     /// (repeat for several): to measure a server setting against a run without it.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,

@@ -210,8 +210,8 @@ pub struct Transfer {
     pub fetch_warm: Figure,
     /// The first fetch after each cold register, into an empty directory: what
     /// Validate-Publish does with what Prepare-Artifacts just registered. Unlike the
-    /// later cold fetches, it reads only what the register left in the page cache (all
-    /// of it, unless the server writes with `--direct-writes`).
+    /// later cold fetches, it reads only what the register left in the page cache (the
+    /// blobs below the server's `--direct-io`; the larger ones come from the disk).
     pub fetch_first: Figure,
     /// Cold fetches from a server started with `--unverified-reads`, each paired with one
     /// from a server that verifies (`fetch_cold_verified`), in alternating order.

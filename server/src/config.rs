@@ -45,8 +45,9 @@ pub struct FileConfig {
     pub local_tier_max_bytes: Option<String>,
     /// `64MiB`, `0` (off) or bytes: the ledger heads cache.
     pub ledger_cache: Option<String>,
-    /// Large blobs to a local blob store with O_DIRECT.
-    pub direct_writes: Option<bool>,
+    /// `64MiB`, `0` (none) or bytes: blobs at least this large bypass the page cache on a
+    /// local blob store.
+    pub direct_io: Option<String>,
 }
 
 /// `[scrub]`: a periodic re-hash of every stored blob.
@@ -122,6 +123,7 @@ impl FileConfig {
             ("min_free_space", &config.min_free_space),
             ("local_tier_max_bytes", &config.local_tier_max_bytes),
             ("ledger_cache", &config.ledger_cache),
+            ("direct_io", &config.direct_io),
         ] {
             if let Some(v) = value {
                 crate::store::space::parse_size(v).map_err(|e| format!("{key} {e}"))?;
@@ -273,11 +275,13 @@ mod tests {
         FileConfig::parse("direct_download_ttl = \"7d\"\nmax_bytes = \"2TiB\"\n").unwrap();
         let e = FileConfig::parse("ledger_cache = \"lots\"\n").unwrap_err();
         assert!(e.starts_with("ledger_cache"), "{e}");
-        let c = FileConfig::parse("ledger_cache = \"0\"\ndirect_writes = true\n").unwrap();
+        let c = FileConfig::parse("ledger_cache = \"0\"\ndirect_io = \"16MiB\"\n").unwrap();
         assert_eq!(
-            (c.ledger_cache.as_deref(), c.direct_writes),
-            (Some("0"), Some(true))
+            (c.ledger_cache.as_deref(), c.direct_io.as_deref()),
+            (Some("0"), Some("16MiB"))
         );
+        let e = FileConfig::parse("direct_io = \"big\"\n").unwrap_err();
+        assert!(e.starts_with("direct_io"), "{e}");
         let r = FileConfig::parse(
             "[retention]\ngrace = \"12h\"\ngc_interval = \"1h\"\nref_expiry = [\"test*=7d\", \"*=never\"]\n",
         )

@@ -139,11 +139,12 @@ struct Args {
     /// by status and plan, kept as stored so a hot subject skips RocksDB; 0 turns it off.
     #[arg(long, env = "STAGECACHE_LEDGER_CACHE", default_value = "64MiB", value_parser = parse_size)]
     ledger_cache: u64,
-    /// Large blobs (streamed uploads) go to a local blob store with O_DIRECT: straight to
-    /// the disk, without filling the page cache. Less CPU per byte registered; later
-    /// fetches then read the disk. See bench/RESULTS.md before turning it on.
-    #[arg(long, env = "STAGECACHE_DIRECT_WRITES")]
-    direct_writes: bool,
+    /// Blobs of at least this size bypass the page cache of a local blob store: written
+    /// and read with O_DIRECT, straight between the disk and the server's buffers
+    /// [default: 64MiB with a local blob store; 0: none]. Smaller blobs, hot and
+    /// many, stay in the page cache. Refused (unless 0) with a cloud blob store.
+    #[arg(long, env = "STAGECACHE_DIRECT_IO", value_parser = parse_size)]
+    direct_io: Option<u64>,
     /// Serve reads without hashing them: damaged bytes are served. Only for `bench/run`'s
     /// same-run measure of what verified reads cost; hidden from --help.
     #[arg(long, hide = true)]
@@ -276,9 +277,9 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             args.local_tier_max_bytes = v;
         }
     }
-    if unset("direct_writes") {
-        if let Some(v) = f.direct_writes {
-            args.direct_writes = v;
+    if unset("direct_io") {
+        if let Some(v) = f.direct_io.as_deref().and_then(|v| parse_size(v).ok()) {
+            args.direct_io = Some(v);
         }
     }
     if unset("ledger_cache") {
@@ -391,7 +392,7 @@ fn effective(args: &Args, file: &FileConfig) -> FileConfig {
         local_tier: args.local_tier.clone(),
         local_tier_max_bytes: Some(args.local_tier_max_bytes.to_string()),
         ledger_cache: Some(args.ledger_cache.to_string()),
-        direct_writes: Some(args.direct_writes),
+        direct_io: args.direct_io.map(|v| v.to_string()),
         scrub: Some(ScrubFile {
             interval: args.scrub_interval.map(|s| format!("{s}s")),
             rate: Some(args.scrub_rate.to_string()),
@@ -788,7 +789,7 @@ async fn main() -> ExitCode {
         .map(|s| std::time::Duration::from_secs(s as u64));
     config.scrub_rate = args.scrub_rate;
     config.ledger_cache_bytes = args.ledger_cache;
-    config.direct_writes = args.direct_writes;
+    config.direct_io = args.direct_io;
     config.local_tier = args
         .local_tier
         .clone()

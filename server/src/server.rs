@@ -71,8 +71,10 @@ pub struct ServerConfig {
     pub local_tier: Option<(PathBuf, u64)>,
     /// The most the ledger heads cache holds (`--ledger-cache`); 0 turns it off.
     pub ledger_cache_bytes: u64,
-    /// Streamed uploads to a local blob store bypass the page cache (`--direct-writes`).
-    pub direct_writes: bool,
+    /// Blobs of at least this size bypass the page cache on a local blob store
+    /// (`--direct-io`; 0: none); `None`: [`crate::store::DEFAULT_DIRECT_IO_MIN`] on a
+    /// local store, nothing on a cloud one.
+    pub direct_io: Option<u64>,
     /// Serve reads without hashing them (`--unverified-reads`): only for the benchmark's
     /// measure of what verified reads cost. Damaged bytes are then served.
     pub unverified_reads: bool,
@@ -125,7 +127,7 @@ impl ServerConfig {
             scrub_rate: DEFAULT_SCRUB_RATE,
             local_tier: None,
             ledger_cache_bytes: crate::store::index::DEFAULT_LEDGER_CACHE_BYTES,
-            direct_writes: false,
+            direct_io: None,
             unverified_reads: false,
         }
     }
@@ -218,7 +220,7 @@ pub async fn serve_listeners(
     store
         .index()
         .set_ledger_cache_bytes(config.ledger_cache_bytes);
-    store.set_direct_writes(config.direct_writes)?;
+    store.set_direct_io(config.direct_io)?;
     if config.unverified_reads {
         store.set_verify_reads(false);
         tracing::warn!("--unverified-reads: reads are not hashed, and damaged bytes are served (a benchmark setting)");

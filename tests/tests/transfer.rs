@@ -26,20 +26,21 @@ fn small_tree(root: &std::path::Path, seed: u64) {
     write_file(root, "dup/two.bin", b"same bytes", false);
 }
 
-/// `--direct-writes` on a local blob store: large blobs go to the disk with O_DIRECT and
-/// come back byte for byte, whatever their length (a cloud store refuses the flag:
-/// `tier.rs`).
+/// `--direct-io` on a local blob store: blobs of at least that size go to the disk and
+/// come back from it with O_DIRECT, byte for byte whatever their length, those below it
+/// through the page cache (a cloud store refuses the flag: `tier.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_writes_keep_every_byte() {
+async fn direct_io_keeps_every_byte() {
     if std::env::var_os(stagecache_tests::backends::SUITE_BLOB_STORE).is_some() {
-        eprintln!("skipped: direct writes are for a local blob store");
+        eprintln!("skipped: direct I/O is for a local blob store");
         return;
     }
-    let server = ServerProcess::start_fresh_with_args(&["--direct-writes"]);
+    let server = ServerProcess::start_fresh_with_args(&["--direct-io", "12MiB"]);
     let client = server.client("prod").await;
     let src = tempfile::tempdir().unwrap();
     small_tree(src.path(), 3);
-    // Past the 8 MiB single put (so streamed), not a whole number of 4 KiB blocks.
+    // Past the 8 MiB single put (so streamed), below and above the 12 MiB, not a whole
+    // number of 4 KiB blocks.
     for (i, len) in [
         9 * 1024 * 1024 + 1,
         16 * 1024 * 1024,

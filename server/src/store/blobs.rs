@@ -126,7 +126,7 @@ impl BlobStore {
 
     /// Starts an upload that publishes the blob only on [`Upload::finish`].
     pub async fn start_upload(&self, d: &Digest) -> Result<Box<dyn Upload>> {
-        Ok(self.backend.upload(&Self::location(d)).await?)
+        Ok(self.backend.upload(&Self::location(d), d.size()).await?)
     }
 
     /// Streams bytes `[offset, offset + len)` of a blob in chunks of about `chunk` bytes,

@@ -18,10 +18,15 @@ use crate::error::{Result, ServerError};
 use blobs::{BlobStore, SINGLE_PUT_MAX_BYTES};
 use bytes::Bytes;
 use index::Index;
+use stagecache_proto::verify::Mismatch;
 use stagecache_proto::{Digest, Manifest, Verifier};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+
+/// Blobs of at least this size bypass the page cache on a local blob store unless
+/// `--direct-io` says otherwise (why this size: `bench/RESULTS.md`, "Direct I/O by size").
+pub const DEFAULT_DIRECT_IO_MIN: u64 = 64 * 1024 * 1024;
 
 /// Index and blob bytes together; cheap to clone.
 #[derive(Clone)]
@@ -100,13 +105,16 @@ impl Store {
         Ok(self)
     }
 
-    /// Streamed uploads bypass the page cache (`--direct-writes`); refused unless the
-    /// blob store is on local disk.
-    pub fn set_direct_writes(&self, on: bool) -> Result<()> {
+    /// Blobs of at least `min_bytes` bypass the page cache on a local blob store
+    /// (`--direct-io`; 0: none): written and read with O_DIRECT. `None` is the default,
+    /// [`DEFAULT_DIRECT_IO_MIN`] where the blob store is local and nothing where it is
+    /// not; a size given for a store that is not local is refused.
+    pub fn set_direct_io(&self, min_bytes: Option<u64>) -> Result<()> {
         let backend = self.blobs.backend();
-        if !backend.set_direct_writes(on) && on {
+        let done = backend.set_direct_io(min_bytes.unwrap_or(DEFAULT_DIRECT_IO_MIN));
+        if !done && min_bytes.is_some_and(|n| n > 0) {
             return Err(ServerError::InvalidArgument(format!(
-                "--direct-writes: the blob store {} is not on local disk; direct writes are for a local blob store",
+                "--direct-io: the blob store {} is not on local disk; direct I/O is for a local blob store (use --direct-io 0, or leave it out)",
                 backend.describe()
             )));
         }
@@ -413,7 +421,11 @@ impl Store {
         Ok(BlobWriter {
             store: self.clone(),
             expected,
-            verifier: Verifier::new(expected),
+            verifier: Some(Verifier::new(expected)),
+            hashing: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            received: 0,
             sink,
             room: space::Reservation::none(),
         })
@@ -586,13 +598,29 @@ enum Sink {
     Upload(Box<dyn backend::Upload>),
 }
 
+/// Bytes of a streamed upload hashed together on a blocking thread, while the next ones
+/// arrive.
+const HASH_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// A blob being written: bytes are hashed as they pass and the blob is published only
 /// by [`BlobWriter::commit`], after size and hash matched. Dropping it without commit
 /// publishes nothing.
+///
+/// A small blob is hashed as each piece arrives. A streamed one is hashed in batches of
+/// [`HASH_BATCH_BYTES`] on a blocking thread, one batch in flight while the task
+/// receives the next (and the backend writes them): receiving, hashing and writing
+/// overlap instead of taking turns on one core. Its size is still checked as each piece
+/// arrives.
 pub struct BlobWriter {
     store: Store,
     expected: Digest,
-    verifier: Verifier,
+    /// `None` while a batch is being hashed (`hashing` has it).
+    verifier: Option<Verifier>,
+    hashing: Option<tokio::task::JoinHandle<(Verifier, std::result::Result<(), Mismatch>)>>,
+    /// Pieces received and not yet handed to the hasher (streamed uploads only).
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    received: u64,
     sink: Sink,
     /// The room this upload holds until its blob is indexed, or it is dropped.
     room: space::Reservation,
@@ -600,37 +628,101 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub fn received(&self) -> u64 {
-        self.verifier.seen()
+        self.received
+    }
+
+    fn refused(&self, m: Mismatch) -> ServerError {
+        ServerError::InvalidArgument(format!("upload of {}: {m}", self.expected))
+    }
+
+    /// Waits for the batch being hashed and takes the verifier back.
+    async fn settle(&mut self) -> Result<&mut Verifier> {
+        if let Some(h) = self.hashing.take() {
+            let (v, r) = h
+                .await
+                .map_err(|e| ServerError::Internal(format!("hashing an upload: {e}")))?;
+            self.verifier = Some(v);
+            r.map_err(|m| self.refused(m))?;
+        }
+        self.verifier
+            .as_mut()
+            .ok_or_else(|| ServerError::Internal("upload verifier lost".into()))
+    }
+
+    /// Hands the pieces gathered to a blocking thread to hash, after the batch before.
+    async fn hash_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.settle().await?;
+        let (Some(mut v), batch) = (self.verifier.take(), std::mem::take(&mut self.batch)) else {
+            return Err(ServerError::Internal("upload verifier lost".into()));
+        };
+        self.batch_bytes = 0;
+        self.hashing = Some(tokio::task::spawn_blocking(move || {
+            let r = batch.iter().try_for_each(|b| v.update_here(b));
+            (v, r)
+        }));
+        Ok(())
     }
 
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
-        if let Err(m) = self.verifier.update(&data) {
-            return Err(ServerError::InvalidArgument(format!(
-                "upload of {}: {m}",
-                self.expected
-            )));
+        let received = self.received + data.len() as u64;
+        if received > self.expected.size() {
+            return Err(self.refused(Mismatch::TooLong {
+                expected: self.expected.size(),
+            }));
         }
+        self.received = received;
         match &mut self.sink {
-            Sink::Chunks(chunks) => chunks.push(data),
-            Sink::Upload(w) => w.write(data).await?,
+            Sink::Chunks(_) => {
+                // Nothing is ever in flight for a small blob: hashed here, piece by piece.
+                let v = self.settle().await?;
+                if let Err(m) = v.update(&data) {
+                    return Err(self.refused(m));
+                }
+                if let Sink::Chunks(chunks) = &mut self.sink {
+                    chunks.push(data);
+                }
+            }
+            Sink::Upload(w) => {
+                self.batch_bytes += data.len();
+                self.batch.push(data.clone());
+                w.write(data).await?;
+                if self.batch_bytes >= HASH_BATCH_BYTES {
+                    self.hash_batch().await?;
+                }
+            }
         }
         Ok(())
     }
 
     /// Checks the digest and publishes the blob, or discards everything written.
-    pub async fn commit(self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<()> {
         let expected = self.expected;
-        match self.verifier.finish() {
-            Err(m) => {
+        let hashed = match self.hash_batch().await {
+            Ok(()) => self.settle().await.map(|v| v.check()),
+            Err(e) => Err(e),
+        };
+        let checked = match hashed {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(m)) => Err(ServerError::InvalidArgument(format!(
+                "upload of {expected}: {m}; nothing was stored"
+            ))),
+            Err(ServerError::InvalidArgument(m)) => Err(ServerError::InvalidArgument(format!(
+                "{m}; nothing was stored"
+            ))),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Err(e) => {
                 if let Some(m) = crate::metrics::metrics() {
                     m.blobs_refused.inc();
                 }
                 if let Sink::Upload(w) = self.sink {
                     w.abort().await;
                 }
-                Err(ServerError::InvalidArgument(format!(
-                    "upload of {expected}: {m}; nothing was stored"
-                )))
+                Err(e)
             }
             Ok(_) => {
                 let _publishing = self.store.busy.publishing([expected]).await;

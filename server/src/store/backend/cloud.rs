@@ -171,7 +171,7 @@ impl Backend for CloudBackend {
         }
     }
 
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError> {
+    async fn upload(&self, path: &str, _size: u64) -> Result<Box<dyn Upload>, StorageError> {
         let upload = self
             .store
             .put_multipart(&ObjectPath::from(path))

@@ -86,29 +86,71 @@ impl AlignedBuf {
     }
 }
 
+/// Turns O_DIRECT on for an open file; `false` when its file system refuses it (the file
+/// then goes through the page cache as before).
+fn set_direct(file: &std::fs::File) -> std::io::Result<bool> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    match rustix::fs::fcntl_setfl(file, flags | rustix::fs::OFlags::DIRECT) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::INVAL) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Turns O_DIRECT off again (a read the file system refused to do directly).
+fn clear_direct(file: &std::fs::File) -> std::io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags.difference(rustix::fs::OFlags::DIRECT))?;
+    Ok(())
+}
+
 /// Creates a staging file, with O_DIRECT when asked and the file system allows it.
 /// Returns the file and whether it is direct.
 fn create_staging(path: &Path, direct: bool) -> std::io::Result<(std::fs::File, bool)> {
     let file = std::fs::File::create_new(path)?;
-    if !direct {
-        return Ok((file, false));
-    }
     // Turned on after the create, not in it: Linux creates the file before it checks
     // O_DIRECT, so a refused open would leave the file behind.
-    let flags = rustix::fs::fcntl_getfl(&file)?;
-    match rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::DIRECT) {
-        Ok(()) => Ok((file, true)),
-        // This file system does not do O_DIRECT: write through the page cache.
-        Err(rustix::io::Errno::INVAL) => Ok((file, false)),
-        Err(e) => Err(e.into()),
+    let direct = direct && set_direct(&file)?;
+    Ok((file, direct))
+}
+
+/// Reads `want` bytes at `at` from a file opened with O_DIRECT: the whole blocks around
+/// them, into aligned memory, handed out as a slice of it (no copy). Fewer than `want`
+/// bytes come back only at the end of the file.
+fn read_direct(file: &std::fs::File, at: u64, want: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let align = DIRECT_ALIGN as u64;
+    let start = at / align * align;
+    let skip = (at - start) as usize;
+    let span = (skip + want).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut raw = vec![0u8; span + DIRECT_ALIGN];
+    let base = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let mut got = 0;
+    while got < span {
+        match file.read_at(&mut raw[base + got..base + span], start + got as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                // Only the end of the file stops a direct read short of a block; the
+                // next read would start off the alignment.
+                if n % DIRECT_ALIGN != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    let have = got.saturating_sub(skip).min(want);
+    Ok(Bytes::from(raw).slice(base + skip..base + skip + have))
 }
 
 pub struct LocalBackend {
     root: PathBuf,
     describe: String,
-    /// Streamed uploads write with O_DIRECT (`--direct-writes`).
-    direct: std::sync::atomic::AtomicBool,
+    /// Objects of at least this many bytes are written (streamed uploads) and read with
+    /// O_DIRECT (`--direct-io`); 0: none.
+    direct_min: std::sync::atomic::AtomicU64,
 }
 
 impl LocalBackend {
@@ -126,7 +168,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             root,
             describe,
-            direct: std::sync::atomic::AtomicBool::new(false),
+            direct_min: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -136,6 +178,19 @@ impl LocalBackend {
 
     fn io(&self, op: &'static str, name: &str, e: std::io::Error) -> StorageError {
         io_error(&self.describe, op, name, e)
+    }
+
+    /// The least size read and written with O_DIRECT; `u64::MAX` when none is.
+    fn direct_min(&self) -> u64 {
+        match self.direct_min.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => u64::MAX,
+            n => n,
+        }
+    }
+
+    /// Whether an object of `size` bytes goes around the page cache.
+    fn direct_for(&self, size: u64) -> bool {
+        size >= self.direct_min()
     }
 
     fn sweep(&self) -> usize {
@@ -165,6 +220,10 @@ impl LocalBackend {
 struct ChunkReader {
     /// Opened by the first chunk's read.
     file: Option<std::fs::File>,
+    /// Files of at least this size are read with O_DIRECT (`u64::MAX`: none).
+    direct_min: u64,
+    /// The file was opened with O_DIRECT.
+    direct: bool,
     path: PathBuf,
     check: Option<Box<dyn ReadCheck>>,
     backend: String,
@@ -199,14 +258,40 @@ impl ChunkReader {
         let mut file = match opened {
             Some(f) => f,
             None => {
-                let mut f = std::fs::File::open(&self.path).map_err(io)?;
-                f.seek(std::io::SeekFrom::Start(self.offset)).map_err(io)?;
+                let f = std::fs::File::open(&self.path).map_err(io)?;
+                // A large object is read around the page cache, as it was written: the
+                // disk's DMA fills this process's buffer, and no page-cache page is
+                // filled (the costly part of a buffered read) nor kept.
+                let size = f.metadata().map_err(io)?.len();
+                self.direct = size >= self.direct_min && set_direct(&f).map_err(io)?;
                 f
             }
         };
         let want = (self.len - self.done).min(self.chunk);
-        let mut buf = Vec::with_capacity(want as usize);
-        (&mut file).take(want).read_to_end(&mut buf).map_err(io)?;
+        let at = self.offset + self.done;
+        let buf = match self.direct {
+            true => match read_direct(&file, at, want as usize) {
+                Ok(b) => Some(b),
+                // The file system took O_DIRECT but not this alignment: buffered from here.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    clear_direct(&file).map_err(io)?;
+                    self.direct = false;
+                    None
+                }
+                Err(e) => return Err(io(e)),
+            },
+            false => None,
+        };
+        let buf = match buf {
+            Some(b) => b,
+            None => {
+                // Positioned each time: a direct read before this one did not move it.
+                file.seek(std::io::SeekFrom::Start(at)).map_err(io)?;
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file).take(want).read_to_end(&mut buf).map_err(io)?;
+                Bytes::from(buf)
+            }
+        };
         if buf.len() as u64 != want {
             return Err(StorageError::Short {
                 backend: self.backend,
@@ -226,7 +311,7 @@ impl ChunkReader {
         self.done += want;
         self.file = Some(file);
         let more = (self.done < self.len).then_some(self);
-        Ok((more, Bytes::from(buf)))
+        Ok((more, buf))
     }
 }
 
@@ -351,8 +436,9 @@ impl Backend for LocalBackend {
         self.sweep()
     }
 
-    fn set_direct_writes(&self, on: bool) -> bool {
-        self.direct.store(on, std::sync::atomic::Ordering::Relaxed);
+    fn set_direct_io(&self, min_bytes: u64) -> bool {
+        self.direct_min
+            .store(min_bytes, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -406,11 +492,11 @@ impl Backend for LocalBackend {
         .await
     }
 
-    async fn upload(&self, name: &str) -> Result<Box<dyn Upload>, StorageError> {
+    async fn upload(&self, name: &str, size: u64) -> Result<Box<dyn Upload>, StorageError> {
         let target = self.file(name);
         let staged = staging_path(&target);
         let open = (target.clone(), staged.clone());
-        let direct = self.direct.load(std::sync::atomic::Ordering::Relaxed);
+        let direct = self.direct_for(size);
         let (file, direct) = self
             .blocking("upload", name, move || {
                 create_dirs(parent(&open.0))?;
@@ -446,6 +532,8 @@ impl Backend for LocalBackend {
         let path = self.file(name);
         let reader = ChunkReader {
             file: None,
+            direct_min: self.direct_min(),
+            direct: false,
             path,
             check,
             backend: self.describe.clone(),
@@ -844,7 +932,7 @@ mod tests {
         let probe = d.path().join("probe");
         let (_, direct) = create_staging(&probe, true).unwrap();
         eprintln!("O_DIRECT on this file system: {direct}");
-        assert!(b.set_direct_writes(true));
+        assert!(b.set_direct_io(1));
         let piece = |n: usize, seed: u8| -> Bytes {
             Bytes::from(
                 (0..n)
@@ -861,7 +949,8 @@ mod tests {
                 vec![1 << 20, 3, WRITE_BATCH_BYTES + 1, 4095, 1 << 20],
             ),
         ] {
-            let mut u = b.upload(&format!("cas/{name}")).await.unwrap();
+            let total = sizes.iter().sum::<usize>() as u64;
+            let mut u = b.upload(&format!("cas/{name}"), total).await.unwrap();
             let mut want = Vec::new();
             for (i, n) in sizes.into_iter().enumerate() {
                 let p = piece(n, i as u8);
@@ -876,10 +965,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn direct_reads_return_every_range_and_find_a_short_file_short() {
+        let (d, b) = backend();
+        let probe = d.path().join("probe");
+        let (_, direct) = create_staging(&probe, true).unwrap();
+        eprintln!("O_DIRECT on this file system: {direct}");
+        let len = 3 * DIRECT_ALIGN + 1000;
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        b.put("cas/f", vec![Bytes::from(data.clone())], PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(b.set_direct_io(DIRECT_ALIGN as u64));
+        let read = |offset: usize, n: usize, chunk: usize| {
+            let b = &b;
+            async move {
+                let mut s = b
+                    .read("cas/f", offset as u64, n as u64, chunk, None)
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                while let Some(c) = s.next().await {
+                    out.extend_from_slice(&c.unwrap());
+                }
+                out
+            }
+        };
+        // Aligned and not, within a block and across several, to the end and short of it,
+        // in chunks of any size.
+        for (offset, n, chunk) in [
+            (0, len, 1 << 20),
+            (0, len, DIRECT_ALIGN),
+            (1, len - 1, 1000),
+            (DIRECT_ALIGN - 1, 2, 7),
+            (DIRECT_ALIGN + 5, 2 * DIRECT_ALIGN, 3 * DIRECT_ALIGN),
+            (len - 1, 1, 1 << 20),
+            (3 * DIRECT_ALIGN, 1000, 999),
+        ] {
+            assert!(
+                read(offset, n, chunk).await == data[offset..offset + n],
+                "offset {offset}, {n} bytes, chunks of {chunk}"
+            );
+        }
+        // Past the end: the stream ends with Short, never with bytes that are not there.
+        let mut s = b
+            .read("cas/f", 2 * DIRECT_ALIGN as u64, len as u64, 1 << 20, None)
+            .await;
+        let failed = match &mut s {
+            Err(e) => e.to_string(),
+            Ok(s) => loop {
+                match s.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e.to_string(),
+                    None => panic!("a read past the end ended without an error"),
+                }
+            },
+        };
+        assert!(failed.contains("fewer bytes than asked for"), "{failed}");
+        // Below the size: read through the page cache as before.
+        assert!(b.set_direct_io(len as u64 + 1));
+        assert!(read(7, 100, 3).await == data[7..107]);
+    }
+
+    #[tokio::test]
     async fn uploads_publish_only_on_finish() {
         let (_d, b) = backend();
         let big = Bytes::from(vec![7u8; WRITE_BATCH_BYTES + 5]);
-        let mut u = b.upload("cas/ab/x").await.unwrap();
+        let mut u = b
+            .upload("cas/ab/x", WRITE_BATCH_BYTES as u64 + 9)
+            .await
+            .unwrap();
         u.write(big.clone()).await.unwrap();
         u.write(Bytes::from_static(b"tail")).await.unwrap();
         assert!(
@@ -891,10 +1045,13 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "cas/ab/x");
         assert_eq!(listed[0].size, big.len() as u64 + 4);
-        let mut u = b.upload("cas/ab/y").await.unwrap();
+        let mut u = b
+            .upload("cas/ab/y", WRITE_BATCH_BYTES as u64 + 5)
+            .await
+            .unwrap();
         u.write(big).await.unwrap();
         drop(u);
-        let mut u = b.upload("cas/ab/z").await.unwrap();
+        let mut u = b.upload("cas/ab/z", 2).await.unwrap();
         u.write(Bytes::from_static(b"zz")).await.unwrap();
         u.abort().await;
         assert_eq!(b.list("cas", None).await.unwrap().len(), 1);

@@ -80,8 +80,8 @@ impl<B: Backend> Backend for Metered<B> {
         self.inner.local_root()
     }
 
-    fn set_direct_writes(&self, on: bool) -> bool {
-        self.inner.set_direct_writes(on)
+    fn set_direct_io(&self, min_bytes: u64) -> bool {
+        self.inner.set_direct_io(min_bytes)
     }
 
     fn sweep_staging(&self) -> usize {
@@ -106,9 +106,9 @@ impl<B: Backend> Backend for Metered<B> {
         r
     }
 
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError> {
+    async fn upload(&self, path: &str, size: u64) -> Result<Box<dyn Upload>, StorageError> {
         let started = Instant::now();
-        let r = self.inner.upload(path).await;
+        let r = self.inner.upload(path, size).await;
         if r.is_err() {
             observe(self.kind(), "upload", started, &r);
         }

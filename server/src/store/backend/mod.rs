@@ -179,9 +179,11 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
-    /// Streamed uploads bypass the page cache (`--direct-writes`); returns whether this
-    /// backend does that (only a local one, itself: never a tier's copies).
-    fn set_direct_writes(&self, _on: bool) -> bool {
+    /// Objects of at least `min_bytes` bypass the page cache (`--direct-io`; 0: none):
+    /// streamed uploads of them are written, and reads of them read, with O_DIRECT.
+    /// Returns whether this backend does that (only a local one, itself: never a tier's
+    /// copies).
+    fn set_direct_io(&self, _min_bytes: u64) -> bool {
         false
     }
 
@@ -193,9 +195,10 @@ pub trait Backend: Send + Sync + 'static {
         mode: PutMode,
     ) -> Result<Written, StorageError>;
 
-    /// Starts an object written piece by piece; it becomes visible only on
-    /// [`Upload::finish`].
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError>;
+    /// Starts an object of `size` bytes written piece by piece; it becomes visible only
+    /// on [`Upload::finish`]. The size chooses how it is written (direct I/O, part
+    /// sizes); the backend does not hold the writer to it.
+    async fn upload(&self, path: &str, size: u64) -> Result<Box<dyn Upload>, StorageError>;
 
     /// Streams bytes `[offset, offset + len)` in chunks of about `chunk` bytes; a stream
     /// that cannot deliver `len` bytes ends with [`StorageError::Short`]. With a `check`,

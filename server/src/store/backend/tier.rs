@@ -335,7 +335,7 @@ impl ReadThrough {
             .inner
             .read(path, offset, len, chunk, Some(watched))
             .await?;
-        let copy = match self.tier.files.upload(path).await {
+        let copy = match self.tier.files.upload(path, len).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(error = %e, path, "read-through tier: cannot stage a copy");
@@ -462,8 +462,8 @@ impl Backend for ReadThrough {
         Ok(written)
     }
 
-    async fn upload(&self, path: &str) -> Result<Box<dyn Upload>, StorageError> {
-        self.inner.upload(path).await
+    async fn upload(&self, path: &str, size: u64) -> Result<Box<dyn Upload>, StorageError> {
+        self.inner.upload(path, size).await
     }
 
     async fn read(
