@@ -45,7 +45,7 @@ pub struct FileConfig {
     pub local_tier_max_bytes: Option<String>,
     /// `64MiB`, `0` (off) or bytes: the ledger heads cache.
     pub ledger_cache: Option<String>,
-    /// `64MiB`, `0` (none) or bytes: blobs at least this large bypass the page cache on a
+    /// `8MiB`, `0` (none) or bytes: blobs at least this large bypass the page cache on a
     /// local blob store.
     pub direct_io: Option<String>,
 }

@@ -141,7 +141,7 @@ struct Args {
     ledger_cache: u64,
     /// Blobs of at least this size bypass the page cache of a local blob store: written
     /// and read with O_DIRECT, straight between the disk and the server's buffers
-    /// [default: 64MiB with a local blob store; 0: none]. Smaller blobs, hot and
+    /// [default: 8MiB with a local blob store; 0: none]. Smaller blobs, hot and
     /// many, stay in the page cache. Refused (unless 0) with a cloud blob store.
     #[arg(long, env = "STAGECACHE_DIRECT_IO", value_parser = parse_size)]
     direct_io: Option<u64>,

@@ -25,8 +25,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Blobs of at least this size bypass the page cache on a local blob store unless
-/// `--direct-io` says otherwise (why this size: `bench/RESULTS.md`, "Direct I/O by size").
-pub const DEFAULT_DIRECT_IO_MIN: u64 = 64 * 1024 * 1024;
+/// `--direct-io` says otherwise: every streamed upload (the single puts below it go
+/// through the page cache) (why this size: `bench/RESULTS.md`, "Direct I/O by size").
+pub const DEFAULT_DIRECT_IO_MIN: u64 = SINGLE_PUT_MAX_BYTES;
 
 /// Index and blob bytes together; cheap to clone.
 #[derive(Clone)]
