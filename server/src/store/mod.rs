@@ -25,8 +25,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Blobs of at least this size bypass the page cache on a local blob store unless
-/// `--direct-io` says otherwise: every streamed upload (the single puts below it go
-/// through the page cache) (why this size: `bench/RESULTS.md`, "Direct I/O by size").
+/// `--direct-io` says otherwise: every streamed upload, and a single put of exactly
+/// this size (why this size: `bench/RESULTS.md`, "Direct I/O by size").
 pub const DEFAULT_DIRECT_IO_MIN: u64 = SINGLE_PUT_MAX_BYTES;
 
 /// Index and blob bytes together; cheap to clone.
@@ -717,7 +717,9 @@ impl BlobWriter {
         };
         match checked {
             Err(e) => {
-                if let Some(m) = crate::metrics::metrics() {
+                // Refused bytes, not a failure of the server's own hashing task.
+                if let (Some(m), ServerError::InvalidArgument(_)) = (crate::metrics::metrics(), &e)
+                {
                     m.blobs_refused.inc();
                 }
                 if let Sink::Upload(w) = self.sink {
@@ -753,5 +755,28 @@ impl BlobWriter {
         if let Sink::Upload(w) = self.sink {
             w.abort().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_io_is_for_a_local_blob_store_and_only_a_size_is_refused_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = Store::open(&dir.path().join("cloud"), Some("memory://")).unwrap();
+        // The default and 0 mean nothing for a store that is not local.
+        cloud.set_direct_io(None).unwrap();
+        cloud.set_direct_io(Some(0)).unwrap();
+        let e = cloud.set_direct_io(Some(8 << 20)).unwrap_err().to_string();
+        assert!(
+            e.contains("--direct-io") && e.contains("not on local disk"),
+            "{e}"
+        );
+        let local = Store::open(&dir.path().join("local"), None).unwrap();
+        local.set_direct_io(None).unwrap();
+        local.set_direct_io(Some(1)).unwrap();
+        local.set_direct_io(Some(0)).unwrap();
     }
 }

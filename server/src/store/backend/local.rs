@@ -30,12 +30,51 @@ const WRITE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// size of common disks).
 const DIRECT_ALIGN: usize = 4096;
 
+/// Whether an I/O error is the kernel refusing O_DIRECT for this file, memory or
+/// alignment (a file system that took the flag but not the request).
+fn refused_direct(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}
+
+/// Writes `data` at the file's position: with O_DIRECT while `*direct`, and through the
+/// page cache from the first direct write the file refuses, or completes only in part
+/// off a block boundary (the next one would start misaligned); `*direct` then turns
+/// false and stays so for the file.
+fn write_out(file: &mut std::fs::File, mut data: &[u8], direct: &mut bool) -> std::io::Result<()> {
+    while !data.is_empty() {
+        if !*direct {
+            return file.write_all(data);
+        }
+        match file.write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                if !n.is_multiple_of(DIRECT_ALIGN) {
+                    clear_direct(file)?;
+                    *direct = false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if refused_direct(&e) => {
+                clear_direct(file)?;
+                *direct = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A buffer whose bytes start on a [`DIRECT_ALIGN`] boundary, as O_DIRECT wants of memory;
-/// made by over-allocating a `Vec` and starting at the first aligned byte.
+/// made by over-allocating a `Vec` and starting at the first aligned byte. It writes to
+/// a file opened with O_DIRECT in whole blocks, keeping the partial last one, and goes
+/// on through the page cache if the file refuses a direct write.
 struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     len: usize,
+    /// Still writing with O_DIRECT.
+    direct: bool,
 }
 
 impl AlignedBuf {
@@ -43,7 +82,12 @@ impl AlignedBuf {
         let cap = cap.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let raw = vec![0u8; cap + DIRECT_ALIGN];
         let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        AlignedBuf { raw, start, len: 0 }
+        AlignedBuf {
+            raw,
+            start,
+            len: 0,
+            direct: true,
+        }
     }
 
     fn capacity(&self) -> usize {
@@ -53,6 +97,7 @@ impl AlignedBuf {
     fn push(&mut self, data: &[u8]) {
         if self.len + data.len() > self.capacity() {
             let mut bigger = AlignedBuf::with_capacity(self.len + data.len());
+            bigger.direct = self.direct;
             bigger.push(&self.raw[self.start..self.start + self.len]);
             *self = bigger;
         }
@@ -61,25 +106,44 @@ impl AlignedBuf {
         self.len += data.len();
     }
 
-    /// Writes the whole blocks held and keeps the partial last one.
+    /// Writes the whole blocks held and keeps the partial last one (everything, once the
+    /// file refused a direct write).
     fn write_blocks(&mut self, file: &mut std::fs::File) -> std::io::Result<()> {
-        let whole = self.len / DIRECT_ALIGN * DIRECT_ALIGN;
+        let whole = match self.direct {
+            true => self.len / DIRECT_ALIGN * DIRECT_ALIGN,
+            false => self.len,
+        };
         if whole > 0 {
-            file.write_all(&self.raw[self.start..self.start + whole])?;
+            write_out(
+                file,
+                &self.raw[self.start..self.start + whole],
+                &mut self.direct,
+            )?;
             self.raw
                 .copy_within(self.start + whole..self.start + self.len, self.start);
             self.len -= whole;
         }
+        if !self.direct && self.len > 0 {
+            // Refused on the way: the partial block goes out through the page cache too.
+            return self.write_blocks(file);
+        }
         Ok(())
     }
 
-    /// Writes what is left padded with zeros to a whole block; the caller then cuts the
-    /// file to its true length.
+    /// Writes what is left, padded with zeros to a whole block while direct; the caller
+    /// then cuts the file to its true length.
     fn write_rest(&mut self, file: &mut std::fs::File) -> std::io::Result<()> {
         if self.len > 0 {
-            let padded = self.len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+            let padded = match self.direct {
+                true => self.len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
+                false => self.len,
+            };
             self.raw[self.start + self.len..self.start + padded].fill(0);
-            file.write_all(&self.raw[self.start..self.start + padded])?;
+            write_out(
+                file,
+                &self.raw[self.start..self.start + padded],
+                &mut self.direct,
+            )?;
             self.len = 0;
         }
         Ok(())
@@ -133,7 +197,7 @@ fn read_direct(file: &std::fs::File, at: u64, want: usize) -> std::io::Result<By
                 got += n;
                 // Only the end of the file stops a direct read short of a block; the
                 // next read would start off the alignment.
-                if n % DIRECT_ALIGN != 0 {
+                if !n.is_multiple_of(DIRECT_ALIGN) {
                     break;
                 }
             }
@@ -224,6 +288,8 @@ struct ChunkReader {
     direct_min: u64,
     /// The file was opened with O_DIRECT.
     direct: bool,
+    /// The file's size when it was opened (only looked up for a direct read).
+    size: u64,
     path: PathBuf,
     check: Option<Box<dyn ReadCheck>>,
     backend: String,
@@ -262,8 +328,10 @@ impl ChunkReader {
                 // A large object is read around the page cache, as it was written: the
                 // disk's DMA fills this process's buffer, and no page-cache page is
                 // filled (the costly part of a buffered read) nor kept.
-                let size = f.metadata().map_err(io)?.len();
-                self.direct = size >= self.direct_min && set_direct(&f).map_err(io)?;
+                if self.direct_min != u64::MAX {
+                    self.size = f.metadata().map_err(io)?.len();
+                    self.direct = self.size >= self.direct_min && set_direct(&f).map_err(io)?;
+                }
                 f
             }
         };
@@ -271,9 +339,16 @@ impl ChunkReader {
         let at = self.offset + self.done;
         let buf = match self.direct {
             true => match read_direct(&file, at, want as usize) {
+                // Short of the file's end (a network file system may do that): the
+                // rest of this read, and the later ones, through the page cache.
+                Ok(b) if (b.len() as u64) < want && at + (b.len() as u64) < self.size => {
+                    clear_direct(&file).map_err(io)?;
+                    self.direct = false;
+                    None
+                }
                 Ok(b) => Some(b),
                 // The file system took O_DIRECT but not this alignment: buffered from here.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                Err(e) if refused_direct(&e) => {
                     clear_direct(&file).map_err(io)?;
                     self.direct = false;
                     None
@@ -378,13 +453,26 @@ fn parent(p: &Path) -> &Path {
 }
 
 /// Writes `data` to a new staging file beside `target`, synced; returns its path.
-fn stage(target: &Path, data: &[Bytes]) -> std::io::Result<PathBuf> {
+/// Writes `data` to a new staging file beside `target` and syncs it; with O_DIRECT when
+/// `direct` (a put of a blob at least `--direct-io` large) and the file system allows it.
+fn stage(target: &Path, data: &[Bytes], direct: bool) -> std::io::Result<PathBuf> {
     create_dirs(parent(target))?;
     let staged = staging_path(target);
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create_new(&staged)?;
-        for d in data {
-            f.write_all(d)?;
+        let (mut f, direct) = create_staging(&staged, direct)?;
+        if direct {
+            let length: usize = data.iter().map(Bytes::len).sum();
+            let mut buf = AlignedBuf::with_capacity(length);
+            for d in data {
+                buf.push(d);
+            }
+            buf.write_blocks(&mut f)?;
+            buf.write_rest(&mut f)?;
+            f.set_len(length as u64)?;
+        } else {
+            for d in data {
+                f.write_all(d)?;
+            }
         }
         f.sync_all()
     };
@@ -449,14 +537,15 @@ impl Backend for LocalBackend {
         mode: PutMode,
     ) -> Result<Written, StorageError> {
         let target = self.file(name);
+        let direct = self.direct_for(data.iter().map(|d| d.len() as u64).sum());
         self.blocking("put", name, move || match mode {
             PutMode::Overwrite => {
-                let staged = stage(&target, &data)?;
+                let staged = stage(&target, &data, direct)?;
                 publish_rename(&staged, &target)?;
                 Ok(Written::Done)
             }
             PutMode::Create => {
-                let staged = stage(&target, &data)?;
+                let staged = stage(&target, &data, direct)?;
                 let linked = std::fs::hard_link(&staged, &target);
                 let _ = std::fs::remove_file(&staged);
                 match linked {
@@ -484,7 +573,7 @@ impl Backend for LocalBackend {
                 if current.as_deref().map(version_of) != Some(expected) {
                     return Ok(Written::Conflict);
                 }
-                let staged = stage(&target, &data)?;
+                let staged = stage(&target, &data, direct)?;
                 publish_rename(&staged, &target)?;
                 Ok(Written::Done)
             }
@@ -534,6 +623,7 @@ impl Backend for LocalBackend {
             file: None,
             direct_min: self.direct_min(),
             direct: false,
+            size: 0,
             path,
             check,
             backend: self.describe.clone(),
@@ -961,6 +1051,54 @@ mod tests {
             let got = std::fs::read(d.path().join("blobs/cas").join(name)).unwrap();
             assert_eq!(got.len(), want.len(), "{name}: length");
             assert!(got == want, "{name}: bytes differ");
+        }
+    }
+
+    #[test]
+    fn a_refused_direct_write_goes_on_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let (mut file, direct) = create_staging(&path, true).unwrap();
+        eprintln!("O_DIRECT on this file system: {direct}");
+        let data: Vec<u8> = (0..3 * DIRECT_ALIGN + 5 + 1)
+            .map(|i| (i % 249) as u8)
+            .collect();
+        // Memory one byte off the alignment: a direct write of it is refused (EINVAL).
+        let misaligned = if (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+            &data[1..]
+        } else {
+            &data[..data.len() - 1]
+        };
+        let mut still_direct = direct;
+        write_out(&mut file, misaligned, &mut still_direct).unwrap();
+        assert!(
+            !still_direct || !direct,
+            "the refused write did not turn direct off"
+        );
+        file.sync_all().unwrap();
+        assert!(std::fs::read(&path).unwrap() == misaligned);
+        // The file itself no longer has O_DIRECT: a later plain write works.
+        file.write_all(b"tail").unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            misaligned.len() as u64 + 4
+        );
+    }
+
+    #[tokio::test]
+    async fn direct_puts_store_every_byte() {
+        let (d, b) = backend();
+        assert!(b.set_direct_io(DIRECT_ALIGN as u64));
+        for len in [DIRECT_ALIGN, DIRECT_ALIGN + 1, 5 * DIRECT_ALIGN - 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            let pieces = vec![
+                Bytes::copy_from_slice(&data[..7]),
+                Bytes::copy_from_slice(&data[7..]),
+            ];
+            let name = format!("cas/p{len}");
+            b.put(&name, pieces, PutMode::Overwrite).await.unwrap();
+            assert!(std::fs::read(d.path().join("blobs").join(&name)).unwrap() == data);
+            assert!(read_all(&b, &name, 0, len as u64).await == data);
         }
     }
 

@@ -180,7 +180,7 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Objects of at least `min_bytes` bypass the page cache (`--direct-io`; 0: none):
-    /// streamed uploads of them are written, and reads of them read, with O_DIRECT.
+    /// they are written (put or streamed) and read with O_DIRECT.
     /// Returns whether this backend does that (only a local one, itself: never a tier's
     /// copies).
     fn set_direct_io(&self, _min_bytes: u64) -> bool {
@@ -196,8 +196,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Written, StorageError>;
 
     /// Starts an object of `size` bytes written piece by piece; it becomes visible only
-    /// on [`Upload::finish`]. The size chooses how it is written (direct I/O, part
-    /// sizes); the backend does not hold the writer to it.
+    /// on [`Upload::finish`]. The size chooses how it is written (a local store's direct
+    /// I/O); the backend does not hold the writer to it.
     async fn upload(&self, path: &str, size: u64) -> Result<Box<dyn Upload>, StorageError>;
 
     /// Streams bytes `[offset, offset + len)` in chunks of about `chunk` bytes; a stream
