@@ -519,15 +519,18 @@ fn open_store(
     blob_options: &[(String, String)],
     command: &str,
 ) -> Result<stagecache_server::store::Store, ExitCode> {
-    stagecache_server::store::Store::open_configured(
+    let store = stagecache_server::store::Store::open_configured(
         &args.data_dir,
         args.blob_store.as_deref(),
         blob_options,
-    )
-    .map_err(|e| {
-        eprintln!("stagecache-server: {command}: {e}");
-        ExitCode::from(1)
-    })
+    );
+    // Read as the server reads: a scrub of a large store leaves the page cache alone.
+    store
+        .and_then(|s| s.set_direct_io(args.direct_io).map(|()| s))
+        .map_err(|e| {
+            eprintln!("stagecache-server: {command}: {e}");
+            ExitCode::from(1)
+        })
 }
 
 /// `stagecache-server rebuild`.

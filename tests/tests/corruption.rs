@@ -330,6 +330,10 @@ async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
         digests.push(Digest::of_bytes(&data));
         write_file(src.path(), &format!("d{}/f{i}", i % 20), &data, false);
     }
+    // And one large enough to be read around the page cache (--direct-io, 8 MiB).
+    let big = pseudo_random(7, BIG);
+    let big_digest = Digest::of_bytes(&big);
+    write_file(src.path(), "archives/big.zip", &big, false);
     client
         .register(src.path(), "bar/1", &Default::default())
         .await
@@ -344,14 +348,17 @@ async fn scrub_finds_every_damaged_blob_in_a_store_of_thousands() {
         })
         .await
         .unwrap();
-    let flipped: Vec<Digest> = digests.iter().step_by(300).copied().collect();
+    let mut flipped: Vec<Digest> = digests.iter().step_by(300).copied().collect();
+    flipped.push(big_digest);
     for d in &flipped {
         flip(&server, *d, 17);
     }
     let data_dir = server.data_dir.clone();
     let temp = server.stop().await;
 
+    // As `stagecache-server scrub` opens it: large blobs read with O_DIRECT.
     let store = stagecache_server::store::Store::open(&data_dir, None).unwrap();
+    store.set_direct_io(None).unwrap();
     let report = store.scrub().await.unwrap();
     assert!(report.blobs > 2_000, "{report:?}");
     let mut found = report.damaged.clone();
