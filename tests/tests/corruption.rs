@@ -546,3 +546,76 @@ async fn a_periodic_scrub_finds_rot_nobody_reads() {
         .unwrap();
     assert!(!blob_missing(&mut cas, t.batch).await);
 }
+
+/// `stagecache-server scrub`, the offline command, on a stopped server's data dir: exit 0
+/// and a report of every blob while nothing is damaged; exit 3 naming the damaged blob
+/// (one read with O_DIRECT, past `--direct-io`) and the ref that lost it once a byte of
+/// it rotted; and a `--direct-io` given with a cloud blob store refused before anything
+/// is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_scrub_command_reports_and_exits_3_on_damage() {
+    let server = TestServer::start().await;
+    let t = tree();
+    server
+        .client("prod")
+        .await
+        .register(t.dir.path(), "bar/scrub", &Default::default())
+        .await
+        .unwrap();
+    let data_dir = server.data_dir.clone();
+    let data = data_dir.to_str().unwrap().to_string();
+    let scrub = |extra: &[&str]| {
+        let out = std::process::Command::new(stagecache_tests::workspace_bin("stagecache-server"))
+            .args(["--data-dir", &data])
+            .args(extra)
+            .arg("scrub")
+            .output()
+            .unwrap();
+        let report = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok();
+        (
+            out.status.code(),
+            report,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let big = t.big;
+    // Kept until the end: the data dir lives in it.
+    let _kept = server.stop().await;
+    let (code, report, stderr) = scrub(&["--direct-io", "8MiB"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report.unwrap();
+    assert!(report["report"]["blobs"].as_u64().unwrap() >= 4, "{report}");
+    assert_eq!(
+        report["report"]["damaged"],
+        serde_json::json!([]),
+        "{report}"
+    );
+
+    let hex = big.hash_hex();
+    let p = data_dir.join("blobs/cas").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[BIG / 2] ^= 0x55;
+    std::fs::write(&p, bytes).unwrap();
+    let (code, report, stderr) = scrub(&[]);
+    assert_eq!(code, Some(3), "{stderr}");
+    let report = report.unwrap();
+    assert_eq!(
+        report["report"]["damaged"],
+        serde_json::json!([big.to_string()]),
+        "{report}"
+    );
+    assert!(
+        report["report"]["damaged_refs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("prod/bar/scrub -> "),
+        "{report}"
+    );
+
+    let (code, _, stderr) = scrub(&["--blob-store", "memory://", "--direct-io", "8MiB"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--direct-io") && stderr.contains("not on local disk"),
+        "{stderr}"
+    );
+}
