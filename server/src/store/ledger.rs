@@ -18,7 +18,7 @@ use stagecache_proto::records::{
     ClaimRecord, CollectedSubjectRecord, JournalLedgerRecord, StageResultRecord,
 };
 use stagecache_proto::{Digest, Namespace};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const SEQ_KEY: &[u8] = b"ledger_seq";
 
@@ -89,8 +89,9 @@ pub struct LedgerTxn<'a> {
     next_seq: u64,
     /// What this transaction appended, for the journal.
     appended: Vec<JournalLedgerRecord>,
-    /// The subjects whose heads it wrote (their prefixes), for the heads cache.
-    subjects: Vec<Vec<u8>>,
+    /// The subjects whose heads it wrote (their prefixes), for the heads cache: a set,
+    /// as a batch may write thousands of subjects, or one subject thousands of times.
+    subjects: HashSet<Vec<u8>>,
 }
 
 impl LedgerTxn<'_> {
@@ -120,10 +121,8 @@ impl LedgerTxn<'_> {
         self.batch
             .put_cf(self.index.cf(CF_LEDGER_HEAD)?, key.key(), &bytes);
         self.heads.insert(key.key(), record.clone());
-        let subject = subject_prefix(&key.namespace, &key.subject);
-        if !self.subjects.contains(&subject) {
-            self.subjects.push(subject);
-        }
+        self.subjects
+            .insert(subject_prefix(&key.namespace, &key.subject));
         self.appended.push(JournalLedgerRecord {
             namespace: key.namespace.as_str().to_string(),
             subject_hash: key.subject.hash().to_vec(),
@@ -190,7 +189,7 @@ impl Index {
             claims: HashMap::new(),
             next_seq: *seq,
             appended: Vec::new(),
-            subjects: Vec::new(),
+            subjects: HashSet::new(),
         };
         let out = f(&mut txn)?;
         if !txn.batch.is_empty() {
