@@ -240,22 +240,24 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             }
         };
     }
+    // A size key (`64MiB`), already validated when the file was parsed.
+    macro_rules! take_size {
+        ($field:ident) => {
+            if unset(stringify!($field)) {
+                if let Some(v) = f.$field.as_deref().and_then(|v| parse_size(v).ok()) {
+                    args.$field = v.into();
+                }
+            }
+        };
+    }
     take!(data_dir);
     take!(listen);
     take!(log);
     take!(insecure_open);
     take!(take_over);
     take!(direct_downloads);
-    if unset("max_bytes") {
-        if let Some(v) = f.max_bytes.as_deref().and_then(|v| parse_size(v).ok()) {
-            args.max_bytes = Some(v);
-        }
-    }
-    if unset("min_free_space") {
-        if let Some(v) = f.min_free_space.as_deref().and_then(|v| parse_size(v).ok()) {
-            args.min_free_space = v;
-        }
-    }
+    take_size!(max_bytes);
+    take_size!(min_free_space);
     if unset("direct_download_ttl") {
         if let Some(t) = &f.direct_download_ttl {
             if let Ok(s) = parse_ttl(t) {
@@ -263,30 +265,10 @@ fn apply_file(args: &mut Args, m: &clap::ArgMatches, f: &FileConfig) {
             }
         }
     }
-    if unset("local_tier") {
-        if let Some(d) = &f.local_tier {
-            args.local_tier = Some(d.clone());
-        }
-    }
-    if unset("local_tier_max_bytes") {
-        if let Some(v) = f
-            .local_tier_max_bytes
-            .as_deref()
-            .and_then(|v| parse_size(v).ok())
-        {
-            args.local_tier_max_bytes = v;
-        }
-    }
-    if unset("direct_io") {
-        if let Some(v) = f.direct_io.as_deref().and_then(|v| parse_size(v).ok()) {
-            args.direct_io = Some(v);
-        }
-    }
-    if unset("ledger_cache") {
-        if let Some(v) = f.ledger_cache.as_deref().and_then(|v| parse_size(v).ok()) {
-            args.ledger_cache = v;
-        }
-    }
+    take_some!(local_tier);
+    take_size!(local_tier_max_bytes);
+    take_size!(direct_io);
+    take_size!(ledger_cache);
     if let Some(sc) = &f.scrub {
         if unset("scrub_interval") {
             if let Some(v) = sc.interval.as_deref().and_then(|v| parse_duration(v).ok()) {

@@ -23,8 +23,13 @@ const BATCH: usize = 1024 * 1024;
 const BIG: usize = 20 * 1024 * 1024 + 7;
 
 fn cas_path(server: &TestServer, d: Digest) -> PathBuf {
+    cas_path_in(&server.data_dir, d)
+}
+
+/// Where a blob's bytes lie under a (possibly stopped) server's data dir.
+fn cas_path_in(data_dir: &Path, d: Digest) -> PathBuf {
     let hex = d.hash_hex();
-    server.data_dir.join("blobs/cas").join(&hex[..2]).join(&hex)
+    data_dir.join("blobs/cas").join(&hex[..2]).join(&hex)
 }
 
 fn quarantine_path(server: &TestServer, d: Digest) -> PathBuf {
@@ -33,7 +38,12 @@ fn quarantine_path(server: &TestServer, d: Digest) -> PathBuf {
 
 /// Flips one byte of a stored blob file, as a rotting disk would.
 fn flip(server: &TestServer, d: Digest, at: usize) {
-    let p = cas_path(server, d);
+    flip_in(&server.data_dir, d, at);
+}
+
+/// [`flip`], under a (possibly stopped) server's data dir.
+fn flip_in(data_dir: &Path, d: Digest, at: usize) {
+    let p = cas_path_in(data_dir, d);
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[at] ^= 0x55;
     std::fs::write(&p, bytes).unwrap();
@@ -591,11 +601,7 @@ async fn the_offline_scrub_command_reports_and_exits_3_on_damage() {
         "{report}"
     );
 
-    let hex = big.hash_hex();
-    let p = data_dir.join("blobs/cas").join(&hex[..2]).join(&hex);
-    let mut bytes = std::fs::read(&p).unwrap();
-    bytes[BIG / 2] ^= 0x55;
-    std::fs::write(&p, bytes).unwrap();
+    flip_in(&data_dir, big, BIG / 2);
     let (code, report, stderr) = scrub(&[]);
     assert_eq!(code, Some(3), "{stderr}");
     let report = report.unwrap();

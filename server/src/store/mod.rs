@@ -698,30 +698,28 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Hashes what is left and checks the whole against the digest.
+    async fn finish_hashing(&mut self) -> Result<Digest> {
+        self.hash_batch().await?;
+        let checked = self.settle().await?.check();
+        checked.map_err(|m| self.refused(m))
+    }
+
     /// Checks the digest and publishes the blob, or discards everything written.
     pub async fn commit(mut self) -> Result<()> {
         let expected = self.expected;
-        let hashed = match self.hash_batch().await {
-            Ok(()) => self.settle().await.map(|v| v.check()),
-            Err(e) => Err(e),
-        };
-        let checked = match hashed {
-            Ok(Ok(d)) => Ok(d),
-            Ok(Err(m)) => Err(ServerError::InvalidArgument(format!(
-                "upload of {expected}: {m}; nothing was stored"
-            ))),
-            Err(ServerError::InvalidArgument(m)) => Err(ServerError::InvalidArgument(format!(
-                "{m}; nothing was stored"
-            ))),
-            Err(e) => Err(e),
-        };
-        match checked {
+        match self.finish_hashing().await {
             Err(e) => {
-                // Refused bytes, not a failure of the server's own hashing task.
-                if let (Some(m), ServerError::InvalidArgument(_)) = (crate::metrics::metrics(), &e)
-                {
-                    m.blobs_refused.inc();
-                }
+                let e = match e {
+                    // Refused bytes, not a failure of the server's own hashing task.
+                    ServerError::InvalidArgument(m) => {
+                        if let Some(m) = crate::metrics::metrics() {
+                            m.blobs_refused.inc();
+                        }
+                        ServerError::InvalidArgument(format!("{m}; nothing was stored"))
+                    }
+                    e => e,
+                };
                 if let Sink::Upload(w) = self.sink {
                     w.abort().await;
                 }

@@ -212,7 +212,7 @@ fn read_direct(file: &std::fs::File, at: u64, want: usize) -> std::io::Result<By
 pub struct LocalBackend {
     root: PathBuf,
     describe: String,
-    /// Objects of at least this many bytes are written (streamed uploads) and read with
+    /// Objects of at least this many bytes are written (put or streamed) and read with
     /// O_DIRECT (`--direct-io`); 0: none.
     direct_min: std::sync::atomic::AtomicU64,
 }
@@ -339,24 +339,21 @@ impl ChunkReader {
         let at = self.offset + self.done;
         let buf = match self.direct {
             true => match read_direct(&file, at, want as usize) {
-                // Short of the file's end (a network file system may do that): the
-                // rest of this read, and the later ones, through the page cache.
-                Ok(b) if (b.len() as u64) < want && at + (b.len() as u64) < self.size => {
-                    clear_direct(&file).map_err(io)?;
-                    self.direct = false;
-                    None
-                }
+                // Short of the file's end (a network file system may do that): this read
+                // goes on through the page cache.
+                Ok(b) if (b.len() as u64) < want && at + (b.len() as u64) < self.size => None,
                 Ok(b) => Some(b),
-                // The file system took O_DIRECT but not this alignment: buffered from here.
-                Err(e) if refused_direct(&e) => {
-                    clear_direct(&file).map_err(io)?;
-                    self.direct = false;
-                    None
-                }
+                // The file system took O_DIRECT but not this alignment: the same.
+                Err(e) if refused_direct(&e) => None,
                 Err(e) => return Err(io(e)),
             },
             false => None,
         };
+        if self.direct && buf.is_none() {
+            // And so do the later ones.
+            clear_direct(&file).map_err(io)?;
+            self.direct = false;
+        }
         let buf = match buf {
             Some(b) => b,
             None => {
@@ -452,9 +449,9 @@ fn parent(p: &Path) -> &Path {
     p.parent().unwrap_or(Path::new("."))
 }
 
-/// Writes `data` to a new staging file beside `target`, synced; returns its path.
-/// Writes `data` to a new staging file beside `target` and syncs it; with O_DIRECT when
-/// `direct` (a put of a blob at least `--direct-io` large) and the file system allows it.
+/// Writes `data` to a new staging file beside `target`, synced; returns its path. With
+/// O_DIRECT when `direct` (a put of a blob at least `--direct-io` large) and the file
+/// system allows it.
 fn stage(target: &Path, data: &[Bytes], direct: bool) -> std::io::Result<PathBuf> {
     create_dirs(parent(target))?;
     let staged = staging_path(target);
@@ -466,7 +463,7 @@ fn stage(target: &Path, data: &[Bytes], direct: bool) -> std::io::Result<PathBuf
             for d in data {
                 buf.push(d);
             }
-            buf.write_blocks(&mut f)?;
+            // All of it in one write, the last block padded; then cut to its length.
             buf.write_rest(&mut f)?;
             f.set_len(length as u64)?;
         } else {
@@ -940,6 +937,13 @@ mod tests {
         (dir, b)
     }
 
+    /// Says whether this file system does O_DIRECT (ext4, xfs; not tmpfs before Linux
+    /// 6.6): where it does, the direct paths are taken; where not, their fallbacks.
+    fn report_direct(dir: &Path) {
+        let (_, direct) = create_staging(&dir.join("probe"), true).unwrap();
+        eprintln!("O_DIRECT on this file system: {direct}");
+    }
+
     async fn read_all(b: &LocalBackend, name: &str, offset: u64, len: u64) -> Vec<u8> {
         let mut s = b.read(name, offset, len, 3, None).await.unwrap();
         let mut out = Vec::new();
@@ -1018,10 +1022,7 @@ mod tests {
     #[tokio::test]
     async fn direct_uploads_store_every_byte_whatever_the_pieces() {
         let (d, b) = backend();
-        // Where the file system does O_DIRECT (ext4, xfs; not tmpfs), the path is taken.
-        let probe = d.path().join("probe");
-        let (_, direct) = create_staging(&probe, true).unwrap();
-        eprintln!("O_DIRECT on this file system: {direct}");
+        report_direct(d.path());
         assert!(b.set_direct_io(1));
         let piece = |n: usize, seed: u8| -> Bytes {
             Bytes::from(
@@ -1105,9 +1106,7 @@ mod tests {
     #[tokio::test]
     async fn direct_reads_return_every_range_and_find_a_short_file_short() {
         let (d, b) = backend();
-        let probe = d.path().join("probe");
-        let (_, direct) = create_staging(&probe, true).unwrap();
-        eprintln!("O_DIRECT on this file system: {direct}");
+        report_direct(d.path());
         let len = 3 * DIRECT_ALIGN + 1000;
         let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
         b.put("cas/f", vec![Bytes::from(data.clone())], PutMode::Overwrite)
