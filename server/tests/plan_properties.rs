@@ -81,7 +81,7 @@ fn check(c: &Case) {
                 )
             })
             .collect();
-        let graph = Graph::new(&defs).expect("a DAG is a valid graph");
+        let graph = Graph::new(defs).expect("a DAG is a valid graph");
         let chosen: Vec<String> = (0..n).filter(|&i| c.chosen[i]).map(name).collect();
         let mut selection = Selection::default();
         match c.selection_kind {

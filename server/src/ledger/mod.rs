@@ -108,17 +108,24 @@ pub fn describe_other(r: &StageResultRecord, fingerprint: &str) -> String {
 pub use stagecache_proto::time::format_time;
 
 pub fn to_proto(r: &StageResultRecord) -> Result<StageResult> {
+    into_proto(r.clone())
+}
+
+/// [`to_proto`] of a record no longer needed: its strings move into the answer instead of
+/// being copied (Status and Plan answer a subject's every line from records read for the
+/// call).
+pub fn into_proto(r: StageResultRecord) -> Result<StageResult> {
     Ok(StageResult {
         subject: Some(record_digest(&r.subject_hash, r.subject_size)?.to_proto()),
-        stage: r.stage.clone(),
-        target: r.target.clone(),
-        fingerprint: r.fingerprint.clone(),
+        stage: r.stage,
+        target: r.target,
+        fingerprint: r.fingerprint,
         status: r.status,
-        bar_build_id: r.bar_build_id.clone(),
-        build_id: r.build_id.clone(),
+        bar_build_id: r.bar_build_id,
+        build_id: r.build_id,
         attempt: r.attempt,
-        run_url: r.run_url.clone(),
-        actor: r.actor.clone(),
+        run_url: r.run_url,
+        actor: r.actor,
         outputs: if r.outputs_hash.is_empty() {
             None
         } else {
@@ -127,8 +134,8 @@ pub fn to_proto(r: &StageResultRecord) -> Result<StageResult> {
         started_at_ms: r.started_at_ms,
         finished_at_ms: r.finished_at_ms,
         seq: r.seq,
-        reason: r.reason.clone(),
-        identity: r.identity.clone(),
+        reason: r.reason,
+        identity: r.identity,
     })
 }
 

@@ -69,12 +69,12 @@ pub struct Graph {
 
 impl Graph {
     /// Validates `(name, depends_on, fingerprint)` triples, in the caller's order.
-    pub fn new(defs: &[(String, Vec<String>, String)]) -> Result<Self, ServerError> {
+    pub fn new(defs: Vec<(String, Vec<String>, String)>) -> Result<Self, ServerError> {
         if defs.is_empty() {
             return Err(ServerError::InvalidArgument("graph: has no stages".into()));
         }
         stagecache_proto::names::check_items("graph.stages", defs.len(), MAX_GRAPH_STAGES)?;
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::with_capacity(defs.len());
         for (i, (name, _, _)) in defs.iter().enumerate() {
             // The field's name is built only for the error (a plan validates every stage).
             if validate_stage_name("", name, false).is_err() {
@@ -88,11 +88,12 @@ impl Graph {
             }
         }
         let mut stages = Vec::with_capacity(defs.len());
-        for (i, (name, deps, fingerprint)) in defs.iter().enumerate() {
-            if crate::ledger::validate_text("", fingerprint).is_err() {
+        // The names and fingerprints move into the graph: a plan validates one per call.
+        for (i, (name, deps, fingerprint)) in defs.into_iter().enumerate() {
+            if crate::ledger::validate_text("", &fingerprint).is_err() {
                 crate::ledger::validate_text(
                     &format!("graph.stages[{i}].fingerprint"),
-                    fingerprint,
+                    &fingerprint,
                 )?;
             }
             if deps.len() > MAX_STAGE_DEPENDENCIES {
@@ -102,12 +103,12 @@ impl Graph {
                     MAX_STAGE_DEPENDENCIES,
                 )?;
             }
-            let mut depends_on = Vec::new();
-            for d in deps {
+            let mut depends_on = Vec::with_capacity(deps.len());
+            for d in &deps {
                 let j = *by_name.get(d).ok_or_else(|| {
                     ServerError::InvalidArgument(format!(
                         "stage {}: depends_on {}, which is not a stage of the graph",
-                        quote(name),
+                        quote(&name),
                         quote(d)
                     ))
                 })?;
@@ -116,9 +117,9 @@ impl Graph {
                 }
             }
             stages.push(StageNode {
-                name: name.clone(),
+                name,
                 depends_on,
-                fingerprint: fingerprint.clone(),
+                fingerprint,
             });
         }
         let topo = topological_order(&stages)?;
@@ -264,14 +265,20 @@ pub fn plan_from_heads(
     force: &[String],
     heads: Vec<stagecache_proto::records::StageResultRecord>,
 ) -> Result<Vec<StagePlan<stagecache_proto::records::StageResultRecord>>, ServerError> {
-    let mut heads: HashMap<String, stagecache_proto::records::StageResultRecord> = heads
+    // The stage-level lines (target ""), sorted by stage name for a binary search.
+    let mut heads: Vec<(String, Option<stagecache_proto::records::StageResultRecord>)> = heads
         .into_iter()
         .filter(|h| h.target.is_empty())
-        .map(|h| (h.stage.clone(), h))
+        .map(|h| (h.stage.clone(), Some(h)))
         .collect();
+    heads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Each stage is asked about once (names are unique), so its head moves into the plan.
     plan(graph, selection, force, |node| {
-        match heads.remove(&node.name) {
+        let head = heads
+            .binary_search_by(|(stage, _)| stage.as_str().cmp(&node.name))
+            .ok()
+            .and_then(|i| heads[i].1.take());
+        match head {
             None => Known::Never,
             Some(h) if super::effective_success(&h, &node.fingerprint) => {
                 let how = super::describe(&h);
@@ -425,8 +432,7 @@ mod tests {
 
     fn graph(defs: &[(&str, &[&str])]) -> Result<Graph, ServerError> {
         Graph::new(
-            &defs
-                .iter()
+            defs.iter()
                 .map(|(n, d)| {
                     (
                         n.to_string(),
@@ -462,12 +468,12 @@ mod tests {
                 (name, vec![dep], String::new())
             })
             .collect();
-        let e = Graph::new(&defs).unwrap_err().to_string();
+        let e = Graph::new(defs.clone()).unwrap_err().to_string();
         assert!(e.contains("dependency cycle of 10,000 stage(s)"), "{e}");
         assert!(e.len() < 1024, "{} bytes: {e}", e.len());
         let mut over = defs;
         over.push(("one more".into(), vec![], String::new()));
-        let e = Graph::new(&over).unwrap_err().to_string();
+        let e = Graph::new(over).unwrap_err().to_string();
         assert_eq!(e, "graph.stages: 10,001 items, at most 10,000 per call");
     }
 

@@ -7,7 +7,7 @@ use crate::error::ServerError;
 use crate::events::{Change, Event};
 use crate::ledger::claims::{self, ClaimOutcome};
 use crate::ledger::plan::{self, validate_stage_name, Graph, Selection};
-use crate::ledger::{self, status_of, to_proto, validate_text, RecordInput};
+use crate::ledger::{self, into_proto, status_of, to_proto, validate_text, RecordInput};
 use crate::store::ledger::StageKey;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -156,19 +156,22 @@ fn record_input(
     })
 }
 
-/// The effective results of a subject: heads that are not invalidated, filtered.
+/// The lines of `heads` a status asks about (all, or one stage and target, optionally
+/// one fingerprint), without invalidated ones, as answered.
 fn effective(
     heads: Vec<StageResultRecord>,
     stage: &str,
     target: &str,
     fingerprint: &str,
-) -> Vec<StageResultRecord> {
+) -> Result<Vec<v1::StageResult>, ServerError> {
     heads
         .into_iter()
-        .filter(|h| status_of(h) != StageStatus::Invalidated)
-        .filter(|h| stage.is_empty() || h.stage == stage)
-        .filter(|h| stage.is_empty() || h.target == target)
-        .filter(|h| fingerprint.is_empty() || h.fingerprint == fingerprint)
+        .filter(|h| {
+            status_of(h) != StageStatus::Invalidated
+                && (stage.is_empty() || (h.stage == stage && h.target == target))
+                && (fingerprint.is_empty() || h.fingerprint == fingerprint)
+        })
+        .map(into_proto)
         .collect()
 }
 
@@ -303,9 +306,8 @@ impl Ledger for LedgerService {
         let index = self.state.store.index();
         let heads = index.ledger_heads(&ns, &subject)?;
         let expired_at_ms = expired_at(index, &ns, &subject, heads.is_empty())?;
-        let results = effective(heads, &req.stage, &req.target, &req.fingerprint);
         Ok(Response::new(StatusResponse {
-            results: protos(&results)?,
+            results: effective(heads, &req.stage, &req.target, &req.fingerprint)?,
             expired_at_ms,
         }))
     }
@@ -336,7 +338,7 @@ impl Ledger for LedgerService {
                         let expired_at_ms = expired_at(i, &ns, s, heads.is_empty())?;
                         Ok(SubjectStatus {
                             subject: Some(s.to_proto()),
-                            results: protos(&effective(heads, &stage, &target, &fingerprint))?,
+                            results: effective(heads, &stage, &target, &fingerprint)?,
                             expired_at_ms,
                         })
                     })
@@ -393,7 +395,7 @@ impl Ledger for LedgerService {
             .into_iter()
             .map(|s| (s.name, s.depends_on, s.fingerprint))
             .collect();
-        let graph = Graph::new(&defs)?;
+        let graph = Graph::new(defs)?;
         for (field, names) in [
             ("only", &req.only),
             ("skip", &req.skip),
@@ -459,7 +461,7 @@ impl Ledger for LedgerService {
                     } else {
                         p.reason
                     },
-                    succeeded: p.succeeded.as_ref().map(to_proto).transpose()?,
+                    succeeded: p.succeeded.map(into_proto).transpose()?,
                     blocked_by: p.blocked_by,
                 })
             })
@@ -665,10 +667,10 @@ impl Ledger for LedgerService {
         }
         if want_results {
             if let Some(s) = subject {
-                for h in effective(store.index().ledger_heads(&ns, &s)?, "", "", "") {
+                for h in effective(store.index().ledger_heads(&ns, &s)?, "", "", "")? {
                     if stage.is_empty() || h.stage == stage {
                         initial.push(WatchEvent {
-                            event: Some(watch_event::Event::StageRecorded(to_proto(&h)?)),
+                            event: Some(watch_event::Event::StageRecorded(h)),
                             initial: true,
                             ready: false,
                         });

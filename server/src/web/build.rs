@@ -144,7 +144,7 @@ async fn page_of_build(state: WebState, ns_text: &str, name: &str, q: Option<&st
             .iter()
             .map(|s| (s.name.clone(), s.depends_on.clone(), s.fingerprint.clone()))
             .collect();
-        match Graph::new(&defs) {
+        match Graph::new(defs) {
             Err(e) => {
                 let _ = write!(
                     body,
