@@ -2,13 +2,15 @@
 //! `Ledger.Record`), then `Ledger.Status` and `Ledger.Plan` over gRPC with 1, 16 and 64
 //! concurrent callers, each on its own connection, for a fixed time window.
 
+use crate::caller::{Caller, Verified};
 use crate::process::{Result, Server};
+use prost::Message;
 use serde::Serialize;
 use stagecache_client::stages::StageFile;
 use stagecache_client::Client;
 use stagecache_proto::v1::{
     Decision, PlanRequest, PlanResponse, RecordRequest, StageGraph, StageResult, StageStatus,
-    StatusRequest,
+    StatusRequest, StatusResponse,
 };
 use stagecache_proto::{Digest, Namespace};
 use stagecache_server::ledger::{self, RecordInput};
@@ -207,7 +209,9 @@ impl Call {
         matches!(self, Call::Record | Call::RecordBatch)
     }
 
-    async fn once(self, client: &Client, subject: Digest, graph: &StageGraph) -> Result<()> {
+    /// One write, through the real client (a write costs the server hundreds of
+    /// microseconds; the client's share does not matter there).
+    async fn write_once(self, client: &Client, subject: Digest) -> Result<()> {
         let success = |stage: String| RecordRequest {
             subject: Some(subject.to_proto()),
             stage,
@@ -230,28 +234,129 @@ impl Call {
                     return Err(format!("record batch answered {} results", r.len()).into());
                 }
             }
-            Call::Status => {
-                let r = client
-                    .stage_status(StatusRequest {
-                        subject: Some(subject.to_proto()),
-                        ..Default::default()
-                    })
-                    .await?;
-                check_status(subject, &r)?;
-            }
-            Call::Plan => {
-                let r = client
-                    .plan(PlanRequest {
-                        subject: Some(subject.to_proto()),
-                        graph: Some(graph.clone()),
-                        ..Default::default()
-                    })
-                    .await?;
-                check_plan(subject, graph, &r)?;
+            Call::Status | Call::Plan => {
+                return Err(format!("{} is not a write", self.name()).into())
             }
         }
         Ok(())
     }
+
+    /// One read of the fill's subject number `s`, through the lean caller; its answer
+    /// checked against the fill.
+    async fn read_once(
+        self,
+        caller: &mut Caller,
+        reads: &Reads,
+        s: usize,
+        verified: &Verified,
+    ) -> Result<()> {
+        let subject = subject(s);
+        match self {
+            Call::Status => {
+                let answer = caller
+                    .unary("/stagecache.v1.Ledger/Status", reads.request(self, subject))
+                    .await?;
+                verified.check(s, answer, |a| {
+                    check_status(subject, &StatusResponse::decode(a.clone())?.results)
+                })
+            }
+            Call::Plan => {
+                let answer = caller
+                    .unary("/stagecache.v1.Ledger/Plan", reads.request(self, subject))
+                    .await?;
+                verified.check(s, answer, |a| {
+                    check_plan(subject, &reads.graph, &PlanResponse::decode(a.clone())?)
+                })
+            }
+            Call::Record | Call::RecordBatch => {
+                Err(format!("{} is not a read", self.name()).into())
+            }
+        }
+    }
+}
+
+/// The fixed part of each read's request, encoded once: the namespace, and a plan's
+/// graph.
+pub struct Reads {
+    graph: StageGraph,
+    status: bytes::Bytes,
+    plan: bytes::Bytes,
+}
+
+impl Reads {
+    pub fn new(graph: StageGraph) -> Reads {
+        let status = StatusRequest {
+            namespace: crate::NAMESPACE.into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into();
+        let plan = PlanRequest {
+            namespace: crate::NAMESPACE.into(),
+            graph: Some(graph.clone()),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into();
+        Reads {
+            graph,
+            status,
+            plan,
+        }
+    }
+
+    /// The encoded request of a read of `subject`, in its gRPC frame. Protobuf fields may
+    /// come in any order, and two encoded messages one after the other decode as one: it
+    /// is the call's fixed fields, then the subject (field 2 of both StatusRequest and
+    /// PlanRequest).
+    fn request(&self, call: Call, subject: Digest) -> bytes::Bytes {
+        let fixed = match call {
+            Call::Plan => &self.plan,
+            _ => &self.status,
+        };
+        let only_subject = StatusRequest {
+            subject: Some(subject.to_proto()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        crate::caller::frame(&[fixed, &only_subject])
+    }
+}
+
+/// How one load caller calls: reads through the lean caller, writes through the client.
+enum Conn {
+    Client(Box<Client>),
+    Lean(Caller),
+}
+
+/// Callers of [`prime`].
+const PRIME_CALLERS: usize = 16;
+
+/// Reads every subject of the fill once (Status; every answer checked), so that a server
+/// just started holds in its heads cache what a long-running one would: the figures then
+/// measure its steady state, not its first reads (which the cache-off figures measure on
+/// their own). Returns how long it took.
+pub async fn prime(server: &Server, subjects: usize) -> Result<Duration> {
+    let t = Instant::now();
+    let reads = std::sync::Arc::new(Reads::new(graph()));
+    let verified = std::sync::Arc::new(Verified::default());
+    let mut tasks = Vec::with_capacity(PRIME_CALLERS);
+    for c in 0..PRIME_CALLERS {
+        let mut caller = Caller::connect(&server.url, server.token(), c).await?;
+        let (reads, verified) = (reads.clone(), verified.clone());
+        tasks.push(tokio::spawn(async move {
+            for s in (c..subjects).step_by(PRIME_CALLERS) {
+                Call::Status
+                    .read_once(&mut caller, &reads, s, &verified)
+                    .await?;
+            }
+            Ok::<_, crate::process::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t.elapsed())
 }
 
 /// Latency and throughput of one call with a number of concurrent callers.
@@ -282,6 +387,11 @@ pub struct LoadFigure {
     pub server_cpu_us_per_call: f64,
     /// Cores the server kept busy during the window.
     pub server_cores: f64,
+    /// The load generator's own CPU per call in the window, microseconds (the bench
+    /// process: its callers and the checks of their answers). It shares the machine's
+    /// cores with the server.
+    #[serde(default)]
+    pub load_cpu_us_per_call: f64,
 }
 
 /// The `p` quantile in milliseconds, interpolated between the two nearest ranks (so p50
@@ -303,18 +413,23 @@ pub async fn load(
     window: Duration,
     stored: Option<Digest>,
 ) -> Result<LoadFigure> {
-    let graph = graph();
-    let mut clients = Vec::with_capacity(callers);
-    for _ in 0..callers {
-        clients.push(server.client().await?);
+    let reads = std::sync::Arc::new(Reads::new(graph()));
+    let verified = std::sync::Arc::new(Verified::default());
+    let mut conns = Vec::with_capacity(callers);
+    for c in 0..callers {
+        conns.push(if call.writes() {
+            Conn::Client(Box::new(server.client().await?))
+        } else {
+            Conn::Lean(Caller::connect(&server.url, server.token(), c).await?)
+        });
     }
     let warm_until = Instant::now() + window / 5;
     let end = warm_until + window;
-    let tasks: Vec<_> = clients
+    let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(c, client)| {
-            let graph = graph.clone();
+        .map(|(c, mut conn)| {
+            let (reads, verified) = (reads.clone(), verified.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut i = 0usize;
@@ -325,13 +440,17 @@ pub async fn load(
                     if now >= end && (!lat.is_empty() || now >= end + window * 20) {
                         break;
                     }
-                    // Writes go to a subject the server stores; reads to the fill's.
-                    let subj = match stored {
-                        Some(d) if call.writes() => d,
-                        _ => subject((c * 104_729 + i * 7_919) % subjects),
-                    };
+                    // Reads ask about the fill's subjects in a spread order; writes go
+                    // to a subject the server stores.
+                    let s = (c * 104_729 + i * 7_919) % subjects;
                     i += 1;
-                    call.once(&client, subj, &graph).await?;
+                    match &mut conn {
+                        Conn::Lean(caller) => call.read_once(caller, &reads, s, &verified).await?,
+                        Conn::Client(client) => {
+                            let subj = stored.ok_or("a write needs a stored subject")?;
+                            call.write_once(client, subj).await?
+                        }
+                    }
                     if now >= warm_until {
                         lat.push(now.elapsed());
                     }
@@ -341,9 +460,10 @@ pub async fn load(
         })
         .collect();
     tokio::time::sleep_until(warm_until.into()).await;
-    let cpu_start = server.cpu_seconds()?;
+    let (cpu_start, load_start) = (server.cpu_seconds()?, crate::process::own_cpu_seconds());
     tokio::time::sleep_until(end.into()).await;
     let server_cpu = server.cpu_seconds()? - cpu_start;
+    let load_cpu = crate::process::own_cpu_seconds() - load_start;
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await??);
@@ -365,13 +485,43 @@ pub async fn load(
         calls_per_s: all.len() as f64 / window.as_secs_f64(),
         server_cpu_us_per_call: server_cpu / all.len() as f64 * 1e6,
         server_cores: server_cpu / window.as_secs_f64(),
+        load_cpu_us_per_call: load_cpu / all.len() as f64 * 1e6,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caller::unframe;
     use stagecache_proto::v1::StagePlan;
+
+    #[test]
+    fn a_read_request_is_its_fixed_fields_then_the_subject() {
+        // What the server decodes from the lean caller's bytes: the whole request.
+        let reads = Reads::new(graph());
+        let s = subject(7);
+        let status =
+            StatusRequest::decode(unframe("/s", reads.request(Call::Status, s)).unwrap()).unwrap();
+        assert_eq!(
+            status,
+            StatusRequest {
+                namespace: crate::NAMESPACE.into(),
+                subject: Some(s.to_proto()),
+                ..Default::default()
+            }
+        );
+        let plan =
+            PlanRequest::decode(unframe("/p", reads.request(Call::Plan, s)).unwrap()).unwrap();
+        assert_eq!(
+            plan,
+            PlanRequest {
+                namespace: crate::NAMESPACE.into(),
+                subject: Some(s.to_proto()),
+                graph: Some(graph()),
+                ..Default::default()
+            }
+        );
+    }
 
     #[test]
     fn percentiles_interpolate_between_ranks() {

@@ -16,6 +16,7 @@
 //!
 //! Transfer figures are medians of `--runs` runs after one warm-up run.
 
+mod caller;
 mod gc;
 mod ledger;
 mod peers;
@@ -625,6 +626,7 @@ impl Bench {
             token,
         )
         .await?;
+        ledger::prime(&server, subjects).await?;
         let mut figures = Vec::new();
         for &n in callers {
             for call in [ledger::Call::Status, ledger::Call::Plan] {
@@ -657,6 +659,11 @@ impl Bench {
             )
             .into());
         }
+        let primed = ledger::prime(&server, subjects).await?;
+        eprintln!(
+            "ledger: every subject read once in {:.1} s (the heads cache filled)",
+            primed.as_secs_f64()
+        );
         let window = Duration::from_secs_f64(self.args.ledger_seconds);
         let mut figures = Vec::new();
         for &callers in &self.args.callers {
@@ -701,6 +708,7 @@ impl Bench {
         // metrics and the cache, all see the ledger as the fill left it (no flush or compaction of
         // the writes' records running under them).
         let server = Server::start(&self.bins, &dir, &self.log("server-ledger")).await?;
+        ledger::prime(&server, subjects).await?;
         for &callers in &extremes {
             for call in [ledger::Call::Status, ledger::Call::Plan] {
                 eprintln!("ledger: {} with {callers} callers, again ...", call.name());

@@ -177,6 +177,16 @@ impl Bins {
 }
 
 /// A `stagecache-server` process on a loopback port the kernel chose.
+/// CPU (user + system) this process, the bench, has used so far, in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value; getrusage
+    // fills the struct it is given and RUSAGE_SELF has no preconditions.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 pub struct Server {
     child: Child,
     pub url: String,
@@ -292,6 +302,11 @@ impl Server {
             config.token = Some(stagecache_client::Secret::new("token", t)?);
         }
         Ok(Client::connect(config).await?)
+    }
+
+    /// The token its callers send, if it was started with auth.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn has_token(&self) -> bool {

@@ -502,8 +502,8 @@ impl Results {
                     target,
                     met: judged.then_some(met),
                     cpu: format!(
-                        "server {:.0} us/call, {:.2} cores",
-                        f.server_cpu_us_per_call, f.server_cores
+                        "server {:.0} us/call, {:.2} cores; load {:.0} us/call",
+                        f.server_cpu_us_per_call, f.server_cores, f.load_cpu_us_per_call
                     ),
                 });
             }
@@ -806,6 +806,7 @@ mod tests {
             calls_per_s,
             server_cpu_us_per_call: 150.0,
             server_cores: 0.45,
+            load_cpu_us_per_call: 40.0,
         }
     }
 

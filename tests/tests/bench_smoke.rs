@@ -250,7 +250,7 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
             ("record_batch", 1, ""),
         ]
     );
-    let mut server_cpu_s = 0.0;
+    let (mut server_cpu_s, mut load_cpu_s) = (0.0, 0.0);
     for f in ledger {
         let (p50, p99) = (f["p50_ms"].as_f64().unwrap(), f["p99_ms"].as_f64().unwrap());
         let calls = f["calls"].as_u64().unwrap();
@@ -259,10 +259,14 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
         let per_call = f["server_cpu_us_per_call"].as_f64().unwrap();
         assert!(per_call >= 0.0, "{f}");
         server_cpu_s += per_call * calls as f64 / 1e6;
+        let load_per_call = f["load_cpu_us_per_call"].as_f64().unwrap();
+        assert!(load_per_call >= 0.0, "{f}");
+        load_cpu_s += load_per_call * calls as f64 / 1e6;
     }
     // The server process really worked: its own /proc CPU counters moved over 1.2 s of
-    // back-to-back calls.
+    // back-to-back calls; and so did the load generator (the bench's own rusage).
     assert!(server_cpu_s > 0.0, "{ledger:?}");
+    assert!(load_cpu_s > 0.0, "{ledger:?}");
 
     // A verdict on every ledger row, whatever the caller counts, consistent with its
     // figures.
