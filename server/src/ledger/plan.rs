@@ -265,7 +265,8 @@ pub fn plan_from_heads(
     force: &[String],
     heads: Vec<stagecache_proto::records::StageResultRecord>,
 ) -> Result<Vec<StagePlan<stagecache_proto::records::StageResultRecord>>, ServerError> {
-    // The stage-level lines (target ""), sorted by stage name for a binary search.
+    // The stage-level lines (target ""), sorted by stage name for a binary search: one
+    // per stage, as a subject has one head per (stage, target) line.
     let mut heads: Vec<(String, Option<stagecache_proto::records::StageResultRecord>)> = heads
         .into_iter()
         .filter(|h| h.target.is_empty())

@@ -667,14 +667,19 @@ impl Ledger for LedgerService {
         }
         if want_results {
             if let Some(s) = subject {
-                for h in effective(store.index().ledger_heads(&ns, &s)?, "", "", "")? {
-                    if stage.is_empty() || h.stage == stage {
-                        initial.push(WatchEvent {
-                            event: Some(watch_event::Event::StageRecorded(h)),
-                            initial: true,
-                            ready: false,
-                        });
-                    }
+                // Every target of the stage (or every line): converted only once chosen.
+                let heads = store
+                    .index()
+                    .ledger_heads(&ns, &s)?
+                    .into_iter()
+                    .filter(|h| stage.is_empty() || h.stage == stage)
+                    .collect();
+                for h in effective(heads, "", "", "")? {
+                    initial.push(WatchEvent {
+                        event: Some(watch_event::Event::StageRecorded(h)),
+                        initial: true,
+                        ready: false,
+                    });
                 }
             }
         }
