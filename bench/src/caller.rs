@@ -6,9 +6,10 @@
 //! buffer task, hyper's dispatch task, then h2) and a full protobuf decode of every
 //! answer, a caller cost about as much CPU per call as the server answering it, so half of
 //! the machine went to generating the load. A deployment's callers run on their own
-//! machines. The server sees the same requests either way: the same protobuf bodies, the
-//! same `grpc-timeout`, `x-request-id` and `authorization` headers the real client sends,
-//! one connection per caller.
+//! machines. The server sees the same requests either way: the bytes of the real client's
+//! protobuf bodies (`ledger::Reads` checks that in a test), its HTTP/2 settings, the
+//! `grpc-timeout`, `x-request-id` and `authorization` headers it sends, one connection per
+//! caller.
 //!
 //! Every answer is still checked: see [`Verified`].
 
@@ -17,6 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Uri};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// One caller: its own TCP connection and HTTP/2 session.
@@ -29,9 +31,15 @@ pub struct Caller {
     calls: u64,
 }
 
-/// The `grpc-timeout` the real client sends with every unary call (its default request
-/// timeout, 300 s): the server arms a deadline for it either way.
-const GRPC_TIMEOUT: &str = "300S";
+/// The `grpc-timeout` the real client sends with every unary call: its default request
+/// timeout, 300 s, as tonic writes it (the finest unit in at most 8 digits). The server
+/// arms a deadline for it either way.
+const GRPC_TIMEOUT: &str = "300000m";
+/// A user agent as long as the real client's (`tonic/0.14.9`), which the server does not read.
+const USER_AGENT: &str = "stagecache/bench";
+/// How long this caller waits for one answer before it gives up with an error (the
+/// server's own deadline above is longer than any measurement).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Caller {
     /// Connects to `url` (`http://host:port`; the bench's servers have no TLS).
@@ -44,9 +52,11 @@ impl Caller {
         let tcp = TcpStream::connect(&authority).await?;
         // As the real client: small answers must not wait out Nagle.
         tcp.set_nodelay(true)?;
+        // The real client's HTTP/2 settings (`Client::connect`).
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(8 * 1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
+            .max_frame_size(stagecache_proto::CHUNK_BYTES as u32 + 64 * 1024)
             .handshake::<_, Bytes>(tcp)
             .await?;
         tokio::spawn(async move {
@@ -71,6 +81,12 @@ impl Caller {
     /// protobuf in its gRPC frame ([`frame`]); returns the answer's encoded message. A
     /// status other than OK is an error naming the code and message.
     pub async fn unary(&mut self, path: &str, framed: Bytes) -> Result<Bytes> {
+        tokio::time::timeout(CALL_TIMEOUT, self.call(path, framed))
+            .await
+            .map_err(|_| format!("{path}: no answer within {CALL_TIMEOUT:?}"))?
+    }
+
+    async fn call(&mut self, path: &str, framed: Bytes) -> Result<Bytes> {
         self.calls += 1;
         let uri: Uri = format!("http://{}{path}", self.authority).parse()?;
         let mut req = Request::builder()
@@ -78,6 +94,7 @@ impl Caller {
             .uri(uri)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
+            .header("user-agent", USER_AGENT)
             .header("grpc-timeout", GRPC_TIMEOUT)
             .header("x-request-id", format!("{}-{}", self.id_prefix, self.calls));
         if let Some(a) = &self.authorization {
@@ -95,20 +112,26 @@ impl Caller {
         // A failed call may come as headers alone ("trailers-only").
         if head.headers.contains_key("grpc-status") {
             check_status(path, &head.headers)?;
+            return Err(format!("{path}: answered OK in headers alone, without a message").into());
         }
-        // Most answers come in one DATA frame: kept as it came, copied only when split.
-        let mut answer = Bytes::new();
+        // Most answers come in one DATA frame: kept as it came, joined only when split.
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
         while let Some(data) = body.data().await {
             let data = data?;
             let _ = body.flow_control().release_capacity(data.len());
-            answer = if answer.is_empty() {
-                data
-            } else {
-                let mut joined = BytesMut::from(&answer[..]);
-                joined.extend_from_slice(&data);
-                joined.freeze()
-            };
+            chunks.push(data);
         }
+        let answer = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one"),
+            _ => {
+                let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                for c in &chunks {
+                    joined.extend_from_slice(c);
+                }
+                joined.freeze()
+            }
+        };
         let trailers = body
             .trailers()
             .await?

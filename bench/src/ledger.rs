@@ -43,11 +43,9 @@ fn subject(i: usize) -> Digest {
     Digest::of_bytes(format!("subject {i}").as_bytes())
 }
 
-/// Fills `data_dir` with about `attempts` attempts: subjects x 20 lines (every stage of
-/// the graph, plus per-account publishing lines) x 3 attempts (5 records). Returns the
-/// subject count.
-pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
-    let graph = graph();
+/// The (stage, target) lines the fill gives every subject: each stage of `graph`, then
+/// per-account publishing lines up to [`LINES_PER_SUBJECT`].
+fn fill_lines(graph: &StageGraph) -> Vec<(String, String)> {
     let mut lines: Vec<(String, String)> = graph
         .stages
         .iter()
@@ -58,6 +56,14 @@ pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
         account += 1;
         lines.push(("Publish Signed Assets".into(), format!("account-{account}")));
     }
+    lines
+}
+
+/// Fills `data_dir` with about `attempts` attempts: subjects x 20 lines (every stage of
+/// the graph, plus per-account publishing lines) x 3 attempts (5 records). Returns the
+/// subject count.
+pub fn fill(data_dir: &Path, attempts: usize) -> Result<usize> {
+    let lines = fill_lines(&graph());
     let subjects = (attempts / ATTEMPTS_PER_SUBJECT).max(1);
     let store = Store::open(data_dir, None)?;
     let ns = Namespace::parse("namespace", crate::NAMESPACE)?;
@@ -110,17 +116,37 @@ fn final_status(stage: &str, target: &str) -> StageStatus {
     }
 }
 
-/// Checks a Status reply against the fill: every line, each at its third attempt and in
-/// the status the fill left it.
-fn check_status(subject: Digest, lines: &[StageResult]) -> Result<()> {
-    if lines.len() != LINES_PER_SUBJECT {
-        return Err(format!(
-            "status of {subject}: {} lines, expected {LINES_PER_SUBJECT}",
-            lines.len()
-        )
-        .into());
+/// Checks a Status reply against the fill: exactly the subject's lines (`sorted_lines`,
+/// the fill's (stage, target) pairs in order), each of this subject, at its third attempt
+/// and in the status the fill left it.
+fn check_status(
+    subject: Digest,
+    sorted_lines: &[(String, String)],
+    lines: &[StageResult],
+) -> Result<()> {
+    let mut got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l.stage.as_str(), l.target.as_str()))
+        .collect();
+    got.sort_unstable();
+    let expected: Vec<(&str, &str)> = sorted_lines
+        .iter()
+        .map(|(s, t)| (s.as_str(), t.as_str()))
+        .collect();
+    if got != expected {
+        return Err(
+            format!("status of {subject}: lines {got:?}, the fill wrote {expected:?}").into(),
+        );
     }
+    let proto = subject.to_proto();
     for l in lines {
+        if l.subject.as_ref() != Some(&proto) {
+            return Err(format!(
+                "status of {subject}: {:?} target {:?} is a line of subject {:?}",
+                l.stage, l.target, l.subject
+            )
+            .into());
+        }
         let expected = final_status(&l.stage, &l.target);
         if l.status != expected as i32 || l.attempt != ATTEMPTS_PER_LINE as u32 {
             return Err(format!(
@@ -163,15 +189,19 @@ fn check_plan(subject: Digest, graph: &StageGraph, plan: &PlanResponse) -> Resul
         )
         .into());
     }
+    let proto = subject.to_proto();
     let wrong_attempt = plan.stages.iter().find(|s| {
         s.decision == Decision::Skip as i32
-            && s.succeeded.as_ref().map(|r| r.attempt) != Some(ATTEMPTS_PER_LINE as u32)
+            && s.succeeded
+                .as_ref()
+                .map(|r| (r.attempt, r.subject.as_ref(), r.stage.as_str()))
+                != Some((ATTEMPTS_PER_LINE as u32, Some(&proto), s.name.as_str()))
     });
     if let Some(s) = wrong_attempt {
         return Err(format!(
-            "plan of {subject}: {:?} skips on {:?}, the fill's success is attempt {ATTEMPTS_PER_LINE}",
+            "plan of {subject}: {:?} skips on {:?}, the fill's success is its own, of this subject, at attempt {ATTEMPTS_PER_LINE}",
             s.name,
-            s.succeeded.as_ref().map(|r| r.attempt)
+            s.succeeded
         )
         .into());
     }
@@ -257,7 +287,8 @@ impl Call {
                     .unary("/stagecache.v1.Ledger/Status", reads.request(self, subject))
                     .await?;
                 verified.check(s, answer, |a| {
-                    check_status(subject, &StatusResponse::decode(a.clone())?.results)
+                    let r = StatusResponse::decode(a.clone())?;
+                    check_status(subject, &reads.sorted_lines, &r.results)
                 })
             }
             Call::Plan => {
@@ -275,51 +306,55 @@ impl Call {
     }
 }
 
-/// The fixed part of each read's request, encoded once: the namespace, and a plan's
-/// graph.
+/// What the reads send and expect, prepared once: the encoded fields of each request but
+/// the subject, the graph, and the fill's lines.
 pub struct Reads {
     graph: StageGraph,
-    status: bytes::Bytes,
-    plan: bytes::Bytes,
+    /// The fill's (stage, target) lines of every subject, sorted.
+    sorted_lines: Vec<(String, String)>,
+    /// Field 1 of both StatusRequest and PlanRequest, encoded: the namespace.
+    namespace: Vec<u8>,
+    /// Field 3 of PlanRequest, encoded: the graph.
+    plan_graph: Vec<u8>,
 }
 
 impl Reads {
     pub fn new(graph: StageGraph) -> Reads {
-        let status = StatusRequest {
+        let namespace = StatusRequest {
             namespace: crate::NAMESPACE.into(),
             ..Default::default()
         }
-        .encode_to_vec()
-        .into();
-        let plan = PlanRequest {
-            namespace: crate::NAMESPACE.into(),
+        .encode_to_vec();
+        let plan_graph = PlanRequest {
             graph: Some(graph.clone()),
             ..Default::default()
         }
-        .encode_to_vec()
-        .into();
+        .encode_to_vec();
+        let mut sorted_lines = fill_lines(&graph);
+        sorted_lines.sort_unstable();
         Reads {
             graph,
-            status,
-            plan,
+            sorted_lines,
+            namespace,
+            plan_graph,
         }
     }
 
-    /// The encoded request of a read of `subject`, in its gRPC frame. Protobuf fields may
-    /// come in any order, and two encoded messages one after the other decode as one: it
-    /// is the call's fixed fields, then the subject (field 2 of both StatusRequest and
-    /// PlanRequest).
+    /// The encoded request of a read of `subject`, in its gRPC frame: the bytes the real
+    /// client sends. An encoded message is its fields one after the other, in field order
+    /// (prost's): the namespace (1), the subject (2; the same field in both requests),
+    /// and for a plan the graph (3).
     fn request(&self, call: Call, subject: Digest) -> bytes::Bytes {
-        let fixed = match call {
-            Call::Plan => &self.plan,
-            _ => &self.status,
-        };
         let only_subject = StatusRequest {
             subject: Some(subject.to_proto()),
             ..Default::default()
         }
         .encode_to_vec();
-        crate::caller::frame(&[fixed, &only_subject])
+        let graph: &[u8] = match call {
+            Call::Plan => &self.plan_graph,
+            _ => &[],
+        };
+        crate::caller::frame(&[&self.namespace, &only_subject, graph])
     }
 }
 
@@ -496,31 +531,52 @@ mod tests {
     use stagecache_proto::v1::StagePlan;
 
     #[test]
-    fn a_read_request_is_its_fixed_fields_then_the_subject() {
-        // What the server decodes from the lean caller's bytes: the whole request.
+    fn a_read_request_is_the_bytes_the_real_client_sends() {
         let reads = Reads::new(graph());
         let s = subject(7);
-        let status =
-            StatusRequest::decode(unframe("/s", reads.request(Call::Status, s)).unwrap()).unwrap();
-        assert_eq!(
-            status,
-            StatusRequest {
-                namespace: crate::NAMESPACE.into(),
+        let status = StatusRequest {
+            namespace: crate::NAMESPACE.into(),
+            subject: Some(s.to_proto()),
+            ..Default::default()
+        };
+        let sent = unframe("/s", reads.request(Call::Status, s)).unwrap();
+        assert_eq!(sent, status.encode_to_vec());
+        let plan = PlanRequest {
+            namespace: crate::NAMESPACE.into(),
+            subject: Some(s.to_proto()),
+            graph: Some(graph()),
+            ..Default::default()
+        };
+        let sent = unframe("/p", reads.request(Call::Plan, s)).unwrap();
+        assert_eq!(sent, plan.encode_to_vec());
+    }
+
+    #[test]
+    fn a_status_is_checked_line_by_line_against_the_fill() {
+        let reads = Reads::new(graph());
+        let s = subject(3);
+        let lines: Vec<StageResult> = fill_lines(&graph())
+            .into_iter()
+            .map(|(stage, target)| StageResult {
                 subject: Some(s.to_proto()),
+                status: final_status(&stage, &target) as i32,
+                attempt: ATTEMPTS_PER_LINE as u32,
+                stage,
+                target,
                 ..Default::default()
-            }
-        );
-        let plan =
-            PlanRequest::decode(unframe("/p", reads.request(Call::Plan, s)).unwrap()).unwrap();
-        assert_eq!(
-            plan,
-            PlanRequest {
-                namespace: crate::NAMESPACE.into(),
-                subject: Some(s.to_proto()),
-                graph: Some(graph()),
-                ..Default::default()
-            }
-        );
+            })
+            .collect();
+        check_status(s, &reads.sorted_lines, &lines).unwrap();
+        // Another subject's lines, one line twice instead of another, a wrong attempt:
+        // each refused.
+        assert!(check_status(subject(4), &reads.sorted_lines, &lines).is_err());
+        let mut twice = lines.clone();
+        twice[1] = twice[0].clone();
+        assert!(check_status(s, &reads.sorted_lines, &twice).is_err());
+        let mut attempt = lines.clone();
+        attempt[5].attempt = 2;
+        assert!(check_status(s, &reads.sorted_lines, &attempt).is_err());
+        assert!(check_status(s, &reads.sorted_lines, &lines[1..]).is_err());
     }
 
     #[test]
@@ -533,7 +589,7 @@ mod tests {
         assert_eq!(percentile(&ms(&[7]), 0.99), 7.0);
     }
 
-    fn reply(graph: &StageGraph, decide: impl Fn(&str) -> Decision) -> PlanResponse {
+    fn reply(graph: &StageGraph, of: Digest, decide: impl Fn(&str) -> Decision) -> PlanResponse {
         PlanResponse {
             stages: graph
                 .stages
@@ -544,6 +600,8 @@ mod tests {
                         name: s.name.clone(),
                         decision: decision as i32,
                         succeeded: (decision == Decision::Skip).then(|| StageResult {
+                            subject: Some(of.to_proto()),
+                            stage: s.name.clone(),
                             attempt: ATTEMPTS_PER_LINE as u32,
                             ..Default::default()
                         }),
@@ -566,12 +624,17 @@ mod tests {
                 Decision::Skip
             }
         };
-        check_plan(s, &g, &reply(&g, right)).unwrap();
+        check_plan(s, &g, &reply(&g, s, right)).unwrap();
         // The right number of stages is not enough.
-        assert!(check_plan(s, &g, &reply(&g, |_| Decision::Skip)).is_err());
-        assert!(check_plan(s, &g, &reply(&g, |_| Decision::Run)).is_err());
-        let mut wrong_attempt = reply(&g, right);
+        assert!(check_plan(s, &g, &reply(&g, s, |_| Decision::Skip)).is_err());
+        assert!(check_plan(s, &g, &reply(&g, s, |_| Decision::Run)).is_err());
+        let mut wrong_attempt = reply(&g, s, right);
         wrong_attempt.stages[0].succeeded.as_mut().unwrap().attempt = 1;
         assert!(check_plan(s, &g, &wrong_attempt).is_err());
+        // Another subject's successes, or another stage's, are not this plan's.
+        assert!(check_plan(s, &g, &reply(&g, subject(1), right)).is_err());
+        let mut other_stage = reply(&g, s, right);
+        other_stage.stages[0].succeeded.as_mut().unwrap().stage = "elsewhere".into();
+        assert!(check_plan(s, &g, &other_stage).is_err());
     }
 }

@@ -176,7 +176,6 @@ impl Bins {
     }
 }
 
-/// A `stagecache-server` process on a loopback port the kernel chose.
 /// CPU (user + system) this process, the bench, has used so far, in seconds.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: rusage is plain integers, for which all zeroes is a valid value; getrusage
@@ -187,6 +186,7 @@ pub fn own_cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
+/// A `stagecache-server` process on a loopback port the kernel chose.
 pub struct Server {
     child: Child,
     pub url: String,
