@@ -111,7 +111,7 @@ impl Caller {
         }
         // A failed call may come as headers alone ("trailers-only").
         if head.headers.contains_key("grpc-status") {
-            check_status(path, &head.headers)?;
+            check_grpc_status(path, &head.headers)?;
             return Err(format!("{path}: answered OK in headers alone, without a message").into());
         }
         // Most answers come in one DATA frame: kept as it came, joined only when split.
@@ -136,7 +136,7 @@ impl Caller {
             .trailers()
             .await?
             .ok_or_else(|| format!("{path}: the answer ended without trailers"))?;
-        check_status(path, &trailers)?;
+        check_grpc_status(path, &trailers)?;
         unframe(path, answer)
     }
 }
@@ -175,7 +175,7 @@ pub fn unframe(path: &str, mut body: Bytes) -> Result<Bytes> {
     Ok(body)
 }
 
-fn check_status(path: &str, headers: &http::HeaderMap) -> Result<()> {
+fn check_grpc_status(path: &str, headers: &http::HeaderMap) -> Result<()> {
     let code = headers
         .get("grpc-status")
         .ok_or_else(|| format!("{path}: no grpc-status in the trailers"))?;
@@ -272,15 +272,15 @@ mod tests {
     #[test]
     fn a_failed_status_names_code_and_message() {
         let mut h = http::HeaderMap::new();
-        assert!(check_status("/x", &h).is_err());
+        assert!(check_grpc_status("/x", &h).is_err());
         h.insert("grpc-status", HeaderValue::from_static("0"));
-        check_status("/x", &h).unwrap();
+        check_grpc_status("/x", &h).unwrap();
         h.insert("grpc-status", HeaderValue::from_static("5"));
         h.insert(
             "grpc-message",
             HeaderValue::from_static("subject%20unknown"),
         );
-        let e = check_status("/x", &h).unwrap_err().to_string();
+        let e = check_grpc_status("/x", &h).unwrap_err().to_string();
         assert!(e.contains("\"5\"") && e.contains("subject"), "{e}");
     }
 }

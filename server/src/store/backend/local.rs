@@ -945,7 +945,18 @@ mod tests {
     }
 
     async fn read_all(b: &LocalBackend, name: &str, offset: u64, len: u64) -> Vec<u8> {
-        let mut s = b.read(name, offset, len, 3, None).await.unwrap();
+        read_chunks(b, name, offset, len, 3).await
+    }
+
+    /// [`read_all`] in chunks of about `chunk` bytes.
+    async fn read_chunks(
+        b: &LocalBackend,
+        name: &str,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+    ) -> Vec<u8> {
+        let mut s = b.read(name, offset, len, chunk, None).await.unwrap();
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
             out.extend_from_slice(&c.unwrap());
@@ -1114,18 +1125,7 @@ mod tests {
             .unwrap();
         assert!(b.set_direct_io(DIRECT_ALIGN as u64));
         let read = |offset: usize, n: usize, chunk: usize| {
-            let b = &b;
-            async move {
-                let mut s = b
-                    .read("cas/f", offset as u64, n as u64, chunk, None)
-                    .await
-                    .unwrap();
-                let mut out = Vec::new();
-                while let Some(c) = s.next().await {
-                    out.extend_from_slice(&c.unwrap());
-                }
-                out
-            }
+            read_chunks(&b, "cas/f", offset as u64, n as u64, chunk)
         };
         // Aligned and not, within a block and across several, to the end and short of it,
         // in chunks of any size.
