@@ -86,6 +86,14 @@ impl Caller {
             .map_err(|_| format!("{path}: no answer within {CALL_TIMEOUT:?}"))?
     }
 
+    /// The next call's `x-request-id`, sent as the real client sends it: a literal
+    /// outside the connection's HPACK table.
+    fn request_id(&self) -> Result<HeaderValue> {
+        let mut v = HeaderValue::from_str(&format!("{}-{}", self.id_prefix, self.calls))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
     async fn call(&mut self, path: &str, framed: Bytes) -> Result<Bytes> {
         self.calls += 1;
         let uri: Uri = format!("http://{}{path}", self.authority).parse()?;
@@ -96,7 +104,7 @@ impl Caller {
             .header("te", "trailers")
             .header("user-agent", USER_AGENT)
             .header("grpc-timeout", GRPC_TIMEOUT)
-            .header("x-request-id", format!("{}-{}", self.id_prefix, self.calls));
+            .header("x-request-id", self.request_id()?);
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a.clone());
         }

@@ -369,7 +369,10 @@ impl Client {
         let mut r = Request::new(msg);
         let (prefix, counter) = &*self.request_ids;
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(v) = format!("{prefix}-{n}").parse() {
+        if let Ok(mut v) = format!("{prefix}-{n}").parse::<tonic::metadata::MetadataValue<_>>() {
+            // A literal, outside the connection's HPACK table: each call's id is new, and
+            // indexing it would only evict the headers that repeat.
+            v.set_sensitive(true);
             r.metadata_mut().insert("x-request-id", v);
         }
         if let Some(token) = &self.config.token {

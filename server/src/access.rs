@@ -212,7 +212,11 @@ where
                 bytes_out: 0,
                 logged: false,
             };
-            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+            if let Ok(mut v) = http::HeaderValue::from_str(&request_id) {
+                // Sent as a literal, never added to the connection's HPACK table: every
+                // call's id is new, and indexing each one filled the table with ids,
+                // each answer's id compared against all of them first.
+                v.set_sensitive(true);
                 parts.headers.insert("x-request-id", v);
             }
             // A trailers-only response (an error before any message) has its code here.
