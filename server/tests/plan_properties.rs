@@ -91,7 +91,7 @@ fn check(c: &Case) {
             _ => {}
         }
         let force: Vec<String> = (0..n).filter(|&i| c.forced[i]).map(name).collect();
-        let known = |node: &stagecache_server::ledger::plan::StageNode| {
+        let known = |_: usize, node: &stagecache_server::ledger::plan::StageNode| {
             let i: usize = node.name["stage ".len()..].parse().unwrap();
             if c.succeeded[i] {
                 Known::Succeeded((), "in attempt 1".into())
@@ -109,9 +109,8 @@ fn check(c: &Case) {
                 1 if c.chosen.contains(&true) => c.chosen[i],
                 2 if c.chosen.contains(&true) => {
                     let from = (0..n).find(|&j| c.chosen[j]).unwrap();
-                    graph
-                        .downstream_of(graph.index_of(&name(from)).unwrap())
-                        .contains(&graph.index_of(&name(i)).unwrap())
+                    graph.downstream_of(graph.index_of(&name(from)).unwrap())
+                        [graph.index_of(&name(i)).unwrap()]
                 }
                 3 => !c.chosen[i],
                 _ => true,

@@ -8,7 +8,7 @@
 
 use crate::error::ServerError;
 use stagecache_proto::{quote, thousands};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Longest stage or target name, in bytes.
 pub const MAX_STAGE_NAME_BYTES: usize = 200;
@@ -143,13 +143,14 @@ impl Graph {
         })
     }
 
-    /// `name` and every stage that depends on it, directly or not.
-    pub fn downstream_of(&self, start: usize) -> HashSet<usize> {
-        let mut out = HashSet::from([start]);
+    /// By stage index: `start` and every stage that depends on it, directly or not.
+    pub fn downstream_of(&self, start: usize) -> Vec<bool> {
+        let mut out = vec![false; self.stages.len()];
+        out[start] = true;
         // Topological order guarantees dependencies are seen before dependents.
         for &i in &self.topo {
-            if self.stages[i].depends_on.iter().any(|d| out.contains(d)) {
-                out.insert(i);
+            if self.stages[i].depends_on.iter().any(|&d| out[d]) {
+                out[i] = true;
             }
         }
         out
@@ -265,20 +266,21 @@ pub fn plan_from_heads(
     force: &[String],
     heads: Vec<stagecache_proto::records::StageResultRecord>,
 ) -> Result<Vec<StagePlan<stagecache_proto::records::StageResultRecord>>, ServerError> {
-    // The stage-level lines (target ""), sorted by stage name for a binary search: one
-    // per stage, as a subject has one head per (stage, target) line.
-    let mut heads: Vec<(String, Option<stagecache_proto::records::StageResultRecord>)> = heads
-        .into_iter()
-        .filter(|h| h.target.is_empty())
-        .map(|h| (h.stage.clone(), Some(h)))
-        .collect();
-    heads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    // Each stage is asked about once (names are unique), so its head moves into the plan.
-    plan(graph, selection, force, |node| {
-        let head = heads
-            .binary_search_by(|(stage, _)| stage.as_str().cmp(&node.name))
-            .ok()
-            .and_then(|i| heads[i].1.take());
+    // The stage-level lines (target ""), placed at their stage's index in the graph: one
+    // per stage, as a subject has one head per (stage, target) line. Lines of stages the
+    // graph does not name are not asked about.
+    let mut by_stage: Vec<Option<stagecache_proto::records::StageResultRecord>> =
+        std::iter::repeat_with(|| None)
+            .take(graph.stages.len())
+            .collect();
+    for h in heads.into_iter().filter(|h| h.target.is_empty()) {
+        if let Some(i) = graph.index_of(&h.stage) {
+            by_stage[i] = Some(h);
+        }
+    }
+    // Each stage is asked about once, so its head moves into the plan.
+    plan(graph, selection, force, |i, node| {
+        let head = by_stage[i].take();
         match head {
             None => Known::Never,
             Some(h) if super::effective_success(&h, &node.fingerprint) => {
@@ -290,13 +292,13 @@ pub fn plan_from_heads(
     })
 }
 
-/// Decides every stage of `graph`. `known(stage)` says what the ledger holds for it.
-/// Returns the plan in the graph's order.
+/// Decides every stage of `graph`. `known(index, stage)` says what the ledger holds for
+/// the stage at that index of `graph.stages`. Returns the plan in the graph's order.
 pub fn plan<R: Clone>(
     graph: &Graph,
     selection: &Selection,
     force: &[String],
-    mut known: impl FnMut(&StageNode) -> Known<R>,
+    mut known: impl FnMut(usize, &StageNode) -> Known<R>,
 ) -> Result<Vec<StagePlan<R>>, ServerError> {
     let given = [
         !selection.only.is_empty(),
@@ -308,30 +310,29 @@ pub fn plan<R: Clone>(
             "selection: give at most one of only, from and skip".into(),
         ));
     }
-    let mut selected: HashSet<usize> = (0..graph.stages.len()).collect();
+    // By stage index: a plan is made on every call, for graphs of a few dozen stages.
+    let n = graph.stages.len();
+    let mut selected = vec![true; n];
     let selection_note;
     if !selection.only.is_empty() {
-        selected = selection
-            .only
-            .iter()
-            .enumerate()
-            .map(|(i, s)| graph.require(&format!("only[{i}]"), s))
-            .collect::<Result<_, _>>()?;
+        selected = vec![false; n];
+        for (i, s) in selection.only.iter().enumerate() {
+            selected[graph.require(&format!("only[{i}]"), s)?] = true;
+        }
         selection_note = "not selected (only)";
     } else if !selection.from.is_empty() {
         selected = graph.downstream_of(graph.require("from", &selection.from)?);
         selection_note = "not selected (before the from stage)";
     } else {
         for (i, s) in selection.skip.iter().enumerate() {
-            selected.remove(&graph.require(&format!("skip[{i}]"), s)?);
+            selected[graph.require(&format!("skip[{i}]"), s)?] = false;
         }
         selection_note = "not selected (skip)";
     }
-    let forced: HashSet<usize> = force
-        .iter()
-        .enumerate()
-        .map(|(i, s)| graph.require(&format!("force[{i}]"), s))
-        .collect::<Result<_, _>>()?;
+    let mut forced = vec![false; n];
+    for (i, s) in force.iter().enumerate() {
+        forced[graph.require(&format!("force[{i}]"), s)?] = true;
+    }
 
     let mut decided: Vec<Option<StagePlan<R>>> = vec![None; graph.stages.len()];
     // Stages that will run again although they succeeded before (forced), and everything
@@ -347,9 +348,9 @@ pub fn plan<R: Clone>(
                 }
             }
         }
-        let state = known(node);
+        let state = known(i, node);
         let succeeded_before = matches!(state, Known::Succeeded(..));
-        let is_forced = forced.contains(&i);
+        let is_forced = forced[i];
         let p = match (state, is_forced) {
             (Known::Succeeded(r, how), false) => {
                 let mut reason = format!("succeeded {how}");
@@ -383,7 +384,7 @@ pub fn plan<R: Clone>(
                     Known::Other(what) => what.clone(),
                     Known::Never => "never ran".to_string(),
                 };
-                if !selected.contains(&i) {
+                if !selected[i] {
                     StagePlan {
                         name: node.name.clone(),
                         decision: Decision::Blocked,
@@ -481,7 +482,7 @@ mod tests {
     #[test]
     fn forcing_does_not_force_dependents() {
         let g = graph(&[("sign", &[]), ("sbom", &["sign"]), ("publish", &["sbom"])]).unwrap();
-        let p = plan(&g, &Selection::default(), &["sign".into()], |_| {
+        let p = plan(&g, &Selection::default(), &["sign".into()], |_, _| {
             Known::Succeeded((), "in attempt 1".into())
         })
         .unwrap();
@@ -510,7 +511,7 @@ mod tests {
                 ..Default::default()
             },
             &[],
-            |_| Known::Never,
+            |_, _| Known::Never,
         )
         .unwrap();
         assert_eq!(
@@ -525,7 +526,7 @@ mod tests {
                 ..Default::default()
             },
             &[],
-            |n| {
+            |_, n| {
                 if n.name == "a" {
                     Known::Succeeded((), "x".into())
                 } else {
@@ -545,7 +546,7 @@ mod tests {
                 ..Default::default()
             },
             &[],
-            |_| Known::Never,
+            |_, _| Known::Never,
         )
         .unwrap_err();
         assert!(
