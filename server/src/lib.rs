@@ -11,6 +11,7 @@ pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod events;
 pub mod ledger;
