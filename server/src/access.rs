@@ -192,8 +192,16 @@ where
                 bytes: bytes_in.clone(),
             },
         );
-        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-            req.headers_mut().insert("x-request-id", v);
+        // One header for the service to read and the answer to carry back. The answer
+        // sends it as a literal, never added to the connection's HPACK table: every
+        // call's id is new, and indexing each one filled the table with ids, each
+        // answer's id compared against all of them first.
+        let id_header = http::HeaderValue::from_str(&request_id).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        if let Some(v) = &id_header {
+            req.headers_mut().insert("x-request-id", v.clone());
         }
         let note = Arc::new(CallNote::default());
         req.extensions_mut().insert(note.clone());
@@ -204,7 +212,7 @@ where
             let (mut parts, body) = response.into_parts();
             let mut line = Line {
                 method,
-                request_id: request_id.clone(),
+                request_id,
                 started,
                 caller: parts.extensions.get::<Arc<Principal>>().cloned(),
                 note,
@@ -212,11 +220,7 @@ where
                 bytes_out: 0,
                 logged: false,
             };
-            if let Ok(mut v) = http::HeaderValue::from_str(&request_id) {
-                // Sent as a literal, never added to the connection's HPACK table: every
-                // call's id is new, and indexing each one filled the table with ids,
-                // each answer's id compared against all of them first.
-                v.set_sensitive(true);
+            if let Some(v) = id_header {
                 parts.headers.insert("x-request-id", v);
             }
             // A trailers-only response (an error before any message) has its code here.

@@ -270,9 +270,7 @@ pub fn plan_from_heads(
     // per stage, as a subject has one head per (stage, target) line. Lines of stages the
     // graph does not name are not asked about.
     let mut by_stage: Vec<Option<stagecache_proto::records::StageResultRecord>> =
-        std::iter::repeat_with(|| None)
-            .take(graph.stages.len())
-            .collect();
+        vec![None; graph.stages.len()];
     for h in heads.into_iter().filter(|h| h.target.is_empty()) {
         if let Some(i) = graph.index_of(&h.stage) {
             by_stage[i] = Some(h);
@@ -334,10 +332,10 @@ pub fn plan<R: Clone>(
         forced[graph.require(&format!("force[{i}]"), s)?] = true;
     }
 
-    let mut decided: Vec<Option<StagePlan<R>>> = vec![None; graph.stages.len()];
+    let mut decided: Vec<Option<StagePlan<R>>> = vec![None; n];
     // Stages that will run again although they succeeded before (forced), and everything
     // that runs downstream of them: their successful dependents are stale but not forced.
-    let mut rerun_upstream: Vec<Vec<String>> = vec![Vec::new(); graph.stages.len()];
+    let mut rerun_upstream: Vec<Vec<String>> = vec![Vec::new(); n];
     for &i in &graph.topo {
         let node = &graph.stages[i];
         let mut upstream_rerun: Vec<String> = Vec::new();
