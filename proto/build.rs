@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Blob data as `Bytes`: chunks pass through without copies.
         .bytes(".stagecache.v1")
+        // Each message encoded into room reserved for its length (src/codec.rs).
+        .codec_path("crate::codec::ReservingCodec")
         .compile_fds(fds)?;
     Ok(())
 }

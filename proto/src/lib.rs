@@ -5,6 +5,7 @@
 //! This crate knows nothing of storage, RocksDB, networking or pipelines: it is plain
 //! functions and types, so both sides (and their tests) call the very same code.
 
+pub mod codec;
 pub mod digest;
 pub mod error;
 pub mod manifest;
