@@ -13,11 +13,6 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Transparent huge pages off for this process: with THP set to "always", the first
-    // touch of any 2 MiB of new memory clears all of it, and each buffer the allocator
-    // hands back to the kernel splits one (bench/RESULTS.md, "Huge pages off").
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     // One TLS crypto provider, chosen explicitly: with more than one compiled in, rustls
     // refuses to pick and its first use panics.

@@ -598,11 +598,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Transparent huge pages off for this process: with THP set to "always", the first
-    // touch of any 2 MiB of new memory clears all of it, and each buffer the allocator
-    // hands back to the kernel splits one (bench/RESULTS.md, "Huge pages off").
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
     use clap::{CommandFactory, FromArgMatches};
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
