@@ -83,6 +83,12 @@ pub struct Machine {
     pub memory_bytes: u64,
     pub cpu: String,
     pub kernel: String,
+    /// Transparent huge pages (`always`, `madvise` or `never`); empty when unknown.
+    pub thp: String,
+    /// A virtio balloon that reports free pages to the host: memory freed here goes back
+    /// to the host after a few seconds, and touching it again faults in the host as well,
+    /// so every figure that writes new pages (`cp -r` too) varies with what ran before.
+    pub free_page_reporting: bool,
 }
 
 impl Machine {
@@ -100,8 +106,30 @@ impl Machine {
             memory_bytes,
             cpu,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            thp: thp_mode(&read("/sys/kernel/mm/transparent_hugepage/enabled")),
+            free_page_reporting: std::fs::read_dir("/sys/bus/virtio/drivers/virtio_balloon")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| balloon_reports(&read(&format!("{}/features", d.path().display())))),
         }
     }
+}
+
+/// The chosen mode in `/sys/kernel/mm/transparent_hugepage/enabled` (`always [madvise]
+/// never` -> `madvise`).
+fn thp_mode(enabled: &str) -> String {
+    enabled
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(mode, _)| mode.to_string())
+        .unwrap_or_default()
+}
+
+/// Whether a virtio device's negotiated `features` (one `0`/`1` per bit, bit 0 first)
+/// include the balloon's free page reporting (`VIRTIO_BALLOON_F_REPORTING`, bit 5).
+fn balloon_reports(features: &str) -> bool {
+    features.trim().as_bytes().get(5) == Some(&b'1')
 }
 
 /// One measured run: wall time and, for CLI runs, the CPU seconds of CLI and server.
@@ -630,6 +658,19 @@ impl Results {
             },
             m.kernel
         );
+        if !m.thp.is_empty() || m.free_page_reporting {
+            let _ = writeln!(
+                out,
+                "memory: transparent huge pages {}{}",
+                if m.thp.is_empty() { "unknown" } else { &m.thp },
+                if m.free_page_reporting {
+                    "; the VM reports free pages to its host, so new memory (page cache \
+                     included) costs a host fault and figures vary with what ran before"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(b) = &self.config.blob_store {
             let _ = writeln!(out, "blob store: {b} (transfer, ledger and rebuild phases)");
         }
@@ -759,6 +800,17 @@ impl Results {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn machine_memory_facts_are_read_from_sysfs_text() {
+        assert_eq!(super::thp_mode("[always] madvise never\n"), "always");
+        assert_eq!(super::thp_mode("always [madvise] never"), "madvise");
+        assert_eq!(super::thp_mode(""), "");
+        // The balloon of the benchmark machine: stats, deflate on OOM, reporting.
+        assert!(super::balloon_reports("0110010100000000\n"));
+        assert!(!super::balloon_reports("0110000100000000"));
+        assert!(!super::balloon_reports("0110"));
+    }
+
     use super::*;
 
     #[test]
