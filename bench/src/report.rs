@@ -800,18 +800,18 @@ impl Results {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn machine_memory_facts_are_read_from_sysfs_text() {
-        assert_eq!(super::thp_mode("[always] madvise never\n"), "always");
-        assert_eq!(super::thp_mode("always [madvise] never"), "madvise");
-        assert_eq!(super::thp_mode(""), "");
+        assert_eq!(thp_mode("[always] madvise never\n"), "always");
+        assert_eq!(thp_mode("always [madvise] never"), "madvise");
+        assert_eq!(thp_mode(""), "");
         // The balloon of the benchmark machine: stats, deflate on OOM, reporting.
-        assert!(super::balloon_reports("0110010100000000\n"));
-        assert!(!super::balloon_reports("0110000100000000"));
-        assert!(!super::balloon_reports("0110"));
+        assert!(balloon_reports("0110010100000000\n"));
+        assert!(!balloon_reports("0110000100000000"));
+        assert!(!balloon_reports("0110"));
     }
-
-    use super::*;
 
     #[test]
     fn an_order_effect_cancels_out() {
