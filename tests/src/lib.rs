@@ -887,8 +887,20 @@ pub async fn register_and_fetch(
     for (path, data) in files {
         write_file(src.path(), path, data, false);
     }
+    register_dir_and_fetch(client, src.path(), ref_name)
+        .await
+        .manifest
+}
+
+/// Registers the tree under `src` as `ref_name` and fetches it back into a temp dir,
+/// checking the fetched tree is the same; returns what the register reported.
+pub async fn register_dir_and_fetch(
+    client: &Client,
+    src: &Path,
+    ref_name: &str,
+) -> stagecache_client::RegisterReport {
     let report = client
-        .register(src.path(), ref_name, &Default::default())
+        .register(src, ref_name, &Default::default())
         .await
         .expect("register");
     let out = tempfile::tempdir().expect("temp dir");
@@ -896,8 +908,8 @@ pub async fn register_and_fetch(
         .fetch(report.manifest, out.path(), &Default::default())
         .await
         .expect("fetch");
-    assert_same_tree(src.path(), out.path());
-    report.manifest
+    assert_same_tree(src, out.path());
+    report
 }
 
 /// The samples of a server's `/metrics` page (`http://ADDR`): `name{labels}` -> value.

@@ -9,6 +9,7 @@ use stagecache_proto::v1::{
     StageGraph, StageStatus,
 };
 use stagecache_proto::Digest;
+use stagecache_server::store::blobs::BlobStore;
 use stagecache_tests::{
     assert_same_tree, blob_missing, pseudo_random, run_cli, write_file, TestServer,
 };
@@ -468,7 +469,7 @@ async fn the_web_page_never_serves_a_damaged_file_whole() {
         ("small.bin", t.small, SMALL, 7),
         ("big.bin", t.big, BIG, BIG - 1),
     ] {
-        let object = format!("cas/{}/{}", &d.hash_hex()[..2], d.hash_hex());
+        let object = BlobStore::location(&d);
         let mut bytes = server.read_object(&object);
         bytes[at] ^= 0x55;
         server.overwrite_object(&object, bytes);
@@ -515,7 +516,7 @@ async fn a_periodic_scrub_finds_rot_nobody_reads() {
         .register(t.dir.path(), "bar/1", &Default::default())
         .await
         .unwrap();
-    let object = format!("cas/{}/{}", &t.batch.hash_hex()[..2], t.batch.hash_hex());
+    let object = BlobStore::location(&t.batch);
     let mut bytes = server.read_object(&object);
     bytes[12_345] ^= 0x55;
     server.overwrite_object(&object, bytes);

@@ -6,6 +6,7 @@ use stagecache_proto::v1::{
     BatchUploadItem, BatchUploadRequest, DownloadRequest, FindMissingRequest, UploadRequest,
 };
 use stagecache_proto::Digest;
+use stagecache_server::store::blobs::BlobStore;
 use stagecache_tests::{blob_missing, pseudo_random, ServerProcess};
 use tonic::Code;
 
@@ -171,10 +172,7 @@ async fn concurrent_uploads_of_one_blob_both_succeed() {
         h.await.unwrap().expect("every concurrent upload succeeds");
     }
     let files = server.blob_files();
-    assert_eq!(
-        files,
-        vec![format!("cas/{}/{}", &d.hash_hex()[..2], d.hash_hex())]
-    );
+    assert_eq!(files, vec![BlobStore::location(&d)]);
     server.stop().await;
 }
 

@@ -4,7 +4,10 @@ use stagecache_client::{FetchOptions, RegisterOptions};
 use stagecache_proto::v1::cas_client::CasClient;
 use stagecache_proto::v1::DownloadRequest;
 use stagecache_proto::Digest;
-use stagecache_tests::{assert_same_tree, pseudo_random, write_file, ServerProcess};
+use stagecache_server::store::blobs::BlobStore;
+use stagecache_tests::{
+    assert_same_tree, pseudo_random, register_dir_and_fetch, write_file, ServerProcess,
+};
 use std::collections::HashSet;
 
 fn small_tree(root: &std::path::Path, seed: u64) {
@@ -283,6 +286,49 @@ async fn data_survives_a_sigkill() {
     server.stop().await;
 }
 
+/// Identical small files that fall in different upload batches, and a large file and its
+/// copy, upload once each: the store holds one blob per distinct content and the
+/// manifest, nothing else, and what comes back is the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_uploads_each_content_once_across_batches() {
+    let server = ServerProcess::start_fresh();
+    let client = server.client("prod").await;
+    let src = tempfile::tempdir().unwrap();
+    // Ten distinct files of 1 MiB (the largest size sent in a batch) need two batches of
+    // at most 8 MiB; z/n is a copy of a/n.
+    let mut distinct = HashSet::new();
+    for n in 0..10u64 {
+        let data = pseudo_random(40 + n, 1024 * 1024);
+        distinct.insert(Digest::of_bytes(&data));
+        write_file(src.path(), &format!("a/{n}.nupkg"), &data, false);
+        write_file(src.path(), &format!("z/{n}.nupkg"), &data, false);
+    }
+    let large = pseudo_random(60, 3 * 1024 * 1024 + 5);
+    distinct.insert(Digest::of_bytes(&large));
+    write_file(src.path(), "archives/big.zip", &large, false);
+    write_file(src.path(), "archives/copy.zip", &large, false);
+
+    let reg = register_dir_and_fetch(&client, src.path(), "bar/batches").await;
+    assert_eq!(reg.files, 22);
+    assert_eq!(reg.uploaded_files, 11);
+    assert_eq!(reg.uploaded_bytes, 10 * 1024 * 1024 + large.len() as u64);
+    let stored: HashSet<String> = server
+        .blob_files()
+        .into_iter()
+        .filter(|f| f.starts_with("cas/"))
+        .collect();
+    let expected: HashSet<String> = distinct
+        .iter()
+        .chain([&reg.manifest])
+        .map(BlobStore::location)
+        .collect();
+    assert_eq!(stored, expected);
+    // Again: nothing uploaded, the same manifest.
+    let again = register_dir_and_fetch(&client, src.path(), "bar/batches").await;
+    assert_eq!((again.manifest, again.uploaded_files), (reg.manifest, 0));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_registrations_of_overlapping_trees() {
     let server = ServerProcess::start_fresh();
@@ -333,10 +379,7 @@ async fn eight_concurrent_registrations_of_overlapping_trees() {
     let expected: HashSet<String> = all_digests
         .iter()
         .chain(manifests.iter())
-        .map(|d| {
-            let h = d.hash_hex();
-            format!("cas/{}/{}", &h[..2], h)
-        })
+        .map(BlobStore::location)
         .collect();
     let got: HashSet<String> = files.iter().cloned().collect();
     assert_eq!(files.len(), got.len());

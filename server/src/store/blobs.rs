@@ -107,7 +107,8 @@ impl BlobStore {
         self.backend.describe()
     }
 
-    fn location(d: &Digest) -> String {
+    /// The object that holds blob `d` in the blob store: `cas/<first two hex>/<hex>`.
+    pub fn location(d: &Digest) -> String {
         let hex = d.hash_hex();
         format!("cas/{}/{}", &hex[..2], hex)
     }

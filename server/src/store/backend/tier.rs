@@ -553,11 +553,7 @@ mod tests {
     fn blob(n: u8, size: usize) -> (String, Bytes, Digest) {
         let data = Bytes::from(vec![n; size]);
         let d = Digest::of_bytes(&data);
-        (
-            format!("cas/{}/{}", &d.hash_hex()[..2], d.hash_hex()),
-            data,
-            d,
-        )
+        (crate::store::blobs::BlobStore::location(&d), data, d)
     }
 
     fn memory() -> Arc<dyn Backend> {
