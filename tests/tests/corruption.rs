@@ -29,8 +29,7 @@ fn cas_path(server: &TestServer, d: Digest) -> PathBuf {
 
 /// Where a blob's bytes lie under a (possibly stopped) server's data dir.
 fn cas_path_in(data_dir: &Path, d: Digest) -> PathBuf {
-    let hex = d.hash_hex();
-    data_dir.join("blobs/cas").join(&hex[..2]).join(&hex)
+    data_dir.join("blobs").join(BlobStore::location(&d))
 }
 
 fn quarantine_path(server: &TestServer, d: Digest) -> PathBuf {

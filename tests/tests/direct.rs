@@ -7,6 +7,7 @@
 
 use stagecache_client::{ClientError, FetchOptions};
 use stagecache_proto::Digest;
+use stagecache_server::store::blobs::BlobStore;
 use stagecache_tests::backends::Backend;
 use stagecache_tests::{
     assert_same_tree, on_every_backend, pseudo_random, scrape_metrics, write_file,
@@ -109,12 +110,9 @@ async fn large_blobs_come_straight_from_the_blob_store(backend: &Backend) {
     // Bytes damaged in the store behind the server's back: the fetch fails verification
     // and leaves neither the file nor a partial one.
     let d = Digest::of_bytes(&big);
-    let hex = d.hash_hex();
     let mut damaged = big.clone();
     damaged[4096] ^= 0x40;
-    backend
-        .overwrite(&format!("cas/{}/{hex}", &hex[..2]), damaged)
-        .await;
+    backend.overwrite(&BlobStore::location(&d), damaged).await;
     let out = tempfile::tempdir().unwrap();
     let e = client
         .fetch(report.manifest, out.path(), &FetchOptions::default())

@@ -114,9 +114,10 @@ async fn fetches_read_the_cloud_once(backend: &Backend) {
         "the first fetch read no cloud blob"
     );
     let big = stagecache_proto::Digest::of_bytes(&pseudo_random(1, 9 * 1024 * 1024 + 5));
-    let hex = big.hash_hex();
     assert!(
-        tier.path().join("cas").join(&hex[..2]).join(&hex).exists(),
+        tier.path()
+            .join(stagecache_server::store::blobs::BlobStore::location(&big))
+            .exists(),
         "the large blob is not in the tier"
     );
 

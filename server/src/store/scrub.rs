@@ -193,8 +193,10 @@ mod tests {
             r.unwrap();
         }
         let damaged = blobs[2].0;
-        let hex = damaged.hash_hex();
-        let path = dir.path().join("blobs/cas").join(&hex[..2]).join(&hex);
+        let path = dir
+            .path()
+            .join("blobs")
+            .join(crate::store::blobs::BlobStore::location(&damaged));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[1000] ^= 1;
         std::fs::write(&path, bytes).unwrap();
