@@ -166,14 +166,14 @@ pub fn pipeline_file(name: &str) -> String {
         .into_owned()
 }
 
-/// Every file under a data dir's blob store, relative to it.
-/// Every file of the local blob store but `lease.json` (the running server's liveness
-/// marker, not content): `cas/` blobs and `journal/` entries.
+/// Every file of the local blob store, relative to it, but the lease (`lease.json`, the
+/// running server's liveness marker, and `lease.json.lock`, the lock file each renewal of
+/// it takes): `cas/` blobs and `journal/` entries.
 fn blob_files(data_dir: &Path) -> Vec<String> {
     let root = data_dir.join("blobs");
     let mut out = Vec::new();
     walk(&root, &root, &mut out);
-    out.retain(|f| f != "lease.json");
+    out.retain(|f| f != "lease.json" && f != "lease.json.lock");
     out.sort();
     out
 }
