@@ -265,6 +265,12 @@ impl Transfer {
     pub fn x_cp(&self, f: &Figure) -> f64 {
         self.cp.median_s / f.median_s
     }
+    /// Throughput of a cold register as a fraction of the durable copy's (`cp -r` +
+    /// `sync`): the server makes every blob durable before it acknowledges it, so this is
+    /// the copy a register can at best match on the same disk.
+    pub fn x_durable(&self, f: &Figure) -> f64 {
+        self.cp_sync.median_s / f.median_s
+    }
     /// Time of a warm transfer as a multiple of the hash time.
     pub fn x_hash(&self, f: &Figure) -> f64 {
         f.median_s / self.hash.median_s
@@ -360,16 +366,24 @@ impl Results {
                 ..base("cp -r + sync (durable copy)", &t.cp_sync)
             });
             rows.push(base("BLAKE3, all cores (hash limit)", &t.hash));
-            for (name, f, cold) in [
-                ("register, cold", &t.register_cold, true),
-                ("fetch, cold", &t.fetch_cold, true),
-                ("register, warm", &t.register_warm, false),
-                ("fetch, warm", &t.fetch_warm, false),
+            // (name, figure, cold, durable: acknowledged only once on the disk)
+            for (name, f, cold, durable) in [
+                ("register, cold", &t.register_cold, true, true),
+                ("fetch, cold", &t.fetch_cold, true, false),
+                ("register, warm", &t.register_warm, false, false),
+                ("fetch, warm", &t.fetch_warm, false, false),
             ] {
                 let (ratio, target, met) = if cold {
                     let x = t.x_cp(f);
+                    // A register acknowledges only what is on the disk: beside `cp -r`,
+                    // its ratio to the durable copy.
+                    let durable = if durable {
+                        format!(", {:.2}x cp+sync", t.x_durable(f))
+                    } else {
+                        String::new()
+                    };
                     (
-                        format!("{x:.2}x cp"),
+                        format!("{x:.2}x cp{durable}"),
                         format!(">= {COLD_MIN_X_CP}x cp"),
                         x >= COLD_MIN_X_CP,
                     )
@@ -751,7 +765,11 @@ impl Results {
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(t) = &self.transfer {
-            parts.push(format!("register_cold={:.2}x_cp", t.x_cp(&t.register_cold)));
+            parts.push(format!(
+                "register_cold={:.2}x_cp register_cold_durable={:.2}x_cp_sync",
+                t.x_cp(&t.register_cold),
+                t.x_durable(&t.register_cold)
+            ));
             parts.push(format!("fetch_cold={:.2}x_cp", t.x_cp(&t.fetch_cold)));
             parts.push(format!(
                 "register_warm={:.2}x_hash",
@@ -1057,7 +1075,7 @@ mod tests {
         r.judge();
         assert_eq!(
             r.summary(),
-            "summary: register_cold=0.50x_cp fetch_cold=0.80x_cp register_warm=2.00x_hash plan_p50=0.300ms"
+            "summary: register_cold=0.50x_cp register_cold_durable=0.75x_cp_sync fetch_cold=0.80x_cp register_warm=2.00x_hash plan_p50=0.300ms"
         );
         let met: Vec<(&str, bool)> = r
             .targets
@@ -1067,6 +1085,17 @@ mod tests {
         assert!(met.contains(&("register, cold", true)));
         assert!(met.contains(&("fetch, warm", false)), "{met:?}");
         assert!(met.contains(&("plan, 1 caller", true)));
-        assert!(r.table().contains("MISSED"));
+        let table = r.table();
+        assert!(table.contains("MISSED"));
+        let register = table
+            .lines()
+            .find(|l| l.starts_with("register, cold"))
+            .expect("a register row");
+        assert!(register.contains("0.50x cp, 0.75x cp+sync"), "{register}");
+        let fetch = table
+            .lines()
+            .find(|l| l.starts_with("fetch, cold"))
+            .unwrap();
+        assert!(!fetch.contains("cp+sync"), "{fetch}");
     }
 }
