@@ -759,9 +759,9 @@ impl Results {
         out
     }
 
-    /// `summary: register_cold=..x_cp fetch_cold=..x_cp register_warm=..x_hash plan_p50=..ms
-    /// status_64=../s plan_64=../s ...` (the ledger's throughput at 64 callers)
-    /// (the figures a run did not measure are left out).
+    /// `summary: register_cold=..x_cp register_cold_durable=..x_cp_sync fetch_cold=..x_cp
+    /// register_warm=..x_hash plan_p50=..ms status_64=../s plan_64=../s ...` (the ledger's
+    /// throughput at 64 callers) (the figures a run did not measure are left out).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(t) = &self.transfer {

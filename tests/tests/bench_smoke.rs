@@ -137,8 +137,9 @@ fn benchmark_smoke_run_on_a_tiny_tree() {
     // The summary's ratios follow from the JSON's medians.
     let last = stdout.lines().last().unwrap();
     let expected = format!(
-        "register_cold={:.2}x_cp fetch_cold={:.2}x_cp register_warm={:.2}x_hash",
+        "register_cold={:.2}x_cp register_cold_durable={:.2}x_cp_sync fetch_cold={:.2}x_cp register_warm={:.2}x_hash",
         med("cp") / med("register_cold"),
+        med("cp_sync") / med("register_cold"),
         med("cp") / med("fetch_cold"),
         med("register_warm") / med("hash"),
     );
