@@ -267,7 +267,7 @@ impl Transfer {
     }
     /// Throughput of a cold register as a fraction of the durable copy's (`cp -r` +
     /// `sync`): the server makes every blob durable before it acknowledges it, so this is
-    /// the copy a register can at best match on the same disk.
+    /// the copy to compare a register with on the same disk.
     pub fn x_durable(&self, f: &Figure) -> f64 {
         self.cp_sync.median_s / f.median_s
     }
